@@ -1,0 +1,98 @@
+"""Commands: what a caller (API, CLI, worker) asks the domain to decide on."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from app.domain.model import PipelineDeclaration, StageRetryMode
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True):
+    pass
+
+
+class CreatePipeline(Command, frozen=True, kw_only=True):
+    declaration: PipelineDeclaration
+    concurrencyLimit: int = 50
+
+
+class UpdatePipeline(Command, frozen=True, kw_only=True):
+    declaration: PipelineDeclaration
+
+
+class DeletePipeline(Command, frozen=True, kw_only=True):
+    pass
+
+
+class StartExecution(Command, frozen=True, kw_only=True):
+    executionId: str
+    clientRequestToken: str | None = None
+    triggerType: str = "StartPipelineExecution"
+    triggerDetail: str | None = None
+
+
+class StopExecution(Command, frozen=True, kw_only=True):
+    executionId: str
+    abandon: bool = False
+    reason: str | None = None
+
+
+class RetryStage(Command, frozen=True, kw_only=True):
+    """RetryStageExecution: checks and records the request (applied later by a worker)."""
+
+    executionId: str
+    stageName: str
+    retryMode: StageRetryMode
+
+
+class ApplyStageRetry(Command, frozen=True, kw_only=True):
+    """A worker applies a pending retry: re-checks it, then schedules the new attempts."""
+
+    executionId: str
+    stageName: str
+
+
+class StartAction(Command, frozen=True, kw_only=True):
+    executionId: str
+    actionExecutionId: str
+    worker: str
+
+
+class CompleteAction(Command, frozen=True, kw_only=True):
+    executionId: str
+    actionExecutionId: str
+    succeeded: bool
+    summary: str | None = None
+    errorCode: str | None = None
+    message: str | None = None
+    externalExecutionId: str | None = None
+    outputVariables: dict[str, str] | None = None
+    # set by engine runners: a result from a runner that lost the action is ignored
+    worker: str | None = None
+    jobId: str | None = None  # set for job worker results (PutJob*Result)
+
+
+class LoseAction(Command, frozen=True, kw_only=True):
+    """The runner of an action disappeared (lease expired): the action fails as WorkerLost."""
+
+    executionId: str
+    actionExecutionId: str
+    worker: str | None = None
+    message: str = "the worker running this action was lost"
+
+
+class AcknowledgeJob(Command, frozen=True, kw_only=True):
+    executionId: str
+    actionExecutionId: str
+    jobId: str
+    nonce: str
+
+
+class PutApproval(Command, frozen=True, kw_only=True):
+    stageName: str
+    actionName: str
+    token: str
+    status: Literal["Approved", "Rejected"]
+    summary: str = ""

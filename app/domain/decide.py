@@ -1,0 +1,675 @@
+"""``decide``: a command plus the current state gives new events, or a typed error. Pure.
+
+The decision applies each event it emits to a private copy of the state as it goes, so a
+command's consequences chain naturally (an action succeeds → its group is complete → the next
+group is scheduled, or the stage succeeds → the waiting execution is admitted → the next
+stage is entered ...). The caller's state is never modified: the copy shares unchanged
+executions and copies an execution the first time an event touches it.
+
+Everything that needs the outside world is passed in :class:`Ctx`: the time, the actor, and a
+source of fresh ids. Given the same state, command and ctx, ``decide`` returns the same events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import cast
+
+import msgspec
+
+from app.domain import commands as c
+from app.domain import events as ev
+from app.domain.errors import DomainError
+from app.domain.model import (
+    ActionDeclaration,
+    PipelineDeclaration,
+    RetryTrigger,
+    StageRetryMode,
+    declaration_problems,
+)
+from app.domain.state import ExecutionState, PipelineState, StageRun, evolve
+
+FAILED_OR_ABANDONED = ("Failed", "Abandoned")
+
+
+class Ctx(msgspec.Struct, frozen=True):
+    now: float
+    new_id: Callable[[], str]
+    actor: str = "system"
+    correlationId: str | None = None
+    causationId: str | None = None
+    commandId: str | None = None
+    requestId: str | None = None
+    source: str | None = None
+
+
+def action_kind(a: ActionDeclaration) -> ev.Kind:
+    t = a.actionTypeId
+    if t.owner == "AWS" and t.category == "Compute" and t.provider == "Commands":
+        return "commands"
+    if t.owner == "AWS" and t.category == "Approval" and t.provider == "Manual":
+        return "approval"
+    if t.owner == "Custom":
+        return "custom"
+    return "other"
+
+
+_exec_encoder = msgspec.json.Encoder()
+_exec_decoder = msgspec.json.Decoder(ExecutionState)
+
+
+def _fork(s: PipelineState) -> PipelineState:
+    """A copy whose head containers are private and whose executions are shared (COW)."""
+    return msgspec.structs.replace(
+        s,
+        declarations=dict(s.declarations),
+        stageLatest=dict(s.stageLatest),
+        occupant=dict(s.occupant),
+        waiting={k: list(v) for k, v in s.waiting.items()},
+        active=list(s.active),
+        tokens=dict(s.tokens),
+        executions=dict(s.executions),
+    )
+
+
+class Decision:
+    """Collects the events of one decision and keeps a private, evolving copy of the state."""
+
+    def __init__(self, state: PipelineState, ctx: Ctx) -> None:
+        self.s = _fork(state)
+        self.ctx = ctx
+        self.events: list[ev.Envelope] = []
+        self._owned: set[str] = set()
+
+    def own(self, eid: str) -> None:
+        if eid not in self._owned and eid in self.s.executions:
+            x = self.s.executions[eid]
+            self.s.executions[eid] = _exec_decoder.decode(_exec_encoder.encode(x))
+            self._owned.add(eid)
+
+    def x(self, eid: str) -> ExecutionState:
+        return self.s.executions[eid]
+
+    def emit(self, e: ev.Event) -> None:
+        eid = getattr(e, "executionId", None)
+        if isinstance(eid, str):
+            self.own(eid)
+            if isinstance(e, ev.ExecutionStarted):
+                self._owned.add(eid)
+        ctx = self.ctx
+        env = ev.Envelope(
+            id=ctx.new_id(),
+            pipeline=self.s.name,
+            version=self.s.version + 1,
+            time=ctx.now,
+            actor=ctx.actor,
+            event=cast(ev.AnyEvent, e),
+            correlationId=ctx.correlationId,
+            causationId=ctx.causationId,
+            commandId=ctx.commandId,
+            requestId=ctx.requestId,
+            source=ctx.source,
+        )
+        evolve(self.s, env)
+        self.events.append(env)
+
+    # --- execution flow ---------------------------------------------------------------------
+
+    def decl(self, x: ExecutionState) -> PipelineDeclaration:
+        return self.s.declaration_for(x)
+
+    def schedule_group(self, eid: str, stage: str, run_order: int) -> None:
+        x = self.x(eid)
+        sdecl = self.decl(x).stage(stage)
+        assert sdecl is not None
+        for a in sdecl.actions:
+            if a.run_order == run_order:
+                self.schedule_action(eid, stage, a)
+
+    def schedule_action(self, eid: str, stage: str, a: ActionDeclaration) -> None:
+        kind = action_kind(a)
+        self.emit(
+            ev.ActionExecutionScheduled(
+                executionId=eid,
+                stageName=stage,
+                actionName=a.name,
+                actionExecutionId=self.ctx.new_id(),
+                runOrder=a.run_order,
+                kind=kind,
+                token=self.ctx.new_id() if kind == "approval" else None,
+                jobId=self.ctx.new_id() if kind == "custom" else None,
+                jobNonce=self.ctx.new_id() if kind == "custom" else None,
+            )
+        )
+
+    def enter(self, eid: str, stage: str) -> None:
+        self.emit(ev.StageEntered(executionId=eid, stageName=stage))
+        sdecl = self.decl(self.x(eid)).stage(stage)
+        assert sdecl is not None
+        self.schedule_group(eid, stage, sdecl.run_orders()[0])
+
+    def try_enter(self, eid: str, stage: str) -> None:
+        """Enter ``stage`` now, or wait for it (SUPERSEDED: superseding older waiters)."""
+        s = self.s
+        assert s.declaration is not None
+        mode = s.declaration.mode
+        if mode == "PARALLEL" or (stage not in s.occupant and not s.waiting.get(stage)):
+            self.enter(eid, stage)
+            return
+        if mode == "SUPERSEDED":
+            for older in list(s.waiting.get(stage, [])):
+                self.emit(ev.ExecutionSuperseded(executionId=older, byExecutionId=eid))
+        self.emit(ev.ExecutionWaiting(executionId=eid, stageName=stage))
+
+    def admit(self, stage: str) -> None:
+        """The stage was released: let the first waiting execution in."""
+        s = self.s
+        if stage in s.occupant:
+            return
+        waiters = s.waiting.get(stage)
+        if waiters:
+            self.enter(waiters[0], stage)
+
+    def fail_stage(self, eid: str, stage: str, reason: str) -> None:
+        """A first action failure in a running stage: automatic retry, or fail the execution."""
+        x = self.x(eid)
+        run = x.stages[stage]
+        sdecl = self.decl(x).stage(stage)
+        assert sdecl is not None
+        self.emit(ev.StageFailed(executionId=eid, stageName=stage, reason=reason))
+        auto = sdecl.auto_retry_mode()
+        if auto is not None and run.autoRetries == 0 and x.status == "InProgress":
+            running = any(a.status == "InProgress" for a in x.latest_actions(stage))
+            if auto == "FAILED_ACTIONS" or not running:
+                self.start_retry(eid, stage, auto, "AutomatedStageRetry")
+            # ALL_ACTIONS with siblings still running: the retry starts when the last ends.
+            return
+        self.emit(ev.ExecutionFailed(executionId=eid, stageName=stage, reason=reason))
+        self.admit(stage)
+
+    def start_retry(
+        self,
+        eid: str,
+        stage: str,
+        mode: StageRetryMode,
+        trigger: RetryTrigger,
+    ) -> None:
+        x = self.x(eid)
+        failed = [a for a in x.latest_actions(stage) if a.status in FAILED_OR_ABANDONED]
+        self.emit(
+            ev.StageRetryStarted(executionId=eid, stageName=stage, retryMode=mode, trigger=trigger)
+        )
+        sdecl = self.decl(x).stage(stage)
+        assert sdecl is not None
+        if mode == "ALL_ACTIONS":
+            self.schedule_group(eid, stage, sdecl.run_orders()[0])
+            return
+        for prev in failed:
+            adecl = sdecl.action(prev.actionName)
+            assert adecl is not None
+            self.schedule_action(eid, stage, adecl)
+
+    def progress(self, eid: str) -> None:
+        """Move an execution on after one of its actions ended."""
+        x = self.x(eid)
+        stage = x.currentStage
+        if stage is None or stage not in x.stages:
+            return
+        run = x.stages[stage]
+        actions = x.latest_actions(stage)
+        running = any(a.status == "InProgress" for a in actions)
+        if x.status == "Stopping":
+            if not running:
+                self.emit(ev.ExecutionStopped(executionId=eid, reason=x.statusSummary))
+                self.admit(stage)
+            return
+        if x.status != "InProgress" or running:
+            return
+        sdecl = self.decl(x).stage(stage)
+        assert sdecl is not None
+        if run.status == "Failed":
+            auto = sdecl.auto_retry_mode()
+            if auto is not None and run.autoRetries == 0:
+                self.start_retry(eid, stage, auto, "AutomatedStageRetry")
+            return
+        if run.status != "InProgress":
+            return
+        group = [a for a in actions if a.runOrder == run.group]
+        if any(a.status != "Succeeded" for a in group):
+            return
+        later = [g for g in sdecl.run_orders() if g > run.group]
+        if later:
+            self.schedule_group(eid, stage, later[0])
+            return
+        self.emit(ev.StageSucceeded(executionId=eid, stageName=stage))
+        self.admit(stage)
+        decl = self.decl(x)
+        idx = decl.stage_index(stage)
+        if idx + 1 < len(decl.stages):
+            self.try_enter(eid, decl.stages[idx + 1].name)
+        else:
+            self.emit(ev.ExecutionSucceeded(executionId=eid))
+
+    def end_action(self, eid: str, result: ev.Event, reason: str) -> None:
+        """Record an action's end (result is Succeeded/Failed/Abandoned) and its consequences."""
+        self.emit(result)
+        x = self.x(eid)
+        a = x.actions[result.actionExecutionId]  # type: ignore[attr-defined]
+        run = x.stages[a.stageName]
+        if (
+            a.status in FAILED_OR_ABANDONED
+            and x.status == "InProgress"
+            and run.status == "InProgress"
+            and a.stageName == x.currentStage
+        ):
+            self.fail_stage(eid, a.stageName, reason)
+            return
+        self.progress(eid)
+
+
+# --- helpers for lookups that raise the service's errors --------------------------------------
+
+
+def _pipeline(s: PipelineState) -> PipelineDeclaration:
+    if s.declaration is None:
+        raise DomainError("PipelineNotFoundException", f"Pipeline '{s.name}' not found")
+    return s.declaration
+
+
+def _execution(s: PipelineState, eid: str) -> ExecutionState:
+    x = s.executions.get(eid)
+    if x is None:
+        raise DomainError(
+            "PipelineExecutionNotFoundException",
+            f"Pipeline execution '{eid}' not found in pipeline '{s.name}'",
+        )
+    return x
+
+
+def retry_problem(
+    s: PipelineState, eid: str, stage: str, mode: StageRetryMode, *, pending_ok: bool = False
+) -> DomainError | None:
+    """SPEC section 3 checks 2-8, in order. None when the retry may go ahead."""
+    decl = s.declaration
+    if decl is None:  # 2
+        return DomainError("PipelineNotFoundException", f"Pipeline '{s.name}' not found")
+    if decl.stage(stage) is None:  # 3
+        return DomainError(
+            "StageNotFoundException", f"Stage '{stage}' not found in pipeline '{s.name}'"
+        )
+    x = s.executions.get(eid)
+    if x is None:  # 4
+        return DomainError(
+            "PipelineExecutionNotFoundException",
+            f"Pipeline execution '{eid}' not found in pipeline '{s.name}'",
+        )
+    if decl.mode != "PARALLEL" and s.stageLatest.get(stage, eid) != eid:  # 5
+        return DomainError(
+            "NotLatestPipelineExecutionException",
+            f"Stage '{stage}' has since been entered by execution {s.stageLatest[stage]}; "
+            f"execution {eid} is no longer the latest in it",
+        )
+    run: StageRun | None = x.stages.get(stage)  # 6
+    if run is None:
+        return DomainError(
+            "StageNotRetryableException", f"Stage '{stage}' did not run in execution {eid}"
+        )
+    actions = x.latest_actions(stage)
+    if not any(a.status in FAILED_OR_ABANDONED for a in actions):
+        return DomainError(
+            "StageNotRetryableException",
+            f"Stage '{stage}' of execution {eid} has no failed or abandoned action",
+        )
+    if x.pipelineVersion != (decl.version or 1):
+        return DomainError(
+            "StageNotRetryableException",
+            f"The pipeline was updated (version {x.pipelineVersion} -> {decl.version}) "
+            f"since execution {eid} started",
+        )
+    if mode == "ALL_ACTIONS" and any(a.status == "InProgress" for a in actions):
+        return DomainError(
+            "StageNotRetryableException",
+            f"Stage '{stage}' still has actions in progress; ALL_ACTIONS needs them to finish "
+            "(FAILED_ACTIONS can retry now)",
+        )
+    if run.pendingRetry is not None and not pending_ok:  # 7
+        return DomainError(
+            "ConflictException",
+            f"A retry of stage '{stage}' in execution {eid} is already accepted and pending",
+            status=409,
+        )
+    if eid not in s.active and len(s.active) + 1 > s.concurrencyLimit:  # 8
+        return DomainError(
+            "ConcurrentPipelineExecutionsLimitExceededException",
+            f"Pipeline '{s.name}' already has {len(s.active)} active executions "
+            f"(limit {s.concurrencyLimit})",
+        )
+    return None
+
+
+# --- the decision table ----------------------------------------------------------------------
+
+
+def decide(s: PipelineState, cmd: c.Command, ctx: Ctx) -> list[ev.Envelope]:
+    """The events that ``cmd`` causes in state ``s``; raises DomainError when refused.
+
+    An empty list means the command was already applied (idempotent repeat): nothing to do.
+    """
+    d = Decision(s, ctx)
+    handler = _HANDLERS[type(cmd)]
+    handler(d, cmd)
+    return d.events
+
+
+def _create(d: Decision, cmd: c.Command) -> None:
+    assert isinstance(cmd, c.CreatePipeline)
+    if d.s.declaration is not None:
+        raise DomainError("PipelineNameInUseException", f"Pipeline '{d.s.name}' already exists")
+    _check_structure(cmd.declaration, d.s.name)
+    decl = msgspec.structs.replace(
+        cmd.declaration,
+        version=1,
+        executionMode=cmd.declaration.mode,
+        pipelineType=cmd.declaration.pipelineType or "V2",
+    )
+    d.emit(ev.PipelineCreated(declaration=decl, concurrencyLimit=cmd.concurrencyLimit))
+
+
+def _check_structure(decl: PipelineDeclaration, name: str) -> None:
+    if decl.name != name:
+        raise DomainError(
+            "InvalidStructureException", f"declaration name {decl.name!r} is not {name!r}"
+        )
+    problems = declaration_problems(decl)
+    if problems:
+        raise DomainError("InvalidStructureException", "; ".join(problems))
+
+
+def _update(d: Decision, cmd: c.Command) -> None:
+    assert isinstance(cmd, c.UpdatePipeline)
+    current = _pipeline(d.s)
+    _check_structure(cmd.declaration, d.s.name)
+    decl = msgspec.structs.replace(
+        cmd.declaration,
+        version=(current.version or 1) + 1,
+        executionMode=cmd.declaration.mode,
+        pipelineType=cmd.declaration.pipelineType or current.pipelineType or "V2",
+    )
+    d.emit(ev.PipelineUpdated(declaration=decl))
+
+
+def _delete(d: Decision, cmd: c.Command) -> None:
+    if d.s.declaration is None:
+        return
+    d.emit(ev.PipelineDeleted())
+
+
+def _start(d: Decision, cmd: c.Command) -> None:
+    assert isinstance(cmd, c.StartExecution)
+    decl = _pipeline(d.s)
+    if cmd.clientRequestToken is not None and cmd.clientRequestToken in d.s.tokens:
+        return
+    if len(d.s.active) >= d.s.concurrencyLimit:
+        raise DomainError(
+            "ConcurrentPipelineExecutionsLimitExceededException",
+            f"Pipeline '{d.s.name}' already has {len(d.s.active)} active executions "
+            f"(limit {d.s.concurrencyLimit})",
+        )
+    d.emit(
+        ev.ExecutionStarted(
+            executionId=cmd.executionId,
+            pipelineVersion=decl.version or 1,
+            triggerType=cmd.triggerType,
+            triggerDetail=cmd.triggerDetail,
+            clientRequestToken=cmd.clientRequestToken,
+        )
+    )
+    d.try_enter(cmd.executionId, decl.stages[0].name)
+
+
+def _stop(d: Decision, cmd: c.Command) -> None:
+    assert isinstance(cmd, c.StopExecution)
+    _pipeline(d.s)
+    x = _execution(d.s, cmd.executionId)
+    eid = cmd.executionId
+    if x.status == "Stopping" and not cmd.abandon:
+        raise DomainError(
+            "DuplicatedStopRequestException", f"Execution {eid} is already being stopped"
+        )
+    if x.status not in ("InProgress", "Stopping"):
+        raise DomainError(
+            "PipelineExecutionNotStoppableException",
+            f"Execution {eid} is {x.status} and cannot be stopped",
+        )
+    stage = x.currentStage
+    running = [a for a in x.latest_actions(stage) if a.status == "InProgress"] if stage else []
+    if x.waitingFor is not None:
+        running = []
+    if cmd.abandon:
+        for a in running:
+            d.emit(
+                ev.ActionExecutionAbandoned(
+                    executionId=eid,
+                    actionExecutionId=a.actionExecutionId,
+                    reason=cmd.reason or "Execution stopped and abandoned",
+                )
+            )
+        running = []
+    if running:
+        d.emit(ev.ExecutionStopping(executionId=eid, abandon=cmd.abandon, reason=cmd.reason))
+        return
+    d.emit(ev.ExecutionStopped(executionId=eid, reason=cmd.reason))
+    if stage is not None and x.waitingFor is None:
+        d.admit(stage)
+
+
+def _retry(d: Decision, cmd: c.Command) -> None:
+    assert isinstance(cmd, c.RetryStage)
+    problem = retry_problem(d.s, cmd.executionId, cmd.stageName, cmd.retryMode)
+    if problem is not None:
+        raise problem
+    d.emit(
+        ev.StageRetryRequested(
+            executionId=cmd.executionId,
+            stageName=cmd.stageName,
+            retryMode=cmd.retryMode,
+            trigger="ManualStageRetry",
+        )
+    )
+
+
+def _apply_retry(d: Decision, cmd: c.Command) -> None:
+    assert isinstance(cmd, c.ApplyStageRetry)
+    x = d.s.executions.get(cmd.executionId)
+    run = x.stages.get(cmd.stageName) if x is not None else None
+    if x is None or run is None or run.pendingRetry is None:
+        return  # nothing pending: already applied or rejected
+    mode = run.pendingRetry
+    trigger = run.pendingTrigger or "ManualStageRetry"
+    problem = retry_problem(d.s, cmd.executionId, cmd.stageName, mode, pending_ok=True)
+    if problem is not None:
+        d.emit(
+            ev.StageRetryRejected(
+                executionId=cmd.executionId,
+                stageName=cmd.stageName,
+                reason=problem.message,
+                errorType=problem.type_name,
+            )
+        )
+        return
+    d.start_retry(cmd.executionId, cmd.stageName, mode, trigger)
+
+
+def _find_action(d: Decision, eid: str, aid: str) -> tuple[ExecutionState, ev.Kind, str]:
+    x = _execution(d.s, eid)
+    a = x.actions.get(aid)
+    if a is None:
+        raise DomainError("ActionExecutionNotFoundException", f"No action execution {aid}")
+    return x, a.kind, a.status
+
+
+def _start_action(d: Decision, cmd: c.Command) -> None:
+    assert isinstance(cmd, c.StartAction)
+    x, _, status = _find_action(d, cmd.executionId, cmd.actionExecutionId)
+    a = x.actions[cmd.actionExecutionId]
+    if status != "InProgress" or x.status not in ("InProgress", "Stopping"):
+        raise DomainError("ActionNotRunnableException", f"Action execution is {status}")
+    if a.worker is not None:
+        if a.worker == cmd.worker:
+            return
+        raise DomainError(
+            "ActionNotRunnableException", f"Action execution already taken by {a.worker}"
+        )
+    d.emit(
+        ev.ActionExecutionStarted(
+            executionId=cmd.executionId, actionExecutionId=cmd.actionExecutionId, worker=cmd.worker
+        )
+    )
+
+
+def _complete(d: Decision, cmd: c.Command) -> None:
+    assert isinstance(cmd, c.CompleteAction)
+    x, _kind, status = _find_action(d, cmd.executionId, cmd.actionExecutionId)
+    a = x.actions[cmd.actionExecutionId]
+    if cmd.jobId is not None:
+        if a.jobId != cmd.jobId:
+            raise DomainError("JobNotFoundException", f"Job {cmd.jobId} not found")
+        if status != "InProgress":
+            raise DomainError("InvalidJobStateException", f"Job {cmd.jobId} is {status}")
+        if not a.acknowledged:
+            raise DomainError(
+                "InvalidJobStateException", f"Job {cmd.jobId} has not been acknowledged"
+            )
+    if status != "InProgress":
+        return  # already ended: a repeated or late result changes nothing
+    if cmd.worker is not None and a.worker is not None and a.worker != cmd.worker:
+        return  # a result from a runner that lost the action
+    result: ev.Event
+    if cmd.succeeded:
+        result = ev.ActionExecutionSucceeded(
+            executionId=cmd.executionId,
+            actionExecutionId=cmd.actionExecutionId,
+            summary=cmd.summary,
+            externalExecutionId=cmd.externalExecutionId,
+            outputVariables=cmd.outputVariables,
+        )
+    else:
+        result = ev.ActionExecutionFailed(
+            executionId=cmd.executionId,
+            actionExecutionId=cmd.actionExecutionId,
+            errorCode=cmd.errorCode or "JobFailed",
+            message=cmd.message or "",
+            summary=cmd.summary,
+            externalExecutionId=cmd.externalExecutionId,
+        )
+    reason = f"Action '{a.actionName}' failed: {cmd.errorCode or 'JobFailed'}"
+    if cmd.message:
+        reason += f": {cmd.message}"
+    d.end_action(cmd.executionId, result, reason[:2000])
+
+
+def _ack(d: Decision, cmd: c.Command) -> None:
+    assert isinstance(cmd, c.AcknowledgeJob)
+    x = d.s.executions.get(cmd.executionId)
+    a = x.actions.get(cmd.actionExecutionId) if x is not None else None
+    if x is None or a is None or a.jobId != cmd.jobId:
+        raise DomainError("JobNotFoundException", f"Job {cmd.jobId} not found")
+    if a.jobNonce != cmd.nonce:
+        raise DomainError("InvalidNonceException", f"Nonce does not match job {cmd.jobId}")
+    if a.status != "InProgress":
+        raise DomainError("InvalidJobStateException", f"Job {cmd.jobId} is {a.status}")
+    if a.acknowledged:
+        return
+    d.emit(
+        ev.JobAcknowledged(
+            executionId=cmd.executionId,
+            actionExecutionId=cmd.actionExecutionId,
+            jobId=cmd.jobId,
+            nonce=cmd.nonce,
+        )
+    )
+
+
+def _approval(d: Decision, cmd: c.Command) -> None:
+    assert isinstance(cmd, c.PutApproval)
+    decl = _pipeline(d.s)
+    sdecl = decl.stage(cmd.stageName)
+    if sdecl is None:
+        raise DomainError("StageNotFoundException", f"Stage '{cmd.stageName}' not found")
+    adecl = sdecl.action(cmd.actionName)
+    if adecl is None or action_kind(adecl) != "approval":
+        raise DomainError(
+            "ActionNotFoundException",
+            f"No manual approval action '{cmd.actionName}' in stage '{cmd.stageName}'",
+        )
+    for eid in list(d.s.executions):
+        x = d.s.executions[eid]
+        for a in x.actions.values():
+            if a.token != cmd.token or a.stageName != cmd.stageName:
+                continue
+            if a.actionName != cmd.actionName:
+                continue
+            if a.status != "InProgress":
+                raise DomainError(
+                    "ApprovalAlreadyCompletedException", "This approval was already completed"
+                )
+            d.emit(
+                ev.ApprovalRecorded(
+                    executionId=eid,
+                    actionExecutionId=a.actionExecutionId,
+                    status=cmd.status,
+                    summary=cmd.summary,
+                )
+            )
+            result: ev.Event
+            if cmd.status == "Approved":
+                result = ev.ActionExecutionSucceeded(
+                    executionId=eid, actionExecutionId=a.actionExecutionId, summary=cmd.summary
+                )
+            else:
+                result = ev.ActionExecutionFailed(
+                    executionId=eid,
+                    actionExecutionId=a.actionExecutionId,
+                    errorCode="Rejected",
+                    message=cmd.summary,
+                    summary=cmd.summary,
+                )
+            d.end_action(eid, result, f"Approval '{cmd.actionName}' was rejected")
+            return
+    raise DomainError("InvalidApprovalTokenException", "The approval token is not valid")
+
+
+def _lose(d: Decision, cmd: c.Command) -> None:
+    assert isinstance(cmd, c.LoseAction)
+    x = d.s.executions.get(cmd.executionId)
+    a = x.actions.get(cmd.actionExecutionId) if x is not None else None
+    if x is None or a is None or a.status != "InProgress":
+        return
+    if cmd.worker is not None and a.worker != cmd.worker:
+        return
+    d.end_action(
+        cmd.executionId,
+        ev.ActionExecutionFailed(
+            executionId=cmd.executionId,
+            actionExecutionId=cmd.actionExecutionId,
+            errorCode=ev.WORKER_LOST,
+            message=cmd.message,
+        ),
+        f"Action '{a.actionName}' failed: {ev.WORKER_LOST}: {cmd.message}",
+    )
+
+
+_HANDLERS: dict[type[c.Command], Callable[[Decision, c.Command], None]] = {
+    c.CreatePipeline: _create,
+    c.UpdatePipeline: _update,
+    c.DeletePipeline: _delete,
+    c.StartExecution: _start,
+    c.StopExecution: _stop,
+    c.RetryStage: _retry,
+    c.ApplyStageRetry: _apply_retry,
+    c.StartAction: _start_action,
+    c.CompleteAction: _complete,
+    c.AcknowledgeJob: _ack,
+    c.PutApproval: _approval,
+    c.LoseAction: _lose,
+}

@@ -1,0 +1,298 @@
+"""The event catalogue: every state change of a pipeline is one of these.
+
+Events are msgspec Structs in one tagged union (tag field ``type``). Each is stored inside an
+:class:`Envelope` that says who caused it, when, and why. Compatibility rule: a released
+event type only ever gains *optional* fields (with defaults), so old logs stay readable.
+
+All events of one pipeline (its declaration and all its executions) live in that pipeline's
+stream; ``Envelope.version`` is the 1-based position in that stream.
+"""
+
+from __future__ import annotations
+
+import typing
+from typing import Literal
+
+import msgspec
+
+from app.domain.model import PipelineDeclaration, RetryTrigger, StageRetryMode
+
+Kind = Literal["commands", "approval", "custom", "other"]
+
+
+class Event(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True):
+    """Base of every event body."""
+
+
+# --- pipeline --------------------------------------------------------------------------------
+
+
+class PipelineCreated(Event, tag=True, frozen=True):
+    declaration: PipelineDeclaration
+    concurrencyLimit: int = 50
+
+
+class PipelineUpdated(Event, tag=True, frozen=True):
+    declaration: PipelineDeclaration
+
+
+class PipelineDeleted(Event, tag=True, frozen=True):
+    pass
+
+
+# --- execution -------------------------------------------------------------------------------
+
+
+class ExecutionStarted(Event, tag=True, frozen=True):
+    executionId: str
+    pipelineVersion: int
+    triggerType: str = "StartPipelineExecution"
+    triggerDetail: str | None = None
+    clientRequestToken: str | None = None
+
+
+class ExecutionWaiting(Event, tag=True, frozen=True):
+    """The execution waits to enter ``stageName`` (occupied; SUPERSEDED and QUEUED only)."""
+
+    executionId: str
+    stageName: str
+
+
+class ExecutionSuperseded(Event, tag=True, frozen=True):
+    executionId: str
+    byExecutionId: str
+
+
+class ExecutionSucceeded(Event, tag=True, frozen=True):
+    executionId: str
+
+
+class ExecutionFailed(Event, tag=True, frozen=True):
+    executionId: str
+    stageName: str
+    reason: str = ""
+
+
+class ExecutionStopping(Event, tag=True, frozen=True):
+    executionId: str
+    abandon: bool = False
+    reason: str | None = None
+
+
+class ExecutionStopped(Event, tag=True, frozen=True):
+    executionId: str
+    reason: str | None = None
+
+
+# --- stage -----------------------------------------------------------------------------------
+
+
+class StageEntered(Event, tag=True, frozen=True):
+    executionId: str
+    stageName: str
+
+
+class StageSucceeded(Event, tag=True, frozen=True):
+    executionId: str
+    stageName: str
+
+
+class StageFailed(Event, tag=True, frozen=True):
+    executionId: str
+    stageName: str
+    reason: str = ""
+
+
+class StageRetryRequested(Event, tag=True, frozen=True):
+    """A retry was accepted (RetryStageExecution, or an automatic one) and awaits applying."""
+
+    executionId: str
+    stageName: str
+    retryMode: StageRetryMode
+    trigger: RetryTrigger = "ManualStageRetry"
+
+
+class StageRetryStarted(Event, tag=True, frozen=True):
+    """The accepted retry is applied: stage and execution are InProgress again."""
+
+    executionId: str
+    stageName: str
+    retryMode: StageRetryMode
+    trigger: RetryTrigger = "ManualStageRetry"
+
+
+class StageRetryRejected(Event, tag=True, frozen=True):
+    executionId: str
+    stageName: str
+    reason: str = ""
+    errorType: str = "StageNotRetryableException"
+
+
+# --- action ----------------------------------------------------------------------------------
+
+
+class ActionExecutionScheduled(Event, tag=True, frozen=True):
+    executionId: str
+    stageName: str
+    actionName: str
+    actionExecutionId: str
+    runOrder: int = 1
+    kind: Kind = "other"
+    token: str | None = None  # approval token
+    jobId: str | None = None  # custom action job
+    jobNonce: str | None = None
+
+
+class ActionExecutionStarted(Event, tag=True, frozen=True):
+    """A worker took the action and holds its lease."""
+
+    executionId: str
+    actionExecutionId: str
+    worker: str
+
+
+class JobAcknowledged(Event, tag=True, frozen=True):
+    executionId: str
+    actionExecutionId: str
+    jobId: str
+    nonce: str
+
+
+class ApprovalRecorded(Event, tag=True, frozen=True):
+    executionId: str
+    actionExecutionId: str
+    status: Literal["Approved", "Rejected"]
+    summary: str = ""
+
+
+class ActionExecutionSucceeded(Event, tag=True, frozen=True):
+    executionId: str
+    actionExecutionId: str
+    summary: str | None = None
+    externalExecutionId: str | None = None
+    outputVariables: dict[str, str] | None = None
+
+
+class ActionExecutionFailed(Event, tag=True, frozen=True):
+    executionId: str
+    actionExecutionId: str
+    errorCode: str = "JobFailed"
+    message: str = ""
+    summary: str | None = None
+    externalExecutionId: str | None = None
+
+
+class ActionExecutionAbandoned(Event, tag=True, frozen=True):
+    executionId: str
+    actionExecutionId: str
+    reason: str = ""
+
+
+AnyEvent = (
+    PipelineCreated
+    | PipelineUpdated
+    | PipelineDeleted
+    | ExecutionStarted
+    | ExecutionWaiting
+    | ExecutionSuperseded
+    | ExecutionSucceeded
+    | ExecutionFailed
+    | ExecutionStopping
+    | ExecutionStopped
+    | StageEntered
+    | StageSucceeded
+    | StageFailed
+    | StageRetryRequested
+    | StageRetryStarted
+    | StageRetryRejected
+    | ActionExecutionScheduled
+    | ActionExecutionStarted
+    | JobAcknowledged
+    | ApprovalRecorded
+    | ActionExecutionSucceeded
+    | ActionExecutionFailed
+    | ActionExecutionAbandoned
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)
+
+# Error code recorded when the worker running an action disappeared (crash, lost lease).
+WORKER_LOST = "WorkerLost"
+
+
+class Envelope(msgspec.Struct, omit_defaults=True, frozen=True):
+    """One stored event: the body plus who/when/why.
+
+    ``version`` is the event's 1-based position in its pipeline's stream (it is the stream
+    entry id, so it is not repeated in the stored payload). ``actor`` is the caller identity
+    (access key id) or ``system`` / ``worker:<name>``. ``correlationId`` ties together every
+    event that one request caused, directly or through workers; ``causationId`` is the id of
+    the event or request that caused this one; ``commandId`` the idempotency key.
+    """
+
+    id: str
+    pipeline: str
+    version: int
+    time: float
+    actor: str
+    event: AnyEvent
+    correlationId: str | None = None
+    causationId: str | None = None
+    commandId: str | None = None
+    requestId: str | None = None
+    source: str | None = None
+
+
+class StoredPayload(msgspec.Struct, omit_defaults=True, frozen=True):
+    """What goes into the stream entry's ``e`` field (the envelope minus pipeline/version)."""
+
+    id: str
+    time: float
+    actor: str
+    event: AnyEvent
+    correlationId: str | None = None
+    causationId: str | None = None
+    commandId: str | None = None
+    requestId: str | None = None
+    source: str | None = None
+
+
+_payload_encoder = msgspec.json.Encoder()
+_payload_decoder = msgspec.json.Decoder(StoredPayload)
+
+
+def encode_payload(env: Envelope) -> bytes:
+    return _payload_encoder.encode(
+        StoredPayload(
+            id=env.id,
+            time=env.time,
+            actor=env.actor,
+            event=env.event,
+            correlationId=env.correlationId,
+            causationId=env.causationId,
+            commandId=env.commandId,
+            requestId=env.requestId,
+            source=env.source,
+        )
+    )
+
+
+def decode_payload(pipeline: str, version: int, data: bytes) -> Envelope:
+    p = _payload_decoder.decode(data)
+    return Envelope(
+        id=p.id,
+        pipeline=pipeline,
+        version=version,
+        time=p.time,
+        actor=p.actor,
+        event=p.event,
+        correlationId=p.correlationId,
+        causationId=p.causationId,
+        commandId=p.commandId,
+        requestId=p.requestId,
+        source=p.source,
+    )
+
+
+def event_type(ev: Event) -> str:
+    return type(ev).__name__

@@ -1,0 +1,362 @@
+"""Pipeline state and ``evolve``: fold one event into it. Pure: no I/O, no clock, no randomness.
+
+One :class:`PipelineState` is the fold of one pipeline's stream. It has a small *head*
+(declarations, which execution occupies or waits for each stage, the active executions,
+idempotency tokens) and one :class:`ExecutionState` per execution.
+
+A state may be *partial*: the head plus only some executions (loaded from a projection).
+Every event's effect on the head depends on the event alone, never on an execution's state,
+so folding the same events into a partial state gives the same head, and the same state for
+every execution it holds, as folding into the full state (a property test checks this).
+Events about executions that a partial state does not hold only touch the head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import msgspec
+
+from app.domain import events as ev
+from app.domain.model import (
+    ActionExecutionStatus,
+    PipelineDeclaration,
+    PipelineExecutionStatus,
+    RetryTrigger,
+    StageExecutionStatus,
+    StageRetryMode,
+)
+
+ACTIVE_STATUSES: frozenset[str] = frozenset({"InProgress", "Stopping"})
+
+
+class ActionExec(msgspec.Struct, omit_defaults=True):
+    """One attempt of one action (an action execution)."""
+
+    actionExecutionId: str
+    stageName: str
+    actionName: str
+    runOrder: int
+    pipelineVersion: int
+    startTime: float
+    lastUpdateTime: float
+    kind: ev.Kind = "other"
+    status: ActionExecutionStatus = "InProgress"
+    token: str | None = None
+    jobId: str | None = None
+    jobNonce: str | None = None
+    acknowledged: bool = False
+    worker: str | None = None
+    summary: str | None = None
+    errorCode: str | None = None
+    errorMessage: str | None = None
+    externalExecutionId: str | None = None
+    outputVariables: dict[str, str] | None = None
+    updatedBy: str | None = None
+
+
+class StageRun(msgspec.Struct, omit_defaults=True):
+    """One stage within one execution."""
+
+    name: str
+    status: StageExecutionStatus = "InProgress"
+    group: int = 1  # the runOrder currently running
+    latest: dict[str, str] = msgspec.field(default_factory=dict)  # action -> latest attempt id
+    manualRetries: int = 0
+    autoRetries: int = 0
+    latestTrigger: RetryTrigger | None = None
+    pendingRetry: StageRetryMode | None = None
+    pendingTrigger: RetryTrigger | None = None
+
+
+class ExecutionState(msgspec.Struct, omit_defaults=True):
+    executionId: str
+    pipelineVersion: int
+    startTime: float
+    lastUpdateTime: float
+    status: PipelineExecutionStatus = "InProgress"
+    statusSummary: str | None = None
+    triggerType: str = "StartPipelineExecution"
+    triggerDetail: str | None = None
+    currentStage: str | None = None
+    waitingFor: str | None = None
+    stopAbandon: bool | None = None
+    stages: dict[str, StageRun] = msgspec.field(default_factory=dict)
+    actions: dict[str, ActionExec] = msgspec.field(default_factory=dict)  # every attempt
+
+    def latest_actions(self, stage: str) -> list[ActionExec]:
+        run = self.stages.get(stage)
+        if run is None:
+            return []
+        return [self.actions[a] for a in run.latest.values()]
+
+
+class PipelineState(msgspec.Struct, omit_defaults=True):
+    name: str
+    version: int = 0  # stream version of the last folded event
+    declaration: PipelineDeclaration | None = None
+    declarations: dict[int, PipelineDeclaration] = msgspec.field(default_factory=dict)
+    created: float | None = None
+    updated: float | None = None
+    concurrencyLimit: int = 50
+    stageLatest: dict[str, str] = msgspec.field(default_factory=dict)
+    occupant: dict[str, str] = msgspec.field(default_factory=dict)
+    waiting: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    active: list[str] = msgspec.field(default_factory=list)
+    tokens: dict[str, str] = msgspec.field(default_factory=dict)
+    executionCount: int = 0
+    executions: dict[str, ExecutionState] = msgspec.field(default_factory=dict)
+    partial: bool = False
+
+    @property
+    def exists(self) -> bool:
+        return self.declaration is not None
+
+    def declaration_for(self, x: ExecutionState) -> PipelineDeclaration:
+        decl = self.declarations.get(x.pipelineVersion) or self.declaration
+        assert decl is not None
+        return decl
+
+
+def new_state(name: str) -> PipelineState:
+    return PipelineState(name=name)
+
+
+def _release(s: PipelineState, stage: str, eid: str) -> None:
+    if s.occupant.get(stage) == eid:
+        del s.occupant[stage]
+
+
+def _unwait(s: PipelineState, eid: str) -> None:
+    for stage in [k for k, v in s.waiting.items() if eid in v]:
+        s.waiting[stage].remove(eid)
+        if not s.waiting[stage]:
+            del s.waiting[stage]
+
+
+def _deactivate(s: PipelineState, eid: str) -> None:
+    if eid in s.active:
+        s.active.remove(eid)
+
+
+def _parallel(s: PipelineState) -> bool:
+    return s.declaration is not None and s.declaration.mode == "PARALLEL"
+
+
+def evolve(s: PipelineState, env: ev.Envelope) -> PipelineState:
+    """Fold one event into ``s`` (in place) and return it."""
+    e = env.event
+    t = env.time
+    s.version = env.version
+    match e:
+        case ev.PipelineCreated():
+            fresh = PipelineState(name=s.name, version=s.version, partial=False)
+            fresh.declaration = e.declaration
+            fresh.declarations = {e.declaration.version or 1: e.declaration}
+            fresh.created = fresh.updated = t
+            fresh.concurrencyLimit = e.concurrencyLimit
+            for f in msgspec.structs.fields(PipelineState):
+                setattr(s, f.name, getattr(fresh, f.name))
+            return s
+        case ev.PipelineUpdated():
+            s.declaration = e.declaration
+            s.declarations[e.declaration.version or 1] = e.declaration
+            s.updated = t
+            return s
+        case ev.PipelineDeleted():
+            keep_version = s.version
+            for f in msgspec.structs.fields(PipelineState):
+                setattr(s, f.name, getattr(PipelineState(name=s.name), f.name))
+            s.version = keep_version
+            return s
+        case ev.ExecutionStarted():
+            s.executions[e.executionId] = ExecutionState(
+                executionId=e.executionId,
+                pipelineVersion=e.pipelineVersion,
+                startTime=t,
+                lastUpdateTime=t,
+                triggerType=e.triggerType,
+                triggerDetail=e.triggerDetail,
+            )
+            s.active.append(e.executionId)
+            s.executionCount += 1
+            if e.clientRequestToken is not None:
+                s.tokens[e.clientRequestToken] = e.executionId
+            return s
+        case _:
+            pass
+
+    eid: str = e.executionId
+    _evolve_head(s, e, eid)
+    x = s.executions.get(eid)
+    if x is not None:
+        x.lastUpdateTime = t
+        _evolve_execution(x, e, env)
+    return s
+
+
+def _evolve_head(s: PipelineState, e: ev.Event, eid: str) -> None:
+    match e:
+        case ev.ExecutionWaiting():
+            s.waiting.setdefault(e.stageName, []).append(eid)
+        case ev.ExecutionSuperseded():
+            _unwait(s, eid)
+            _deactivate(s, eid)
+        case ev.StageEntered():
+            _unwait(s, eid)
+            s.stageLatest[e.stageName] = eid
+            if not _parallel(s):
+                s.occupant[e.stageName] = eid
+        case ev.StageSucceeded() | ev.StageFailed():
+            _release(s, e.stageName, eid)
+        case ev.StageRetryStarted():
+            if eid not in s.active:
+                s.active.append(eid)
+            s.stageLatest[e.stageName] = eid
+            if not _parallel(s):
+                s.occupant[e.stageName] = eid
+        case ev.ExecutionSucceeded() | ev.ExecutionFailed():
+            _deactivate(s, eid)
+        case ev.ExecutionStopped():
+            _deactivate(s, eid)
+            _unwait(s, eid)
+            for stage in [k for k, v in s.occupant.items() if v == eid]:
+                del s.occupant[stage]
+        case _:
+            pass
+
+
+def _evolve_execution(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> None:
+    t = env.time
+    match e:
+        case ev.ExecutionWaiting():
+            x.waitingFor = e.stageName
+        case ev.ExecutionSuperseded():
+            x.status = "Superseded"
+            x.waitingFor = None
+            x.statusSummary = f"Superseded by execution {e.byExecutionId}"
+        case ev.ExecutionSucceeded():
+            x.status = "Succeeded"
+        case ev.ExecutionFailed():
+            x.status = "Failed"
+            x.statusSummary = e.reason or None
+        case ev.ExecutionStopping():
+            x.status = "Stopping"
+            x.stopAbandon = e.abandon
+            x.statusSummary = e.reason
+            run = x.stages.get(x.currentStage or "")
+            if run is not None and run.status == "InProgress":
+                run.status = "Stopping"
+        case ev.ExecutionStopped():
+            x.status = "Stopped"
+            x.waitingFor = None
+            if e.reason is not None:
+                x.statusSummary = e.reason
+            run = x.stages.get(x.currentStage or "")
+            if run is not None and run.status in ("InProgress", "Stopping"):
+                run.status = "Stopped"
+        case ev.StageEntered():
+            x.waitingFor = None
+            x.currentStage = e.stageName
+            x.stages[e.stageName] = StageRun(name=e.stageName)
+        case ev.StageSucceeded():
+            x.stages[e.stageName].status = "Succeeded"
+        case ev.StageFailed():
+            x.stages[e.stageName].status = "Failed"
+        case ev.StageRetryRequested():
+            run = x.stages[e.stageName]
+            run.pendingRetry = e.retryMode
+            run.pendingTrigger = e.trigger
+        case ev.StageRetryRejected():
+            run = x.stages[e.stageName]
+            run.pendingRetry = None
+            run.pendingTrigger = None
+        case ev.StageRetryStarted():
+            run = x.stages[e.stageName]
+            run.pendingRetry = None
+            run.pendingTrigger = None
+            run.status = "InProgress"
+            run.latestTrigger = e.trigger
+            if e.trigger == "ManualStageRetry":
+                run.manualRetries += 1
+            else:
+                run.autoRetries += 1
+            if e.retryMode == "ALL_ACTIONS":
+                run.latest = {}
+            x.status = "InProgress"
+            x.statusSummary = None
+            x.stopAbandon = None
+            x.currentStage = e.stageName
+        case ev.ActionExecutionScheduled():
+            x.actions[e.actionExecutionId] = ActionExec(
+                actionExecutionId=e.actionExecutionId,
+                stageName=e.stageName,
+                actionName=e.actionName,
+                runOrder=e.runOrder,
+                pipelineVersion=x.pipelineVersion,
+                startTime=t,
+                lastUpdateTime=t,
+                kind=e.kind,
+                token=e.token,
+                jobId=e.jobId,
+                jobNonce=e.jobNonce,
+            )
+            run = x.stages[e.stageName]
+            run.latest[e.actionName] = e.actionExecutionId
+            run.group = e.runOrder
+        case ev.ActionExecutionStarted():
+            a = x.actions[e.actionExecutionId]
+            a.worker = e.worker
+            a.lastUpdateTime = t
+        case ev.JobAcknowledged():
+            a = x.actions[e.actionExecutionId]
+            a.acknowledged = True
+            a.lastUpdateTime = t
+        case ev.ApprovalRecorded():
+            a = x.actions[e.actionExecutionId]
+            a.summary = e.summary or None
+            a.updatedBy = env.actor
+            a.lastUpdateTime = t
+        case ev.ActionExecutionSucceeded():
+            a = x.actions[e.actionExecutionId]
+            a.status = "Succeeded"
+            a.lastUpdateTime = t
+            a.summary = e.summary if e.summary is not None else a.summary
+            a.externalExecutionId = e.externalExecutionId
+            a.outputVariables = e.outputVariables
+            a.updatedBy = a.updatedBy or env.actor
+        case ev.ActionExecutionFailed():
+            a = x.actions[e.actionExecutionId]
+            a.status = "Failed"
+            a.lastUpdateTime = t
+            a.errorCode = e.errorCode
+            a.errorMessage = e.message
+            a.summary = e.summary if e.summary is not None else a.summary
+            a.externalExecutionId = e.externalExecutionId
+            a.updatedBy = a.updatedBy or env.actor
+        case ev.ActionExecutionAbandoned():
+            a = x.actions[e.actionExecutionId]
+            a.status = "Abandoned"
+            a.lastUpdateTime = t
+            a.errorMessage = e.reason or None
+        case _:
+            pass
+
+
+def fold(
+    name: str, envelopes: Iterable[ev.Envelope], state: PipelineState | None = None
+) -> PipelineState:
+    """Fold events into ``state`` (a fresh one when None)."""
+    s = state if state is not None else new_state(name)
+    for env in envelopes:
+        evolve(s, env)
+    return s
+
+
+_state_encoder = msgspec.json.Encoder()
+_state_decoder = msgspec.json.Decoder(PipelineState)
+
+
+def copy_state(s: PipelineState) -> PipelineState:
+    """A deep copy (used by tests and by callers that must not share a cached state)."""
+    return _state_decoder.decode(_state_encoder.encode(s))
