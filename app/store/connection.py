@@ -1,0 +1,69 @@
+"""Connecting to Redis: a URL (redis://, rediss://, unix://, with user/password), or an
+embedded in-memory Redis (fakeredis, with Lua) when none is given, so a first run needs
+nothing installed. The embedded server lives in this process only and keeps nothing."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from redis.asyncio import Redis
+
+ENV_URL = "STAGELINE_REDIS_URL"
+
+_embedded_server: Any = None
+
+
+def default_url() -> str | None:
+    return os.environ.get(ENV_URL) or None
+
+
+async def connect(url: str | None) -> Redis:
+    """A client for ``url``, or for the process-wide embedded server when ``url`` is None."""
+    if url:
+        return Redis.from_url(url)
+    global _embedded_server
+    if _embedded_server is None:
+        import fakeredis
+
+        _embedded_server = fakeredis.FakeServer(version=(7, 2))
+    return await fake_client(_embedded_server)
+
+
+async def fake_client(server: Any = None) -> Redis:
+    """A fakeredis client (new server when None) whose Lua has ``redis.sha1hex``.
+
+    fakeredis implements ``redis.sha1hex`` for FUNCTION libraries but not for EVAL scripts,
+    which the append script needs for the hash chain; it is added here, with the same
+    semantics as Redis (hex SHA-1 of the argument's bytes).
+    """
+    import hashlib
+
+    import fakeredis
+
+    if server is None:
+        server = fakeredis.FakeServer(version=(7, 2))
+    client: Redis = fakeredis.FakeAsyncRedis(server=server)
+    await client.eval("return 1", 0)  # creates the server's Lua runtime
+    redis_table = server._lua_runtime.globals()[b"redis"]
+    if redis_table[b"sha1hex"] is None:
+
+        def sha1hex(value: bytes | str | int | float) -> bytes:
+            raw = value if isinstance(value, bytes) else str(value).encode()
+            return hashlib.sha1(raw).hexdigest().encode()
+
+        redis_table[b"sha1hex"] = sha1hex
+    return client
+
+
+def describe(url: str | None) -> str:
+    """The URL with any password masked, for log lines."""
+    if not url:
+        return "embedded in-memory Redis (fakeredis; nothing is kept after exit)"
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
