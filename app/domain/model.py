@@ -16,30 +16,30 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-NAME_PATTERN = r"^[A-Za-z0-9.@\-_]+$"
+NAME_PATTERN = r"^[A-Za-z0-9.@\-_]+\Z"
 
 PipelineName = Annotated[str, Meta(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 StageName = Annotated[str, Meta(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 ActionName = Annotated[str, Meta(min_length=1, max_length=100, pattern=NAME_PATTERN)]
 PipelineExecutionId = Annotated[
-    str, Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+    str, Meta(pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 ]
 RoleArn = Annotated[
-    str, Meta(max_length=1024, pattern=r"^arn:aws(-[\w]+)*:iam::[0-9]{12}:role/.*$")
+    str, Meta(max_length=1024, pattern=r"^arn:aws(-[\w]+)*:iam::[0-9]{12}:role/.*\Z")
 ]
 ActionCategory = Literal["Source", "Build", "Deploy", "Test", "Invoke", "Approval", "Compute"]
 ActionOwner = Literal["AWS", "ThirdParty", "Custom"]
-ActionProvider = Annotated[str, Meta(min_length=1, max_length=35, pattern=r"^[0-9A-Za-z_-]+$")]
-Version = Annotated[str, Meta(min_length=1, max_length=9, pattern=r"^[0-9A-Za-z_-]+$")]
+ActionProvider = Annotated[str, Meta(min_length=1, max_length=35, pattern=r"^[0-9A-Za-z_-]+\Z")]
+Version = Annotated[str, Meta(min_length=1, max_length=9, pattern=r"^[0-9A-Za-z_-]+\Z")]
 RunOrder = Annotated[int, Meta(ge=1, le=999)]
 ActionTimeout = Annotated[int, Meta(ge=5, le=86400)]
 Command = Annotated[str, Meta(min_length=1, max_length=1000)]
 ConfigKey = Annotated[str, Meta(min_length=1, max_length=50)]
 ConfigValue = Annotated[str, Meta(min_length=1, max_length=1000)]
-ActionNamespace = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9@\-_]+$")]
+ActionNamespace = Annotated[str, Meta(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9@\-_]+\Z")]
 RegionName = Annotated[str, Meta(min_length=4, max_length=30)]
 OutputVariable = Annotated[str, Meta(min_length=1, max_length=128)]
-EnvName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_]+$")]
+EnvName = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_]+\Z")]
 EnvValue = Annotated[str, Meta(min_length=1, max_length=2000)]
 PipelineVersion = Annotated[int, Meta(ge=1)]
 

@@ -1,0 +1,332 @@
+"""Tests for the Compute/AWS/Commands runner (workers.runners.commands)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from workers.runners.commands import CommandsResult, _TailBuffer, run_commands
+
+pytestmark = pytest.mark.timeout(30)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return False
+    return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
+
+
+async def _assert_gone(pid: int, within_s: float = 2.0) -> None:
+    """Wait until ``os.kill(pid, 0)`` raises ProcessLookupError.
+
+    An orphaned grandchild is reparented to init, and a minimal container init may take a while
+    to reap it, so an unreaped zombie (dead, holding nothing but its pid) also counts as gone.
+    """
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        if _is_zombie(pid):
+            return
+        assert time.monotonic() < deadline, f"pid {pid} still alive"
+        await anyio.sleep(0.01)
+
+
+def _pid_file_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+async def _read_pid(path: Path, within_s: float = 5.0) -> int:
+    deadline = time.monotonic() + within_s
+    while True:
+        text = _pid_file_text(path)
+        if text.isdigit():
+            return int(text)
+        assert time.monotonic() < deadline, f"{path} never written"
+        await anyio.sleep(0.01)
+
+
+def _bg_and_wait(tmp_path: Path) -> tuple[str, Path, Path]:
+    """A command that backgrounds a long sleep (the grandchild) and then blocks itself."""
+    bg, leader = tmp_path / "bg.pid", tmp_path / "leader.pid"
+    return f"echo $$ > {leader}; sleep 1000 & echo $! > {bg}; sleep 1000", bg, leader
+
+
+# --------------------------------------------------------------------------- success paths
+
+
+async def test_several_commands_succeed() -> None:
+    result = await run_commands(["echo one", "echo two >&2", "echo three"], timeout_s=5)
+    assert isinstance(result, CommandsResult)
+    assert result.succeeded
+    assert result.exit_code == 0
+    assert result.failed_command is None
+    assert not result.timed_out
+    assert result.error_code() is None
+    assert result.commands_run == 3
+    assert result.summary() == "3 commands succeeded"
+    assert result.output_tail == "one\ntwo\nthree\n"
+    assert 0 <= result.duration_s < 5
+
+
+async def test_single_and_empty_summaries() -> None:
+    assert (await run_commands(["true"], timeout_s=5)).summary() == "1 command succeeded"
+    empty = await run_commands([], timeout_s=5)
+    assert empty.succeeded and empty.exit_code is None and empty.summary() == "no commands to run"
+
+
+async def test_env_vars_layered_on_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STAGELINE_WORKER_VAR", "from-worker")
+    monkeypatch.setenv("STAGELINE_OVERRIDDEN", "worker-value")
+    result = await run_commands(
+        ['echo "$STAGELINE_ACTION_VAR|$STAGELINE_WORKER_VAR|$STAGELINE_OVERRIDDEN"'],
+        env={"STAGELINE_ACTION_VAR": "hello world", "STAGELINE_OVERRIDDEN": "action-value"},
+        timeout_s=5,
+    )
+    assert result.succeeded
+    assert result.output_tail == "hello world|from-worker|action-value\n"
+    assert os.environ["STAGELINE_OVERRIDDEN"] == "worker-value"  # caller's env untouched
+
+
+async def test_cwd_and_commands_do_not_share_a_shell(tmp_path: Path) -> None:
+    result = await run_commands(
+        ["pwd", "cd / && export X=1", 'pwd; echo "X=$X"'], cwd=str(tmp_path), timeout_s=5
+    )
+    assert result.succeeded
+    assert result.output_tail == f"{tmp_path}\n{tmp_path}\nX=\n"
+
+
+async def test_stdin_is_dev_null() -> None:
+    # `cat` would block forever on an inherited terminal/pipe; /dev/null gives immediate EOF.
+    result = await run_commands(["cat", "read line || echo eof"], timeout_s=5)
+    assert result.succeeded
+    assert result.output_tail == "eof\n"
+
+
+# --------------------------------------------------------------------------- failures
+
+
+async def test_stops_at_first_failure(tmp_path: Path) -> None:
+    marker = tmp_path / "should-not-exist"
+    result = await run_commands(
+        ["echo before", "echo boom >&2; exit 3", f"touch {marker}"], timeout_s=5
+    )
+    assert not result.succeeded
+    assert not marker.exists()
+    assert result.exit_code == 3
+    assert result.failed_command == "echo boom >&2; exit 3"
+    assert result.commands_run == 2
+    assert not result.timed_out
+    assert result.error_code() == "CommandFailed"
+    assert result.summary() == "command 'echo boom >&2; exit 3' exited with 3"
+    assert result.output_tail == "before\nboom\n"
+
+
+async def test_exit_code_reported_for_failing_program() -> None:
+    result = await run_commands(["sh -c 'exit 42'"], timeout_s=5)
+    assert result.exit_code == 42
+    assert result.summary() == "command 'sh -c 'exit 42'' exited with 42"
+    missing = await run_commands(["definitely-not-a-command-xyz"], timeout_s=5)
+    assert missing.exit_code == 127
+    assert "not found" in missing.output_tail
+
+
+async def test_killed_by_signal() -> None:
+    result = await run_commands(["kill -9 $$"], timeout_s=5)
+    assert not result.succeeded
+    assert result.exit_code == -9
+    assert result.error_code() == "CommandFailed"
+    assert result.summary() == "command 'kill -9 $$' was killed by signal SIGKILL"
+
+
+async def test_long_command_is_shortened_in_summary() -> None:
+    command = "false # " + "x" * 200 + "\nexit 1"
+    result = await run_commands([command], timeout_s=5)
+    assert result.failed_command == command
+    summary = result.summary()
+    assert len(summary) < 100 and "…" in summary and "\n" not in summary
+
+
+# --------------------------------------------------------------------------- output tail
+
+
+async def test_output_tail_is_bounded() -> None:
+    result = await run_commands(
+        [
+            "head -c 1000000 /dev/zero | tr '\\0' x; echo",
+            "echo on-stderr >&2; echo LAST-LINE",
+        ],
+        timeout_s=10,
+    )
+    assert result.succeeded
+    assert len(result.output_tail.encode()) <= 4096
+    assert result.output_tail.endswith("xxx\non-stderr\nLAST-LINE\n")
+
+
+async def test_output_tail_custom_size_and_zero() -> None:
+    result = await run_commands(["seq 1 100000"], timeout_s=10, tail_bytes=10)
+    assert result.output_tail == "99\n100000\n"
+    assert (await run_commands(["seq 1 1000"], timeout_s=5, tail_bytes=0)).output_tail == ""
+
+
+def test_tail_buffer_memory_stays_bounded() -> None:
+    buf = _TailBuffer(100)
+    for i in range(10_000):
+        buf.append(b"%d\n" % i)
+        assert len(buf._buf) <= 200 + 8
+    buf.append(b"y" * 1_000_000)
+    assert len(buf._buf) == 100
+    assert buf.text() == "y" * 100
+
+
+async def test_invalid_and_multibyte_output_does_not_crash() -> None:
+    # \377\376 are never valid UTF-8; é is \303\251.
+    result = await run_commands(
+        ["printf 'bad:\\377\\376 ok:h\\303\\251llo \\342\\234\\223\\n'"], timeout_s=5
+    )
+    assert result.succeeded
+    assert result.output_tail == "bad:\ufffd\ufffd ok:héllo ✓\n"
+
+
+async def test_tail_cut_inside_multibyte_char_is_clean() -> None:
+    # 5000 x "é" (2 bytes each); a 101-byte tail starts in the middle of one.
+    result = await run_commands(
+        ["i=0; while [ $i -lt 5000 ]; do printf '\\303\\251'; i=$((i+1)); done"],
+        timeout_s=10,
+        tail_bytes=101,
+    )
+    assert result.succeeded
+    assert result.output_tail == "é" * 50
+
+
+# --------------------------------------------------------------------------- timeout
+
+
+async def test_timeout_kills_whole_process_group(tmp_path: Path) -> None:
+    command, bg_file, leader_file = _bg_and_wait(tmp_path)
+    started = time.monotonic()
+    result = await run_commands(["echo starting", command], timeout_s=0.5, kill_grace_s=1.0)
+    elapsed = time.monotonic() - started
+    assert result.timed_out
+    assert not result.succeeded
+    assert result.exit_code is None
+    assert result.failed_command == command
+    assert result.commands_run == 2
+    assert result.error_code() == "Timeout"
+    assert result.summary().startswith("timed out after 0.")
+    assert result.output_tail == "starting\n"
+    assert elapsed < 1.4  # SIGTERM was enough: no need to wait out the grace period
+    await _assert_gone(await _read_pid(bg_file))
+    await _assert_gone(await _read_pid(leader_file))
+
+
+async def test_timeout_covers_whole_list() -> None:
+    result = await run_commands(["sleep 0.3", "sleep 0.3", "sleep 0.3"], timeout_s=0.5)
+    assert result.timed_out
+    assert result.commands_run == 2
+    assert result.failed_command == "sleep 0.3"
+    assert 0.5 <= result.duration_s < 1.5
+
+
+async def test_timeout_escalates_to_sigkill(tmp_path: Path) -> None:
+    command, bg_file, leader_file = _bg_and_wait(tmp_path)
+    started = time.monotonic()
+    result = await run_commands([f"trap '' TERM; {command}"], timeout_s=0.3, kill_grace_s=0.3)
+    elapsed = time.monotonic() - started
+    assert result.timed_out
+    assert 0.6 <= elapsed < 2.5  # waited the grace period, then SIGKILL
+    await _assert_gone(await _read_pid(bg_file))
+    await _assert_gone(await _read_pid(leader_file))
+
+
+async def test_background_leftovers_are_reaped_after_success(tmp_path: Path) -> None:
+    bg_file = tmp_path / "bg.pid"
+    started = time.monotonic()
+    # The leftover `sleep` keeps the output pipe open: the runner must not wait for it.
+    result = await run_commands([f"sleep 1000 & echo $! > {bg_file}; echo done"], timeout_s=5)
+    assert result.succeeded
+    assert result.output_tail == "done\n"
+    assert time.monotonic() - started < 2
+    await _assert_gone(await _read_pid(bg_file))
+
+
+# --------------------------------------------------------------------------- cancellation
+
+
+async def test_anyio_cancellation_kills_group_and_propagates(tmp_path: Path) -> None:
+    command, bg_file, leader_file = _bg_and_wait(tmp_path)
+    seen_cancel = False
+    finished_normally = False
+
+    async def victim() -> None:
+        nonlocal seen_cancel, finished_normally
+        try:
+            await run_commands([command], timeout_s=None, kill_grace_s=1.0)
+        except anyio.get_cancelled_exc_class():
+            seen_cancel = True
+            raise
+        finished_normally = True
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(victim)
+        bg_pid = await _read_pid(bg_file)
+        leader_pid = await _read_pid(leader_file)
+        tg.cancel_scope.cancel()
+
+    assert seen_cancel
+    assert not finished_normally
+    await _assert_gone(bg_pid)
+    await _assert_gone(leader_pid)
+
+
+async def test_asyncio_task_cancel_kills_group_and_propagates(tmp_path: Path) -> None:
+    command, bg_file, leader_file = _bg_and_wait(tmp_path)
+    task = asyncio.create_task(run_commands([command], timeout_s=None, kill_grace_s=1.0))
+    bg_pid = await _read_pid(bg_file)
+    leader_pid = await _read_pid(leader_file)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await _assert_gone(bg_pid)
+    await _assert_gone(leader_pid)
+
+
+async def test_outer_deadline_is_cancellation_not_timeout(tmp_path: Path) -> None:
+    command, bg_file, _ = _bg_and_wait(tmp_path)
+    with anyio.move_on_after(0.3) as scope:
+        await run_commands([command], timeout_s=10, kill_grace_s=1.0)
+        pytest.fail("cancellation was swallowed")
+    assert scope.cancelled_caught
+    await _assert_gone(await _read_pid(bg_file))
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+async def test_rejects_bad_arguments() -> None:
+    with pytest.raises(TypeError):
+        await run_commands("echo hi", timeout_s=1)
+    with pytest.raises(ValueError):
+        await run_commands(["true"], timeout_s=1, tail_bytes=-1)
+    with pytest.raises(ValueError):
+        await run_commands(["true"], timeout_s=1, kill_grace_s=-1)
+
+
+async def test_missing_cwd_raises(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        await run_commands(["true"], timeout_s=1, cwd=str(tmp_path / "nope"))
