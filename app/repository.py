@@ -37,6 +37,9 @@ class Origin:
     source: str | None = None
 
 
+SYSTEM = Origin()
+
+
 @dataclass(frozen=True)
 class Outcome:
     events: list[ev.Envelope]
@@ -88,7 +91,7 @@ class PipelineRepository:
         self,
         pipeline: str,
         cmd: c.Command,
-        origin: Origin = Origin(),
+        origin: Origin = SYSTEM,
         *,
         command_id: str | None = None,
     ) -> Outcome:

@@ -49,7 +49,7 @@ def action_kind(a: ActionDeclaration) -> ev.Kind:
         return "commands"
     if t.owner == "AWS" and t.category == "Approval" and t.provider == "Manual":
         return "approval"
-    if t.owner == "Custom":
+    if t.owner in ("Custom", "ThirdParty"):
         return "custom"
     return "other"
 
@@ -176,9 +176,12 @@ class Decision:
         run = x.stages[stage]
         sdecl = self.decl(x).stage(stage)
         assert sdecl is not None
-        self.emit(ev.StageFailed(executionId=eid, stageName=stage, reason=reason))
         auto = sdecl.auto_retry_mode()
-        if auto is not None and run.autoRetries == 0 and x.status == "InProgress":
+        retrying = auto is not None and run.autoRetries == 0 and x.status == "InProgress"
+        self.emit(
+            ev.StageFailed(executionId=eid, stageName=stage, reason=reason, autoRetry=retrying)
+        )
+        if auto is not None and retrying:
             running = any(a.status == "InProgress" for a in x.latest_actions(stage))
             if auto == "FAILED_ACTIONS" or not running:
                 self.start_retry(eid, stage, auto, "AutomatedStageRetry")
@@ -512,8 +515,12 @@ def _start_action(d: Decision, cmd: c.Command) -> None:
     assert isinstance(cmd, c.StartAction)
     x, _, status = _find_action(d, cmd.executionId, cmd.actionExecutionId)
     a = x.actions[cmd.actionExecutionId]
-    if status != "InProgress" or x.status not in ("InProgress", "Stopping"):
-        raise DomainError("ActionNotRunnableException", f"Action execution is {status}")
+    # A Failed execution may still have InProgress actions (siblings of the failed one): they
+    # keep running and their results count (SPEC section 3), so their workers may start them.
+    if status != "InProgress" or x.status not in ("InProgress", "Stopping", "Failed"):
+        raise DomainError(
+            "ActionNotRunnableException", f"Action execution is {status} (execution {x.status})"
+        )
     if a.worker is not None:
         if a.worker == cmd.worker:
             return

@@ -1,0 +1,29 @@
+"""Worker settings (see docs/operations.md for what each one does)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+
+
+def default_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    name: str = field(default_factory=default_name)
+    concurrency: int = 8  # actions run at once by this process
+    lease_ttl_s: float = 30.0  # a running action's lease; renewed every third of it
+    block_ms: int | None = 1000  # XREADGROUP BLOCK; None = poll (embedded fakeredis)
+    poll_interval_s: float = 0.005
+    claim_idle_ms: int = 30_000  # take over entries pending this long at a dead consumer
+    claim_every_s: float = 5.0
+    max_deliveries: int = 5  # then the entry is parked in the dead-letter stream
+    reap_every_s: float = 1.0
+    snapshot_every_s: float = 2.0
+    shutdown_grace_s: float = 30.0  # running actions may finish this long after a signal
+    batch: int = 64
+    output_tail_bytes: int = 4096
+    roles: tuple[str, ...] = ("orchestrator", "runner")

@@ -1,0 +1,176 @@
+"""A consumer-group reader over the partitions' dispatch streams. I/O only, no policy.
+
+It reads new entries (XREADGROUP), first re-reads its own pending ones after a restart,
+takes over entries that another consumer left pending too long (XPENDING + XCLAIM), parks
+an entry that keeps failing in the partition's dead-letter stream after ``max_deliveries``,
+and survives Redis going away (reconnects with backoff; recreates a missing group).
+Each entry is given to ``handle``; it is acknowledged when ``handle`` returns normally.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+log = logging.getLogger("stageline.consumer")
+
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class Entry:
+    stream: str
+    id: str
+    fields: dict[str, bytes]
+    deliveries: int = 1
+
+    def text(self, name: str) -> str:
+        return self.fields[name].decode()
+
+
+Handler = Callable[[Entry], Awaitable[None]]
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _entry(stream: str, rid: Any, fields: Any, deliveries: int = 1) -> Entry:
+    return Entry(stream, _s(rid), {_s(k): v for k, v in (fields or {}).items()}, deliveries)
+
+
+class GroupConsumer:
+    def __init__(
+        self,
+        redis: Redis,
+        streams: Sequence[str],
+        group: str,
+        consumer: str,
+        *,
+        dead_letter: Callable[[str], str],
+        block_ms: int | None = 1000,
+        poll_interval_s: float = 0.01,
+        claim_idle_ms: int = 30_000,
+        max_deliveries: int = 5,
+    ) -> None:
+        self.redis = redis
+        self.streams = list(streams)
+        self.group = group
+        self.consumer = consumer
+        self.dead_letter = dead_letter
+        self.block_ms = block_ms
+        self.poll_interval_s = poll_interval_s
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self._groups_ready = False
+
+    async def ensure_groups(self) -> None:
+        for s in self.streams:
+            try:
+                await self.redis.xgroup_create(s, self.group, id="0", mkstream=True)
+            except ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+        self._groups_ready = True
+
+    async def read(self, count: int, *, pending: bool = False) -> list[Entry]:
+        """Up to ``count`` entries: new ones, or (pending=True) this consumer's own pending."""
+        if not self._groups_ready:
+            await self.ensure_groups()
+        block = None if pending else self.block_ms
+        ids: dict[Any, Any] = {s: ("0" if pending else ">") for s in self.streams}
+        try:
+            resp: Any = await self.redis.xreadgroup(
+                self.group, self.consumer, ids, count=count, block=block
+            )
+        except ResponseError as e:
+            if "NOGROUP" in str(e):
+                self._groups_ready = False
+                return []
+            raise
+        out: list[Entry] = []
+        for stream, rows in resp or []:
+            for rid, fields in rows:
+                if fields:  # a pending entry trimmed away comes back with no fields
+                    out.append(_entry(_s(stream), rid, fields))
+                else:
+                    await self.redis.xack(_s(stream), self.group, rid)
+        if not out and block is None and not pending:
+            await anyio.sleep(self.poll_interval_s)
+        return out
+
+    async def claim_stale(self, count: int = 100) -> list[Entry]:
+        """Entries other consumers left pending longer than ``claim_idle_ms``.
+
+        Entries delivered ``max_deliveries`` times already are parked in the dead-letter
+        stream instead, with a log line, and acknowledged so the partition moves on.
+        """
+        if not self._groups_ready:
+            await self.ensure_groups()
+        out: list[Entry] = []
+        for s in self.streams:
+            try:
+                pend: Any = await self.redis.xpending_range(
+                    s, self.group, min="-", max="+", count=count, idle=self.claim_idle_ms
+                )
+            except ResponseError as err:
+                if "NOGROUP" in str(err):
+                    self._groups_ready = False
+                    return []
+                raise
+            for p in pend:
+                rid = _s(p["message_id"])
+                deliveries = int(p["times_delivered"])
+                claimed: Any = await self.redis.xclaim(
+                    s, self.group, self.consumer, self.claim_idle_ms, [rid]
+                )
+                if not claimed:
+                    continue  # someone else claimed it first
+                crid, fields = claimed[0]
+                if not fields:
+                    await self.redis.xack(s, self.group, crid)
+                    continue
+                e = _entry(s, crid, fields, deliveries + 1)
+                if deliveries >= self.max_deliveries:
+                    await self.park(e, f"delivered {deliveries} times without success")
+                    continue
+                out.append(e)
+        return out
+
+    async def park(self, e: Entry, reason: str) -> None:
+        dead = self.dead_letter(e.stream)
+        fields: dict[Any, Any] = dict(e.fields)
+        fields.update({"_stream": e.stream, "_id": e.id, "_group": self.group, "_reason": reason})
+        await self.redis.xadd(dead, fields)
+        await self.redis.xack(e.stream, self.group, e.id)
+        log.error(
+            "parked poison entry %s of %s (group %s) in %s: %s",
+            e.id,
+            e.stream,
+            self.group,
+            dead,
+            reason,
+        )
+
+    async def ack(self, e: Entry) -> None:
+        await self.redis.xack(e.stream, self.group, e.id)
+
+    async def handle_one(self, e: Entry, handle: Handler) -> bool:
+        """Run ``handle``; ack on success. A failure leaves the entry pending (redelivered)."""
+        try:
+            await handle(e)
+        except REDIS_DOWN:
+            raise
+        except Exception:
+            log.exception("handling %s %s failed (delivery %d)", e.stream, e.id, e.deliveries)
+            return False
+        await self.ack(e)
+        return True

@@ -1,0 +1,74 @@
+"""Leases of running actions: one sorted set per partition, scored by expiry (epoch ms).
+
+A runner takes the lease *before* it records that it started the action, renews it while
+the action runs, and drops it when the result is recorded. Anything left in the set past
+its expiry belongs to a runner that died: the reaper fails that action as WorkerLost.
+Times come from the workers' clocks; keep them in sync (NTP) across machines.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from app.store.keys import Keys
+
+SEP = "\x1f"
+
+
+@dataclass(frozen=True)
+class Lease:
+    pipeline: str
+    executionId: str
+    actionExecutionId: str
+    worker: str
+
+    @property
+    def member(self) -> str:
+        return SEP.join((self.pipeline, self.executionId, self.actionExecutionId, self.worker))
+
+    @classmethod
+    def parse(cls, member: bytes | str) -> Lease:
+        s = member.decode() if isinstance(member, bytes) else member
+        p, x, a, w = s.split(SEP)
+        return cls(p, x, a, w)
+
+
+class Leases:
+    def __init__(self, redis: Redis, keys: Keys, ttl_s: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.ttl_s = ttl_s
+
+    def _key(self, lease: Lease) -> str:
+        return self.keys.leases(self.keys.partition(lease.pipeline))
+
+    async def take(self, lease: Lease) -> None:
+        expiry = int((time.time() + self.ttl_s) * 1000)
+        await self.redis.zadd(self._key(lease), {lease.member: expiry})
+
+    async def renew(self, lease: Lease) -> bool:
+        """Extend the lease; False when it is gone (reaped: the action was declared lost)."""
+        expiry = int((time.time() + self.ttl_s) * 1000)
+        changed: Any = await self.redis.zadd(
+            self._key(lease), {lease.member: expiry}, xx=True, ch=True
+        )
+        if changed:
+            return True
+        return await self.redis.zscore(self._key(lease), lease.member) is not None
+
+    async def release(self, lease: Lease) -> None:
+        await self.redis.zrem(self._key(lease), lease.member)
+
+    async def expired(self, partition: int, limit: int = 100) -> list[Lease]:
+        now = int(time.time() * 1000)
+        rows: Any = await self.redis.zrangebyscore(
+            self.keys.leases(partition), "-inf", now, start=0, num=limit
+        )
+        return [Lease.parse(m) for m in rows]
+
+    async def drop(self, partition: int, lease: Lease) -> None:
+        await self.redis.zrem(self.keys.leases(partition), lease.member)

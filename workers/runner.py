@@ -1,0 +1,252 @@
+"""Runner role: runs the actions the engine runs itself, under a lease.
+
+For each entry of a partition's run queue: take the lease, record ``ActionExecutionStarted``
+(refused if anyone already took the action: it never runs twice), run it while renewing the
+lease, record the result. A runner that dies stops renewing; the orchestrators' reaper then
+fails the action as WorkerLost. An action this same worker name had started before a
+restart is recorded as lost too, not run again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import anyio
+
+from app.domain import commands as c
+from app.domain import events as ev
+from app.domain.errors import DomainError
+from app.domain.model import ActionDeclaration
+from app.domain.state import ExecutionState, PipelineState
+from app.engine import Engine
+from app.repository import Origin
+from workers.config import WorkerConfig
+from workers.consumer import Entry
+from workers.leases import Lease, Leases
+from workers.runners.commands import run_commands
+
+log = logging.getLogger("stageline.runner")
+
+DEFAULT_TIMEOUT_MINUTES = 60
+
+
+@dataclass(frozen=True)
+class ActionJob:
+    """What an action runner gets: the action's declaration and where it runs."""
+
+    pipeline: str
+    stage: str
+    executionId: str
+    actionExecutionId: str
+    declaration: ActionDeclaration
+    tail_bytes: int
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    succeeded: bool
+    summary: str | None = None
+    errorCode: str | None = None
+    message: str | None = None
+
+
+ActionRunner = Callable[[ActionJob], Awaitable[ActionResult]]
+
+
+async def run_commands_action(job: ActionJob) -> ActionResult:
+    """``AWS/Compute/Commands/1``: the action's commands, with its environment, bounded."""
+    d = job.declaration
+    env = {
+        "CODEPIPELINE_PIPELINE_NAME": job.pipeline,
+        "CODEPIPELINE_STAGE_NAME": job.stage,
+        "CODEPIPELINE_ACTION_NAME": d.name,
+        "CODEPIPELINE_PIPELINE_EXECUTION_ID": job.executionId,
+        "CODEPIPELINE_ACTION_EXECUTION_ID": job.actionExecutionId,
+    }
+    for var in d.environmentVariables or []:
+        if var.type == "SECRETS_MANAGER":
+            return ActionResult(
+                False,
+                summary="secrets are not supported",
+                errorCode="SecretsNotSupported",
+                message=f"environment variable {var.name}: SECRETS_MANAGER is not supported",
+            )
+        env[var.name] = var.value
+    minutes = d.timeoutInMinutes or DEFAULT_TIMEOUT_MINUTES
+    workdir = tempfile.mkdtemp(prefix="stageline-")
+    try:
+        r = await run_commands(
+            d.commands or [],
+            env=env,
+            timeout_s=minutes * 60.0,
+            cwd=workdir,
+            tail_bytes=job.tail_bytes,
+        )
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if r.succeeded:
+        return ActionResult(True, summary=r.summary())
+    return ActionResult(
+        False,
+        summary=r.summary(),
+        errorCode=r.error_code(),
+        message=f"{r.summary()}\n{r.output_tail}".strip()[:5000],
+    )
+
+
+DEFAULT_RUNNERS: Mapping[str, ActionRunner] = {"commands": run_commands_action}
+
+
+class Runner:
+    def __init__(
+        self,
+        engine: Engine,
+        leases: Leases,
+        config: WorkerConfig,
+        runners: Mapping[str, ActionRunner] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.leases = leases
+        self.config = config
+        self.runners = dict(runners or DEFAULT_RUNNERS)
+        self.running: dict[str, Lease] = {}
+        self.ack: Callable[[Entry], Awaitable[None]] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def origin(self, env: ev.Envelope) -> Origin:
+        return Origin(
+            actor=f"worker:{self.name}",
+            correlationId=env.correlationId or env.id,
+            causationId=env.id,
+        )
+
+    async def handle(self, entry: Entry) -> None:
+        pipeline = entry.text("p")
+        env = ev.decode_payload(pipeline, int(entry.text("v")), entry.fields["e"])
+        e = env.event
+        if not isinstance(e, ev.ActionExecutionScheduled) or e.actionExecutionId in self.running:
+            return
+        lease = Lease(pipeline, e.executionId, e.actionExecutionId, self.name)
+        repo = self.engine.repo
+        await self.leases.take(lease)
+        try:
+            out = await repo.execute(
+                pipeline,
+                c.StartAction(
+                    executionId=e.executionId,
+                    actionExecutionId=e.actionExecutionId,
+                    worker=self.name,
+                ),
+                self.origin(env),
+            )
+        except DomainError as err:
+            await self.leases.release(lease)
+            log.debug("not running %s: %s", e.actionExecutionId, err.message)
+            return
+        if not out.events:
+            # This worker name had started it before (a restart): it may have half run.
+            await self._lose(env, lease, "worker restarted while the action was running")
+            return
+        if self.ack is not None:
+            await self.ack(entry)  # recorded as started: from now on the lease protects it
+        self.running[e.actionExecutionId] = lease
+        try:
+            await self._run_leased(env, e, lease, out.state)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._lose(env, lease, "worker shut down before the action finished")
+            raise
+        finally:
+            self.running.pop(e.actionExecutionId, None)
+
+    async def _run_leased(
+        self, env: ev.Envelope, e: ev.ActionExecutionScheduled, lease: Lease, s: PipelineState
+    ) -> None:
+        x = s.executions[e.executionId]
+        job = self._job(env.pipeline, s, x, e)
+        runner = self.runners.get(e.kind)
+        lost = False
+        result: ActionResult | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def heartbeat() -> None:
+                nonlocal lost
+                while True:
+                    await anyio.sleep(self.leases.ttl_s / 3)
+                    if not await self.leases.renew(lease):
+                        lost = True
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(heartbeat)
+            if job is None or runner is None:
+                result = ActionResult(
+                    False, errorCode="ActionTypeNotSupported", message="no runner for this action"
+                )
+            else:
+                try:
+                    result = await runner(job)
+                except Exception as err:  # a runner bug must not kill the worker
+                    log.exception("runner for %s crashed", e.actionExecutionId)
+                    result = ActionResult(
+                        False, errorCode="RunnerError", message=f"{type(err).__name__}: {err}"
+                    )
+            tg.cancel_scope.cancel()
+        if lost or result is None:
+            log.warning("lease of %s was lost; its result is not recorded", e.actionExecutionId)
+            return
+        await self.engine.repo.execute(
+            env.pipeline,
+            c.CompleteAction(
+                executionId=e.executionId,
+                actionExecutionId=e.actionExecutionId,
+                succeeded=result.succeeded,
+                summary=result.summary,
+                errorCode=result.errorCode,
+                message=result.message,
+                worker=self.name,
+            ),
+            self.origin(env),
+        )
+        await self.leases.release(lease)
+
+    def _job(
+        self, pipeline: str, s: PipelineState, x: ExecutionState, e: ev.ActionExecutionScheduled
+    ) -> ActionJob | None:
+        sdecl = s.declaration_for(x).stage(e.stageName)
+        adecl = sdecl.action(e.actionName) if sdecl is not None else None
+        if adecl is None:
+            return None
+        return ActionJob(
+            pipeline,
+            e.stageName,
+            e.executionId,
+            e.actionExecutionId,
+            adecl,
+            self.config.output_tail_bytes,
+        )
+
+    async def _lose(self, env: ev.Envelope, lease: Lease, why: str) -> None:
+        e = env.event
+        assert isinstance(e, ev.ActionExecutionScheduled)
+        try:
+            await self.engine.repo.execute(
+                env.pipeline,
+                c.LoseAction(
+                    executionId=e.executionId,
+                    actionExecutionId=e.actionExecutionId,
+                    worker=self.name,
+                    message=why,
+                ),
+                self.origin(env),
+            )
+        finally:
+            await self.leases.release(lease)
+        log.warning("action %s recorded as %s: %s", e.actionExecutionId, ev.WORKER_LOST, why)
