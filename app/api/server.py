@@ -1,0 +1,167 @@
+"""``stageline serve``: the HTTP API (uvicorn) plus, unless disabled, in-process workers."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import signal
+from collections.abc import Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import uvicorn
+from redis.asyncio import Redis
+
+from app.api.handlers import build_handlers
+from app.api.wire import ASGIApp, build_app
+from app.engine import Engine
+from app.store.connection import connect, describe
+from app.store.keys import Keys
+from workers.config import WorkerConfig
+from workers.service import Worker
+
+log = logging.getLogger("stageline.serve")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str | None = None
+    workers: bool = True
+    credentials: Mapping[str, str] = field(default_factory=dict)
+    insecure: bool = False
+    partitions: int = 16
+    max_body_bytes: int = 1_048_576
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    log_level: str = "info"
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(cfg: ServeConfig) -> None:
+    if not is_loopback(cfg.host) and not cfg.credentials and not cfg.insecure:
+        raise SystemExit(
+            f"stageline: refusing to listen on {cfg.host} without credentials; "
+            "configure access keys (--access-key / STAGELINE_ACCESS_KEYS) or pass --insecure"
+        )
+
+
+def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
+    redis: Redis = engine.redis
+
+    async def healthy() -> bool:
+        try:
+            return bool(await redis.ping())
+        except Exception:
+            return False
+
+    return build_app(
+        build_handlers(engine),
+        credentials=dict(cfg.credentials) or None,
+        health=healthy,
+        max_body_bytes=cfg.max_body_bytes,
+    )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: ``serve`` handles signals for API + workers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+async def serve(
+    cfg: ServeConfig, *, task_status: Any = anyio.TASK_STATUS_IGNORED, signals: bool = True
+) -> None:
+    check_exposure(cfg)
+    redis = await connect(cfg.redis_url)
+    embedded = not cfg.redis_url
+    worker_cfg = cfg.worker
+    if embedded and worker_cfg.block_ms is not None:
+        from dataclasses import replace
+
+        worker_cfg = replace(worker_cfg, block_ms=None)  # fakeredis: poll, don't block
+    engine = Engine(redis, Keys(partitions=cfg.partitions))
+    await engine.start()
+    app = make_app(engine, cfg)
+    server = _Server(
+        uvicorn.Config(
+            app,
+            host=cfg.host,
+            port=cfg.port,
+            lifespan="on",
+            log_level=cfg.log_level,
+            access_log=False,
+        )
+    )
+    worker = Worker(engine, worker_cfg) if cfg.workers else None
+    log.warning("stageline: Redis: %s", describe(cfg.redis_url))
+    if embedded:
+        log.warning(
+            "stageline: no --redis-url given: running on an embedded in-memory Redis; "
+            "everything is lost on exit"
+        )
+    log.warning(
+        "stageline: API on http://%s:%d (auth %s), workers %s",
+        cfg.host,
+        cfg.port,
+        "on" if cfg.credentials else "off",
+        "in-process" if worker else "off (--no-workers)",
+    )
+    worker_done = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        if signals:
+
+            async def watch() -> None:
+                with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                    count = 0
+                    async for _ in received:
+                        count += 1
+                        server.should_exit = True
+                        if worker is not None:
+                            worker.stop(now=count > 1)
+                        if count > 1:
+                            server.force_exit = True
+
+            tg.start_soon(watch)
+
+        async def run_worker(*, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+            try:
+                if worker is not None:
+                    await worker.run(task_status=task_status)
+                else:
+                    task_status.started()
+            finally:
+                worker_done.set()
+
+        await tg.start(run_worker)
+
+        async def api() -> None:
+            try:
+                await server.serve()
+            finally:
+                if worker is not None:
+                    worker.stop()
+                with anyio.CancelScope(shield=True):
+                    await worker_done.wait()
+                tg.cancel_scope.cancel()
+
+        tg.start_soon(api)
+        while not server.started:
+            if worker_done.is_set():
+                raise SystemExit(f"stageline: the API could not start on {cfg.host}:{cfg.port}")
+            await anyio.sleep(0.01)
+        task_status.started(server)
+    with anyio.CancelScope(shield=True):
+        await redis.aclose()

@@ -1,0 +1,1 @@
+"""Audit: replay the event log, rebuild and verify projections, check the hash chain."""
