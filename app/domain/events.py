@@ -98,9 +98,13 @@ class StageSucceeded(Event, tag=True, frozen=True):
 
 
 class StageFailed(Event, tag=True, frozen=True):
+    """``autoRetry``: an automatic retry follows (at once, or when the running actions end),
+    so the execution keeps holding the stage (SUPERSEDED/QUEUED: one execution per stage)."""
+
     executionId: str
     stageName: str
     reason: str = ""
+    autoRetry: bool = False
 
 
 class StageRetryRequested(Event, tag=True, frozen=True):

@@ -207,8 +207,11 @@ def _evolve_head(s: PipelineState, e: ev.Event, eid: str) -> None:
             s.stageLatest[e.stageName] = eid
             if not _parallel(s):
                 s.occupant[e.stageName] = eid
-        case ev.StageSucceeded() | ev.StageFailed():
+        case ev.StageSucceeded():
             _release(s, e.stageName, eid)
+        case ev.StageFailed():
+            if not e.autoRetry:
+                _release(s, e.stageName, eid)
         case ev.StageRetryStarted():
             if eid not in s.active:
                 s.active.append(eid)
