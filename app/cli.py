@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="allow a non-loopback host without access keys"
     )
     s.add_argument("--concurrency", type=int, default=8, help="actions run at once")
+    s.add_argument(
+        "--max-concurrent-executions",
+        type=int,
+        default=50,
+        metavar="N",
+        help="limit of active executions per pipeline, fixed when a pipeline is created "
+        "(default 50)",
+    )
 
     w = sub.add_parser("worker", help="run a worker process (orchestrator + action runner)")
     _redis_arg(w)
@@ -98,6 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--lease-ttl", type=float, default=30.0, help="seconds; renewed every third")
     w.add_argument("--claim-idle", type=float, default=30.0, help="seconds before takeover")
     w.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds")
+    w.add_argument("--claim-every", type=float, default=5.0, help="seconds between takeovers")
+    w.add_argument("--reap-every", type=float, default=1.0, help="seconds between lease reaps")
+    w.add_argument("--snapshot-every", type=float, default=2.0, help="seconds between snapshots")
+    w.add_argument("--max-deliveries", type=int, default=5, help="then dead-letter the entry")
+    w.add_argument("--block-ms", type=int, default=1000, help="XREADGROUP BLOCK (ms)")
     w.add_argument(
         "--role",
         action="append",
@@ -125,6 +138,11 @@ def _worker_config(a: argparse.Namespace) -> WorkerConfig:
         lease_ttl_s=getattr(a, "lease_ttl", 30.0),
         claim_idle_ms=int(getattr(a, "claim_idle", 30.0) * 1000),
         shutdown_grace_s=getattr(a, "shutdown_grace", 30.0),
+        claim_every_s=getattr(a, "claim_every", 5.0),
+        reap_every_s=getattr(a, "reap_every", 1.0),
+        snapshot_every_s=getattr(a, "snapshot_every", 2.0),
+        max_deliveries=getattr(a, "max_deliveries", 5),
+        block_ms=getattr(a, "block_ms", 1000),
         roles=tuple(getattr(a, "role", None) or ("orchestrator", "runner")),
     )
 
@@ -159,6 +177,7 @@ async def _serve(a: argparse.Namespace) -> None:
             credentials=_parse_keys(a.access_key),
             insecure=a.insecure,
             partitions=a.partitions,
+            max_concurrent_executions=a.max_concurrent_executions,
             worker=_worker_config(a),
         )
     )

@@ -25,6 +25,8 @@ from app.repository import SYSTEM, Origin, Outcome, PipelineRepository, new_uuid
 from app.store.eventstore import EventStore
 from app.store.keys import Keys
 
+MAX_POLL_BATCH = 100  # jobs returned by one PollForJobs at most
+
 
 @dataclass(frozen=True)
 class OpenJob:
@@ -179,8 +181,11 @@ class Engine:
         max_batch: int = 1,
         query: dict[str, str] | None = None,
     ) -> list[OpenJob]:
+        # The model gives maxBatchSize no maximum; the client's number must not reach Redis
+        # unbounded (ZRANGE's stop is an int64): "up to maxBatchSize" jobs, at most 100.
+        max_batch = min(max(max_batch, 1), MAX_POLL_BATCH)
         found: list[OpenJob] = []
-        for ref in await self.jobs.open_jobs(action_type.key, max(max_batch, 1) * 4 + 16):
+        for ref in await self.jobs.open_jobs(action_type.key, max_batch * 4 + 16):
             s = await self.repo.load(ref.pipeline)
             x = s.executions.get(ref.executionId)
             a = x.actions.get(ref.actionExecutionId) if x is not None else None

@@ -12,7 +12,9 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import anyio
 
 from app.domain import commands as c
 from app.domain import events as ev
@@ -47,6 +49,14 @@ class Outcome:
     duplicate: bool = False
 
 
+@dataclass
+class _Turn:
+    """Commands on one pipeline take turns within a process (see ``execute``)."""
+
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    users: int = 0
+
+
 class PipelineRepository:
     def __init__(
         self,
@@ -62,6 +72,7 @@ class PipelineRepository:
         self.new_id = new_id
         self.conflict_retries = conflict_retries
         self._cache: dict[str, PipelineState] | None = {} if cache else None
+        self._turns: dict[str, _Turn] = {}
 
     def forget(self, pipeline: str | None = None) -> None:
         if self._cache is None:
@@ -70,6 +81,14 @@ class PipelineRepository:
             self._cache.clear()
         else:
             self._cache.pop(pipeline, None)
+
+    def observe(self, env: ev.Envelope) -> None:
+        """Fold an event seen elsewhere (a dispatch stream's copy of a log entry: the same
+        payload at the same version) into the cached state if it is the very next one, so
+        the next command on the pipeline need not read it from the log first."""
+        s = self._cache.get(env.pipeline) if self._cache is not None else None
+        if s is not None and env.version == s.version + 1:
+            evolve(s, env)
 
     async def load(self, pipeline: str) -> PipelineState:
         """The pipeline's state as of the latest event in the store.
@@ -95,33 +114,82 @@ class PipelineRepository:
         *,
         command_id: str | None = None,
     ) -> Outcome:
-        """Decide and append ``cmd``; raises DomainError when the domain refuses it."""
+        """Decide and append ``cmd``; raises DomainError when the domain refuses it.
+
+        Commands on the same pipeline from this process take turns: concurrent ones would
+        only conflict with each other at the append (each conflict costs a re-read and a
+        new decision, and enough of them end in ConflictException). Optimistic concurrency
+        still arbitrates between processes.
+        """
+        turn = self._turns.get(pipeline)
+        if turn is None:
+            turn = self._turns[pipeline] = _Turn()
+        turn.users += 1
+        try:
+            async with turn.lock:
+                return await self._execute(pipeline, cmd, origin, command_id)
+        finally:
+            turn.users -= 1
+            if not turn.users:
+                del self._turns[pipeline]
+
+    def _ctx(self, origin: Origin, command_id: str | None) -> Ctx:
+        return Ctx(
+            now=self.clock(),
+            new_id=self.new_id,
+            actor=origin.actor,
+            correlationId=origin.correlationId,
+            causationId=origin.causationId,
+            commandId=command_id,
+            requestId=origin.requestId,
+            source=origin.source,
+        )
+
+    async def _append(
+        self,
+        pipeline: str,
+        s: PipelineState,
+        events: list[ev.Envelope],
+        command_id: str | None,
+    ) -> Outcome:
+        """Append at ``s.version`` (raises ConcurrencyError) and fold into ``s``."""
+        expected = s.version
+        res = await self.store.append(pipeline, expected, events, command_id=command_id)
+        if res.duplicate:
+            return Outcome([], await self.load(pipeline), duplicate=True)
+        if s.version == expected:
+            for env in events:
+                evolve(s, env)
+        return Outcome(events, s)
+
+    async def _execute(
+        self, pipeline: str, cmd: c.Command, origin: Origin, command_id: str | None
+    ) -> Outcome:
+        cached = self._cache.get(pipeline) if self._cache is not None else None
+        if cached is not None:
+            # Optimistic first try on the cached state, without reading the log first (one
+            # round trip less). If the append goes through, the stream was at the cached
+            # version: the cache held every event and the decision is the one a fresh read
+            # would have given. A refusal, nothing to do, or a conflict may come from a stale
+            # cache: those are decided again below on a fresh read, which alone counts.
+            try:
+                events = decide(cached, cmd, self._ctx(origin, command_id))
+            except DomainError:
+                events = []
+            if events:
+                try:
+                    return await self._append(pipeline, cached, events, command_id)
+                except ConcurrencyError:
+                    pass
         for _ in range(self.conflict_retries):
             s = await self.load(pipeline)
-            ctx = Ctx(
-                now=self.clock(),
-                new_id=self.new_id,
-                actor=origin.actor,
-                correlationId=origin.correlationId,
-                causationId=origin.causationId,
-                commandId=command_id,
-                requestId=origin.requestId,
-                source=origin.source,
-            )
-            events = decide(s, cmd, ctx)
+            events = decide(s, cmd, self._ctx(origin, command_id))
             if not events:
                 return Outcome([], s)
-            expected = s.version
             try:
-                res = await self.store.append(pipeline, expected, events, command_id=command_id)
+                return await self._append(pipeline, s, events, command_id)
             except ConcurrencyError:
                 continue
-            if res.duplicate:
-                return Outcome([], await self.load(pipeline), duplicate=True)
-            if s.version == expected:
-                for env in events:
-                    evolve(s, env)
-            return Outcome(events, s)
         raise DomainError(
             "ConflictException",
             f"Pipeline '{pipeline}' is being changed concurrently; try again",

@@ -71,6 +71,8 @@ class GroupConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self._groups_ready = False
+        # entries this consumer is handling right now: never "taken over" from itself
+        self.inflight: set[tuple[str, str]] = set()
 
     async def ensure_groups(self) -> None:
         for s in self.streams:
@@ -129,6 +131,8 @@ class GroupConsumer:
             for p in pend:
                 rid = _s(p["message_id"])
                 deliveries = int(p["times_delivered"])
+                if (s, rid) in self.inflight and _s(p["consumer"]) == self.consumer:
+                    continue  # still being handled here (a slow handler), not abandoned
                 claimed: Any = await self.redis.xclaim(
                     s, self.group, self.consumer, self.claim_idle_ms, [rid]
                 )
@@ -165,6 +169,8 @@ class GroupConsumer:
 
     async def handle_one(self, e: Entry, handle: Handler) -> bool:
         """Run ``handle``; ack on success. A failure leaves the entry pending (redelivered)."""
+        key = (e.stream, e.id)
+        self.inflight.add(key)
         try:
             await handle(e)
         except REDIS_DOWN:
@@ -172,5 +178,7 @@ class GroupConsumer:
         except Exception:
             log.exception("handling %s %s failed (delivery %d)", e.stream, e.id, e.deliveries)
             return False
+        finally:
+            self.inflight.discard(key)
         await self.ack(e)
         return True

@@ -19,6 +19,7 @@ from app.domain.errors import DomainError
 from app.engine import Engine
 from app.jobs import JobRef
 from app.repository import Origin
+from workers import persist
 from workers.config import WorkerConfig
 from workers.consumer import Entry
 from workers.leases import Leases
@@ -47,12 +48,15 @@ class Orchestrator:
         if kind not in ("StageRetryRequested", "ActionExecutionScheduled"):
             return
         env = ev.decode_payload(pipeline, int(entry.text("v")), entry.fields["e"])
+        self.engine.repo.observe(env)  # saves reading it back from the log
         e = env.event
         if isinstance(e, ev.StageRetryRequested):
-            await self.engine.repo.execute(
+            await persist.execute(
+                self.engine.repo,
                 pipeline,
                 c.ApplyStageRetry(executionId=e.executionId, stageName=e.stageName),
                 self.origin(env),
+                retry_redis_down=False,
             )
         elif isinstance(e, ev.ActionExecutionScheduled):
             await self._scheduled(env, e)
@@ -80,7 +84,8 @@ class Orchestrator:
             await self.engine.jobs.publish(ref, env.time)
             return
         t = adecl.actionTypeId
-        await self.engine.repo.execute(
+        await persist.execute(
+            self.engine.repo,
             env.pipeline,
             c.CompleteAction(
                 executionId=e.executionId,
@@ -94,6 +99,7 @@ class Orchestrator:
                 ),
             ),
             self.origin(env),
+            retry_redis_down=False,
         )
 
     async def reap(self) -> int:
@@ -102,7 +108,8 @@ class Orchestrator:
         for part in range(self.engine.keys.partitions):
             for lease in await self.leases.expired(part):
                 try:
-                    await self.engine.repo.execute(
+                    await persist.execute(
+                        self.engine.repo,
                         lease.pipeline,
                         c.LoseAction(
                             executionId=lease.executionId,
@@ -111,6 +118,7 @@ class Orchestrator:
                             message=f"worker {lease.worker} stopped renewing its lease",
                         ),
                         Origin(actor=f"worker:{self.config.name}"),
+                        retry_redis_down=False,
                     )
                 except DomainError as err:
                     log.warning("reaping %s: %s", lease.member, err)

@@ -9,6 +9,7 @@ restart is recorded as lost too, not run again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -23,9 +24,10 @@ from app.domain.errors import DomainError
 from app.domain.model import ActionDeclaration
 from app.domain.state import ExecutionState, PipelineState
 from app.engine import Engine
-from app.repository import Origin
+from app.repository import Origin, new_uuid
+from workers import persist
 from workers.config import WorkerConfig
-from workers.consumer import Entry
+from workers.consumer import REDIS_DOWN, Entry
 from workers.leases import Lease, Leases
 from workers.runners.commands import run_commands
 
@@ -133,11 +135,16 @@ class Runner:
         e = env.event
         if not isinstance(e, ev.ActionExecutionScheduled) or e.actionExecutionId in self.running:
             return
+        self.engine.repo.observe(env)  # saves reading it back from the log
         lease = Lease(pipeline, e.executionId, e.actionExecutionId, self.name)
         repo = self.engine.repo
         await self.leases.take(lease)
+        # A command id tells "my own attempt got through before the connection dropped"
+        # apart from "this worker name started it before a restart".
+        start_id = f"start:{e.actionExecutionId}:{new_uuid()}"
         try:
-            out = await repo.execute(
+            out = await persist.execute(
+                repo,
                 pipeline,
                 c.StartAction(
                     executionId=e.executionId,
@@ -145,17 +152,23 @@ class Runner:
                     worker=self.name,
                 ),
                 self.origin(env),
+                command_id=start_id,
             )
         except DomainError as err:
             await self.leases.release(lease)
+            if err.type_name == persist.CONFLICT:
+                raise  # nothing decided: the entry stays pending and is delivered again
             log.debug("not running %s: %s", e.actionExecutionId, err.message)
             return
-        if not out.events:
+        if not out.events and not await self.engine.store.command_seen(pipeline, start_id):
             # This worker name had started it before (a restart): it may have half run.
             await self._lose(env, lease, "worker restarted while the action was running")
             return
         if self.ack is not None:
-            await self.ack(entry)  # recorded as started: from now on the lease protects it
+            # recorded as started: from now on the lease protects it (should the ack not
+            # reach Redis, a redelivery is refused: the action is taken)
+            with contextlib.suppress(*REDIS_DOWN):
+                await self.ack(entry)
         self.running[e.actionExecutionId] = lease
         try:
             await self._run_leased(env, e, lease, out.state)
@@ -174,13 +187,26 @@ class Runner:
         runner = self.runners.get(e.kind)
         lost = False
         result: ActionResult | None = None
+        try:
+            alive = await self.leases.renew(lease)
+        except REDIS_DOWN:
+            alive = True  # the heartbeat checks again
+        if not alive:
+            # starting took longer than the lease: the reaper may have declared it lost
+            await self._lose(env, lease, "the lease expired before the action started")
+            return
         async with anyio.create_task_group() as tg:
 
             async def heartbeat() -> None:
                 nonlocal lost
                 while True:
                     await anyio.sleep(self.leases.ttl_s / 3)
-                    if not await self.leases.renew(lease):
+                    try:
+                        alive = await self.leases.renew(lease)
+                    except REDIS_DOWN as err:  # keep running; renew when Redis is back
+                        log.warning("renewing the lease of %s: %s", e.actionExecutionId, err)
+                        continue
+                    if not alive:
                         lost = True
                         tg.cancel_scope.cancel()
                         return
@@ -198,23 +224,28 @@ class Runner:
                     result = ActionResult(
                         False, errorCode="RunnerError", message=f"{type(err).__name__}: {err}"
                     )
+            # recorded while the heartbeat still renews the lease (the append may have to
+            # wait for other writers of this pipeline, or for Redis to come back)
+            await persist.execute(
+                self.engine.repo,
+                env.pipeline,
+                c.CompleteAction(
+                    executionId=e.executionId,
+                    actionExecutionId=e.actionExecutionId,
+                    succeeded=result.succeeded,
+                    summary=result.summary,
+                    errorCode=result.errorCode,
+                    message=result.message,
+                    worker=self.name,
+                ),
+                self.origin(env),
+            )
             tg.cancel_scope.cancel()
-        if lost or result is None:
+        if lost:
             log.warning("lease of %s was lost; its result is not recorded", e.actionExecutionId)
+            # normally the reaper recorded it already; if not, nothing else ever would
+            await self._lose(env, lease, "the action's lease was lost while it ran")
             return
-        await self.engine.repo.execute(
-            env.pipeline,
-            c.CompleteAction(
-                executionId=e.executionId,
-                actionExecutionId=e.actionExecutionId,
-                succeeded=result.succeeded,
-                summary=result.summary,
-                errorCode=result.errorCode,
-                message=result.message,
-                worker=self.name,
-            ),
-            self.origin(env),
-        )
         await self.leases.release(lease)
 
     def _job(
@@ -237,7 +268,8 @@ class Runner:
         e = env.event
         assert isinstance(e, ev.ActionExecutionScheduled)
         try:
-            await self.engine.repo.execute(
+            out = await persist.execute(
+                self.engine.repo,
                 env.pipeline,
                 c.LoseAction(
                     executionId=e.executionId,
@@ -246,7 +278,9 @@ class Runner:
                     message=why,
                 ),
                 self.origin(env),
+                patience_s=10.0,
             )
         finally:
             await self.leases.release(lease)
-        log.warning("action %s recorded as %s: %s", e.actionExecutionId, ev.WORKER_LOST, why)
+        if out.events:  # else it had ended already (e.g. the reaper recorded it)
+            log.warning("action %s recorded as %s: %s", e.actionExecutionId, ev.WORKER_LOST, why)

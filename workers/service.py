@@ -151,6 +151,7 @@ class Worker:
                 for e in entries:
                     await consumer.handle_one(e, handle)
             except REDIS_DOWN as err:
+                pending = True  # then re-read what this consumer holds but did not finish
                 await _backoff("orchestrator", err)
 
     async def _run_actions(self, actions: anyio.abc.TaskGroup) -> None:

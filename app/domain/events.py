@@ -20,7 +20,7 @@ from app.domain.model import PipelineDeclaration, RetryTrigger, StageRetryMode
 Kind = Literal["commands", "approval", "custom", "other"]
 
 
-class Event(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True):
+class Event(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True, gc=False):
     """Base of every event body."""
 
 
@@ -224,7 +224,7 @@ EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)
 WORKER_LOST = "WorkerLost"
 
 
-class Envelope(msgspec.Struct, omit_defaults=True, frozen=True):
+class Envelope(msgspec.Struct, omit_defaults=True, frozen=True, gc=False):
     """One stored event: the body plus who/when/why.
 
     ``version`` is the event's 1-based position in its pipeline's stream (it is the stream
@@ -247,7 +247,7 @@ class Envelope(msgspec.Struct, omit_defaults=True, frozen=True):
     source: str | None = None
 
 
-class StoredPayload(msgspec.Struct, omit_defaults=True, frozen=True):
+class StoredPayload(msgspec.Struct, omit_defaults=True, frozen=True, gc=False):
     """What goes into the stream entry's ``e`` field (the envelope minus pipeline/version)."""
 
     id: str

@@ -30,7 +30,7 @@ from app.domain.model import (
 ACTIVE_STATUSES: frozenset[str] = frozenset({"InProgress", "Stopping"})
 
 
-class ActionExec(msgspec.Struct, omit_defaults=True):
+class ActionExec(msgspec.Struct, omit_defaults=True, gc=False):
     """One attempt of one action (an action execution)."""
 
     actionExecutionId: str
@@ -55,7 +55,7 @@ class ActionExec(msgspec.Struct, omit_defaults=True):
     updatedBy: str | None = None
 
 
-class StageRun(msgspec.Struct, omit_defaults=True):
+class StageRun(msgspec.Struct, omit_defaults=True, gc=False):
     """One stage within one execution."""
 
     name: str
@@ -69,7 +69,7 @@ class StageRun(msgspec.Struct, omit_defaults=True):
     pendingTrigger: RetryTrigger | None = None
 
 
-class ExecutionState(msgspec.Struct, omit_defaults=True):
+class ExecutionState(msgspec.Struct, omit_defaults=True, gc=False):
     executionId: str
     pipelineVersion: int
     startTime: float
@@ -148,6 +148,12 @@ def evolve(s: PipelineState, env: ev.Envelope) -> PipelineState:
     e = env.event
     t = env.time
     s.version = env.version
+    if type(e) in _ATTEMPT_EVENTS:  # most of every log; they never change the head
+        x = s.executions.get(e.executionId)  # type: ignore[union-attr]
+        if x is not None:
+            x.lastUpdateTime = t
+            _evolve_execution(x, e, env)
+        return s
     match e:
         case ev.PipelineCreated():
             fresh = PipelineState(name=s.name, version=s.version, partial=False)
@@ -195,6 +201,21 @@ def evolve(s: PipelineState, env: ev.Envelope) -> PipelineState:
     return s
 
 
+# Events about one action attempt: they never change the head. The fold goes straight to
+# their own cases, which it tries first (they are most of every log).
+_ATTEMPT_EVENTS: frozenset[type[ev.Event]] = frozenset(
+    {
+        ev.ActionExecutionScheduled,
+        ev.ActionExecutionStarted,
+        ev.ActionExecutionSucceeded,
+        ev.ActionExecutionFailed,
+        ev.ActionExecutionAbandoned,
+        ev.JobAcknowledged,
+        ev.ApprovalRecorded,
+    }
+)
+
+
 def _evolve_head(s: PipelineState, e: ev.Event, eid: str) -> None:
     match e:
         case ev.ExecutionWaiting():
@@ -231,7 +252,60 @@ def _evolve_head(s: PipelineState, e: ev.Event, eid: str) -> None:
 
 def _evolve_execution(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> None:
     t = env.time
+    run: StageRun | None
     match e:
+        case ev.ActionExecutionScheduled():
+            x.actions[e.actionExecutionId] = ActionExec(
+                actionExecutionId=e.actionExecutionId,
+                stageName=e.stageName,
+                actionName=e.actionName,
+                runOrder=e.runOrder,
+                pipelineVersion=x.pipelineVersion,
+                startTime=t,
+                lastUpdateTime=t,
+                kind=e.kind,
+                token=e.token,
+                jobId=e.jobId,
+                jobNonce=e.jobNonce,
+            )
+            run = x.stages[e.stageName]
+            run.latest[e.actionName] = e.actionExecutionId
+            run.group = e.runOrder
+        case ev.ActionExecutionStarted():
+            a = x.actions[e.actionExecutionId]
+            a.worker = e.worker
+            a.lastUpdateTime = t
+        case ev.JobAcknowledged():
+            a = x.actions[e.actionExecutionId]
+            a.acknowledged = True
+            a.lastUpdateTime = t
+        case ev.ApprovalRecorded():
+            a = x.actions[e.actionExecutionId]
+            a.summary = e.summary or None
+            a.updatedBy = env.actor
+            a.lastUpdateTime = t
+        case ev.ActionExecutionSucceeded():
+            a = x.actions[e.actionExecutionId]
+            a.status = "Succeeded"
+            a.lastUpdateTime = t
+            a.summary = e.summary if e.summary is not None else a.summary
+            a.externalExecutionId = e.externalExecutionId
+            a.outputVariables = e.outputVariables
+            a.updatedBy = a.updatedBy or env.actor
+        case ev.ActionExecutionFailed():
+            a = x.actions[e.actionExecutionId]
+            a.status = "Failed"
+            a.lastUpdateTime = t
+            a.errorCode = e.errorCode
+            a.errorMessage = e.message
+            a.summary = e.summary if e.summary is not None else a.summary
+            a.externalExecutionId = e.externalExecutionId
+            a.updatedBy = a.updatedBy or env.actor
+        case ev.ActionExecutionAbandoned():
+            a = x.actions[e.actionExecutionId]
+            a.status = "Abandoned"
+            a.lastUpdateTime = t
+            a.errorMessage = e.reason or None
         case ev.ExecutionWaiting():
             x.waitingFor = e.stageName
         case ev.ExecutionSuperseded():
@@ -290,58 +364,6 @@ def _evolve_execution(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> None:
             x.statusSummary = None
             x.stopAbandon = None
             x.currentStage = e.stageName
-        case ev.ActionExecutionScheduled():
-            x.actions[e.actionExecutionId] = ActionExec(
-                actionExecutionId=e.actionExecutionId,
-                stageName=e.stageName,
-                actionName=e.actionName,
-                runOrder=e.runOrder,
-                pipelineVersion=x.pipelineVersion,
-                startTime=t,
-                lastUpdateTime=t,
-                kind=e.kind,
-                token=e.token,
-                jobId=e.jobId,
-                jobNonce=e.jobNonce,
-            )
-            run = x.stages[e.stageName]
-            run.latest[e.actionName] = e.actionExecutionId
-            run.group = e.runOrder
-        case ev.ActionExecutionStarted():
-            a = x.actions[e.actionExecutionId]
-            a.worker = e.worker
-            a.lastUpdateTime = t
-        case ev.JobAcknowledged():
-            a = x.actions[e.actionExecutionId]
-            a.acknowledged = True
-            a.lastUpdateTime = t
-        case ev.ApprovalRecorded():
-            a = x.actions[e.actionExecutionId]
-            a.summary = e.summary or None
-            a.updatedBy = env.actor
-            a.lastUpdateTime = t
-        case ev.ActionExecutionSucceeded():
-            a = x.actions[e.actionExecutionId]
-            a.status = "Succeeded"
-            a.lastUpdateTime = t
-            a.summary = e.summary if e.summary is not None else a.summary
-            a.externalExecutionId = e.externalExecutionId
-            a.outputVariables = e.outputVariables
-            a.updatedBy = a.updatedBy or env.actor
-        case ev.ActionExecutionFailed():
-            a = x.actions[e.actionExecutionId]
-            a.status = "Failed"
-            a.lastUpdateTime = t
-            a.errorCode = e.errorCode
-            a.errorMessage = e.message
-            a.summary = e.summary if e.summary is not None else a.summary
-            a.externalExecutionId = e.externalExecutionId
-            a.updatedBy = a.updatedBy or env.actor
-        case ev.ActionExecutionAbandoned():
-            a = x.actions[e.actionExecutionId]
-            a.status = "Abandoned"
-            a.lastUpdateTime = t
-            a.errorMessage = e.reason or None
         case _:
             pass
 

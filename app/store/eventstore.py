@@ -128,6 +128,10 @@ class EventStore:
         self._route = route
         self._append = redis.register_script(APPEND_LUA)
         self._snapshot = redis.register_script(SNAPSHOT_LUA)
+        # The same connections, but XRANGE replies stay as Redis sends them (no per-entry
+        # dict): ``read`` is the hot path of every load, catch-up and replay.
+        self._raw = Redis(connection_pool=redis.connection_pool)
+        self._raw.response_callbacks.pop("XRANGE", None)
 
     async def ensure_config(self) -> None:
         """Record the partition count on first use; refuse to run with a different one."""
@@ -187,6 +191,10 @@ class EventStore:
             return AppendResult(int(first), int(last), duplicate=True)
         raise ConcurrencyError(pipeline, expected_version, int(value))
 
+    async def command_seen(self, pipeline: str, command_id: str) -> bool:
+        """Whether an append with this command id went through."""
+        return bool(await self.redis.hexists(self.keys.commands(pipeline), command_id))
+
     async def version(self, pipeline: str) -> int:
         last: Any = await self.redis.xrevrange(self.keys.log(pipeline), count=1)
         if not last:
@@ -209,9 +217,15 @@ class EventStore:
         self, pipeline: str, after: int = 0, count: int | None = None, until: int | None = None
     ) -> list[ev.Envelope]:
         """Events with version > ``after`` (and <= ``until``), in order."""
+        hi = f"{until}-0" if until is not None else "+"
+        rows: Any = await self._raw.xrange(
+            self.keys.log(pipeline), min=f"{after + 1}-0", max=hi, count=count
+        )
+        # rows: [[id, [field, value, ...]], ...]; the append script writes "e" first
+        decode = ev.decode_payload
         return [
-            ev.decode_payload(pipeline, r.version, r.payload)
-            for r in await self.read_raw(pipeline, after, count, until)
+            decode(pipeline, _version_of(rid), f[1] if f[0] == b"e" else _field(f, b"e"))
+            for rid, f in rows
         ]
 
     async def iter_events(
@@ -260,5 +274,15 @@ def _text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
+def _field(flat: list[bytes], name: bytes) -> bytes:
+    """A field's value in a stream entry's flat [field, value, ...] list."""
+    for i in range(0, len(flat) - 1, 2):
+        if flat[i] == name:
+            return flat[i + 1]
+    raise KeyError(name.decode())
+
+
 def _version_of(entry_id: bytes | str) -> int:
-    return int(_text(entry_id).split("-", 1)[0])
+    if isinstance(entry_id, bytes):
+        return int(entry_id.split(b"-", 1)[0])
+    return int(entry_id.split("-", 1)[0])
