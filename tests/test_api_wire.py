@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import boto3
-import botocore.config
 import msgspec
 import pytest
-import uvicorn
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -41,18 +34,28 @@ from app.api.sigv4 import Headers, parse_authorization, verify_sigv4
 from app.api.wire import (
     DRAIN_LIMIT,
     TARGET_PREFIX,
-    ASGIApp,
     AwsError,
     Handler,
     RequestContext,
     build_app,
     validation_message,
 )
+from tests.api_helpers import (
+    AKID,
+    JSON11,
+    SECRET,
+    asgi_call,
+    assert_aws_error,
+    check_response,
+    client,
+    json_values,
+    raw,
+    serve,
+    shaped_objects,
+    target,
+)
 
-AKID = "AKIDEXAMPLE"
-SECRET = "secret"
 EXEC_ID = "0f4a1b2c-3d4e-4f50-8a6b-7c8d9e0f1a2b"
-JSON11 = "application/x-amz-json-1.1"
 
 
 # --- dummy handlers -----------------------------------------------------------------------
@@ -94,29 +97,6 @@ HANDLERS: dict[str, Handler] = {
 # --- servers ------------------------------------------------------------------------------
 
 
-@contextmanager
-def serve(app: ASGIApp) -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, lifespan="on", log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 healthy = {"ok": True}
 
 
@@ -136,23 +116,6 @@ def auth_url() -> Iterator[str]:
         yield url
 
 
-def client(url: str, *, key: str = AKID, secret: str = SECRET, validate: bool = True) -> Any:
-    cfg = botocore.config.Config(
-        parameter_validation=validate,
-        retries={"total_max_attempts": 1},
-        connect_timeout=5,
-        read_timeout=10,
-    )
-    return boto3.client(
-        "codepipeline",
-        endpoint_url=url,
-        region_name="us-east-1",
-        aws_access_key_id=key,
-        aws_secret_access_key=secret,
-        config=cfg,
-    )
-
-
 def retry_args(stage: str = "Build") -> dict[str, str]:
     return {
         "pipelineName": "demo",
@@ -160,40 +123,6 @@ def retry_args(stage: str = "Build") -> dict[str, str]:
         "pipelineExecutionId": EXEC_ID,
         "retryMode": "FAILED_ACTIONS",
     }
-
-
-def raw(
-    url: str,
-    method: str = "POST",
-    path: str = "/",
-    body: bytes = b"",
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], dict[str, Any]]:
-    host = url.removeprefix("http://")
-    conn = http.client.HTTPConnection(host, timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        resp = conn.getresponse()
-        data = resp.read()
-        hdrs = {k.lower(): v for k, v in resp.getheaders()}
-    finally:
-        conn.close()
-    return resp.status, hdrs, json.loads(data)
-
-
-def target(op: str) -> dict[str, str]:
-    return {"X-Amz-Target": TARGET_PREFIX + op, "Content-Type": JSON11}
-
-
-def assert_aws_error(
-    status: int, headers: dict[str, str], body: dict[str, Any], name: str, code: int = 400
-) -> None:
-    assert status == code, body
-    assert body["__type"] == name
-    assert isinstance(body["message"], str) and body["message"]
-    assert headers["x-amzn-errortype"] == name
-    assert headers["content-type"] == JSON11
-    assert headers["x-amzn-requestid"]
 
 
 # --- boto3 against the server -------------------------------------------------------------
@@ -514,93 +443,7 @@ def test_parse_authorization() -> None:
 # --- direct ASGI calls --------------------------------------------------------------------
 
 
-async def asgi_call(
-    app: ASGIApp,
-    method: str,
-    path: str,
-    headers: list[tuple[str, str]],
-    chunks: Any,
-) -> tuple[int, dict[str, str], bytes]:
-    """Call ``app`` once; ``chunks`` is a list of body chunks or an async iterator of them."""
-    sent: list[dict[str, Any]] = []
-    if isinstance(chunks, list):
-        items = list(chunks) or [b""]
-
-        async def gen() -> Any:
-            for i, c in enumerate(items):
-                yield c, i < len(items) - 1
-
-        source = gen()
-    else:
-        source = chunks
-
-    async def receive() -> dict[str, Any]:
-        try:
-            chunk, more = await source.__anext__()
-        except StopAsyncIteration:
-            return {"type": "http.disconnect"}
-        return {"type": "http.request", "body": chunk, "more_body": more}
-
-    async def send(message: Any) -> None:
-        sent.append(dict(message))
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers],
-        "client": ("10.0.0.1", 5555),
-        "server": ("127.0.0.1", 80),
-    }
-    await app(scope, receive, send)
-    start = next(m for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    hdrs = {k.decode(): v.decode() for k, v in start["headers"]}
-    return start["status"], hdrs, body
-
-
 ALL_OPS_APP = build_app({op: echo_any for op in OPERATIONS})
-
-
-def check_response(status: int, headers: dict[str, str], body: bytes) -> dict[str, Any]:
-    assert status < 500, body
-    decoded = json.loads(body)
-    assert isinstance(decoded, dict)
-    if status >= 400:
-        assert isinstance(decoded["__type"], str) and decoded["__type"]
-        assert isinstance(decoded["message"], str) and decoded["message"]
-        assert headers["x-amzn-errortype"] == decoded["__type"]
-    assert headers["x-amzn-requestid"]
-    return decoded
-
-
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-def field_names(cls: type[msgspec.Struct]) -> list[str]:
-    return [f.encode_name for f in msgspec.structs.fields(cls)]
-
-
-@st.composite
-def shaped_objects(draw: st.DrawFn, op: str) -> dict[str, Any]:
-    """Objects using the operation's real field names with random values (reaches deeper)."""
-    names = field_names(OPERATIONS[op])
-    keys = draw(st.lists(st.sampled_from(names) | st.text(max_size=6), max_size=len(names) + 1))
-    return {k: draw(json_values) for k in keys}
 
 
 ops = st.sampled_from(sorted(OPERATIONS))

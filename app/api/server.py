@@ -35,6 +35,7 @@ class ServeConfig:
     insecure: bool = False
     partitions: int = 16
     max_body_bytes: int = 1_048_576
+    max_concurrent_executions: int = 50  # per pipeline, fixed when it is created
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     log_level: str = "info"
 
@@ -92,7 +93,11 @@ async def serve(
         from dataclasses import replace
 
         worker_cfg = replace(worker_cfg, block_ms=None)  # fakeredis: poll, don't block
-    engine = Engine(redis, Keys(partitions=cfg.partitions))
+    engine = Engine(
+        redis,
+        Keys(partitions=cfg.partitions),
+        concurrency_limit=cfg.max_concurrent_executions,
+    )
     await engine.start()
     app = make_app(engine, cfg)
     server = _Server(
@@ -120,6 +125,8 @@ async def serve(
         "in-process" if worker else "off (--no-workers)",
     )
     worker_done = anyio.Event()
+    api_done = anyio.Event()
+    started = False
     async with anyio.create_task_group() as tg:
         if signals:
 
@@ -150,7 +157,10 @@ async def serve(
         async def api() -> None:
             try:
                 await server.serve()
+            except SystemExit:  # uvicorn's way to give up (cannot bind ...); it logged why
+                log.error("stageline: the API server exited")
             finally:
+                api_done.set()
                 if worker is not None:
                     worker.stop()
                 with anyio.CancelScope(shield=True):
@@ -158,10 +168,15 @@ async def serve(
                 tg.cancel_scope.cancel()
 
         tg.start_soon(api)
+        # Wait for uvicorn (not for the worker: with --no-workers that one is done at once).
         while not server.started:
-            if worker_done.is_set():
-                raise SystemExit(f"stageline: the API could not start on {cfg.host}:{cfg.port}")
+            if api_done.is_set():
+                break
             await anyio.sleep(0.01)
-        task_status.started(server)
+        if server.started:
+            started = True
+            task_status.started(server)
     with anyio.CancelScope(shield=True):
         await redis.aclose()
+    if not started:  # raised outside the task group, so the CLI prints one line
+        raise SystemExit(f"stageline: the API could not start on {cfg.host}:{cfg.port}")

@@ -56,6 +56,10 @@ RESPONSE_CONTENT_TYPE = b"application/x-amz-json-1.1"
 # After the body passes max_body_bytes, up to this many more bytes are read and discarded so
 # the client gets the error response instead of a reset connection; beyond it we stop reading.
 DRAIN_LIMIT = 8 * 1024 * 1024
+# Deepest array/object nesting a request body may have. CodePipeline's inputs nest about ten
+# levels; msgspec (C) and the response code (Python) recurse per level, so a body nested
+# hundreds deep could be stored and then break every read of it.
+MAX_JSON_DEPTH = 64
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -197,6 +201,27 @@ def validation_message(
         f"1 validation error detected: Value at '{field}' failed to satisfy constraint: "
         f"{constraint}"
     )
+
+
+# --- nesting depth ------------------------------------------------------------------------
+
+_JSON_STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """True when ``body`` nests arrays/objects more than ``limit`` deep (strings ignored)."""
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    for c in _JSON_STRING_RE.sub(b"", body).translate(None, _NOT_BRACKETS):
+        if c in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -344,6 +369,10 @@ class _App:
             await self._route(scope, body, request_id, received_at, send)
         except AwsError as err:
             await _send_error(send, err, request_id)
+        except Exception:  # a bug outside the handler: still an AWS-shaped answer, no page
+            logger.exception("request %s failed", request_id)
+            failure = AwsError("InternalFailure", f"internal error; request id {request_id}", 500)
+            await _send_error(send, failure, request_id)
 
     async def _route(
         self, scope: Scope, body: bytes | None, request_id: str, received_at: float, send: Send
@@ -445,6 +474,11 @@ class _App:
     def _decode(op: str, body: bytes) -> Any:
         if not body.strip():
             body = b"{}"
+        if json_depth_exceeds(body):
+            raise AwsError(
+                "ValidationException",
+                f"request body is nested more than {MAX_JSON_DEPTH} levels deep",
+            )
         try:
             return msgspec.json.decode(body, type=OPERATIONS[op])
         except msgspec.ValidationError as exc:
@@ -452,6 +486,10 @@ class _App:
         except msgspec.DecodeError as exc:
             raise AwsError(
                 "ValidationException", f"request body is not valid JSON: {exc}"
+            ) from None
+        except RecursionError:  # msgspec's decoder recurses: a deeply nested body ends here
+            raise AwsError(
+                "ValidationException", "request body is not valid JSON: nested too deeply"
             ) from None
 
 
