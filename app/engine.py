@@ -12,6 +12,7 @@ from typing import Literal
 from redis.asyncio import Redis
 
 from app.domain import commands as c
+from app.domain import events as ev
 from app.domain.errors import DomainError
 from app.domain.model import (
     ActionDeclaration,
@@ -112,6 +113,9 @@ class Engine:
         )
         if not out.events and client_request_token is not None:
             return out.state.tokens[client_request_token]
+        for env in out.events:  # a repeated command returns the first run's execution
+            if isinstance(env.event, ev.ExecutionStarted):
+                return env.event.executionId
         return eid
 
     async def stop_execution(

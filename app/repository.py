@@ -37,6 +37,9 @@ class Origin:
     correlationId: str | None = None
     causationId: str | None = None
     source: str | None = None
+    # Idempotency key: a command repeated with the same id is not applied twice (the
+    # repeat gets the first run's events). The API sets it from the SDK's invocation id.
+    commandId: str | None = None
 
 
 SYSTEM = Origin()
@@ -121,6 +124,7 @@ class PipelineRepository:
         new decision, and enough of them end in ConflictException). Optimistic concurrency
         still arbitrates between processes.
         """
+        command_id = command_id or origin.commandId
         turn = self._turns.get(pipeline)
         if turn is None:
             turn = self._turns[pipeline] = _Turn()
@@ -156,11 +160,25 @@ class PipelineRepository:
         expected = s.version
         res = await self.store.append(pipeline, expected, events, command_id=command_id)
         if res.duplicate:
-            return Outcome([], await self.load(pipeline), duplicate=True)
+            return await self._replayed(pipeline, res.first, res.last)
         if s.version == expected:
             for env in events:
                 evolve(s, env)
         return Outcome(events, s)
+
+    async def _previous(self, pipeline: str, command_id: str | None) -> Outcome | None:
+        """The outcome of an earlier append with this command id, if there was one."""
+        if command_id is None:
+            return None
+        versions = await self.store.command_versions(pipeline, command_id)
+        if versions is None:
+            return None
+        return await self._replayed(pipeline, *versions)
+
+    async def _replayed(self, pipeline: str, first: int, last: int) -> Outcome:
+        """A repeated command: the events its first run appended, and the current state."""
+        events = await self.store.read(pipeline, after=first - 1, until=last)
+        return Outcome(events, await self.load(pipeline), duplicate=True)
 
     async def _execute(
         self, pipeline: str, cmd: c.Command, origin: Origin, command_id: str | None
@@ -183,7 +201,15 @@ class PipelineRepository:
                     pass
         for _ in range(self.conflict_retries):
             s = await self.load(pipeline)
-            events = decide(s, cmd, self._ctx(origin, command_id))
+            try:
+                events = decide(s, cmd, self._ctx(origin, command_id))
+            except DomainError:
+                # A repeated command (an SDK retry after a lost reply) is refused by the
+                # state it already changed; it gets the first attempt's outcome instead.
+                previous = await self._previous(pipeline, command_id)
+                if previous is None:
+                    raise
+                return previous
             if not events:
                 return Outcome([], s)
             try:

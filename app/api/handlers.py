@@ -25,11 +25,16 @@ JSON = dict[str, Any]
 
 
 def _origin(ctx: RequestContext) -> Origin:
+    """Who asked; an SDK retry of the same call (same invocation id) is the same command."""
+    command_id = None
+    if ctx.invocation_id is not None:
+        command_id = f"sdk:{ctx.actor}:{ctx.invocation_id}"
     return Origin(
         actor=ctx.actor,
         requestId=ctx.request_id,
         correlationId=ctx.request_id,
         source=ctx.source,
+        commandId=command_id,
     )
 
 

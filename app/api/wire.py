@@ -76,6 +76,8 @@ class RequestContext:
     actor: str  # access key id; "anonymous" when auth is off and no Authorization header
     source: str  # peer address "host:port" as seen by the server, or "unknown"
     received_at: float  # epoch seconds, from the app's clock
+    # The SDK's ``amz-sdk-invocation-id``: one per call, the same on every retry of it.
+    invocation_id: str | None = None
 
 
 Handler = Callable[[Any, RequestContext], Awaitable[Any]]
@@ -315,6 +317,14 @@ def _headers(scope: Scope) -> list[tuple[str, str]]:
     return [(k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope["headers"]]
 
 
+_INVOCATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _invocation_id(headers: list[tuple[str, str]]) -> str | None:
+    value = _header(headers, "amz-sdk-invocation-id")
+    return value if value is not None and _INVOCATION_ID.fullmatch(value) else None
+
+
 def _header(headers: list[tuple[str, str]], name: str) -> str | None:
     for k, v in headers:
         if k == name:
@@ -398,7 +408,9 @@ class _App:
         op = self._operation(headers)
         self._check_content_type(headers)
         request = self._decode(op, body)
-        ctx = RequestContext(request_id, actor, _source(scope), received_at)
+        ctx = RequestContext(
+            request_id, actor, _source(scope), received_at, _invocation_id(headers)
+        )
         try:
             result = await self.handlers[op](request, ctx)
             payload = encode_result(result)

@@ -195,6 +195,14 @@ class EventStore:
         """Whether an append with this command id went through."""
         return bool(await self.redis.hexists(self.keys.commands(pipeline), command_id))
 
+    async def command_versions(self, pipeline: str, command_id: str) -> tuple[int, int] | None:
+        """The versions (first, last) an append with this command id wrote, if any."""
+        raw: Any = await self.redis.hget(self.keys.commands(pipeline), command_id)
+        if raw is None:
+            return None
+        first, last = _text(raw).split(":")
+        return int(first), int(last)
+
     async def version(self, pipeline: str) -> int:
         last: Any = await self.redis.xrevrange(self.keys.log(pipeline), count=1)
         if not last:
