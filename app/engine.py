@@ -22,7 +22,7 @@ from app.domain.model import (
 )
 from app.domain.state import ActionExec, ExecutionState, PipelineState
 from app.jobs import JobIndex, JobRef
-from app.repository import SYSTEM, Origin, Outcome, PipelineRepository, new_uuid
+from app.repository import SYSTEM, Origin, Outcome, PipelineRepository
 from app.store.eventstore import EventStore
 from app.store.keys import Keys
 
@@ -101,7 +101,7 @@ class Engine:
         client_request_token: str | None = None,
         trigger_detail: str | None = None,
     ) -> str:
-        eid = new_uuid()
+        eid = self.repo.new_id()
         out = await self.repo.execute(
             name,
             c.StartExecution(

@@ -29,7 +29,6 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
-from app import engine as app_engine
 from app.api.server import ServeConfig, make_app
 from app.api.shapes import OPERATIONS
 from app.api.wire import ASGIApp
@@ -191,12 +190,10 @@ def world_context() -> Iterator[World]:
     ids = Ids()
     engine = Engine(redis, keys, repository=PipelineRepository(EventStore(redis, keys), new_id=ids))
     w = World(loop, redis, engine, ids, make_app(engine, ServeConfig(partitions=2)))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(app_engine, "new_uuid", ids)
-        try:
-            yield w
-        finally:
-            w.close()
+    try:
+        yield w
+    finally:
+        w.close()
 
 
 def _seeded_ids() -> dict[str, list[str]]:
