@@ -130,8 +130,14 @@ class PipelineRepository:
             turn = self._turns[pipeline] = _Turn()
         turn.users += 1
         try:
-            async with turn.lock:
+            try:
+                turn.lock.acquire_nowait()  # the usual case: no yield to the event loop
+            except anyio.WouldBlock:
+                await turn.lock.acquire()
+            try:
                 return await self._execute(pipeline, cmd, origin, command_id)
+            finally:
+                turn.lock.release()
         finally:
             turn.users -= 1
             if not turn.users:
@@ -180,9 +186,19 @@ class PipelineRepository:
         events = await self.store.read(pipeline, after=first - 1, until=last)
         return Outcome(events, await self.load(pipeline), duplicate=True)
 
+    @staticmethod
+    def _caught_up(s: PipelineState, err: ConcurrencyError) -> PipelineState | None:
+        """``s`` with the events that the refused append sent back folded in, if they bring
+        it to the stream's version (what a read would give, without the read); else None."""
+        for env in err.missing:
+            if env.version == s.version + 1:
+                evolve(s, env)
+        return s if s.version == err.actual else None
+
     async def _execute(
         self, pipeline: str, cmd: c.Command, origin: Origin, command_id: str | None
     ) -> Outcome:
+        s: PipelineState | None = None
         cached = self._cache.get(pipeline) if self._cache is not None else None
         if cached is not None:
             # Optimistic first try on the cached state, without reading the log first (one
@@ -197,10 +213,11 @@ class PipelineRepository:
             if events:
                 try:
                     return await self._append(pipeline, cached, events, command_id)
-                except ConcurrencyError:
-                    pass
+                except ConcurrencyError as err:
+                    s = self._caught_up(cached, err)
         for _ in range(self.conflict_retries):
-            s = await self.load(pipeline)
+            if s is None:
+                s = await self.load(pipeline)
             try:
                 events = decide(s, cmd, self._ctx(origin, command_id))
             except DomainError:
@@ -214,8 +231,8 @@ class PipelineRepository:
                 return Outcome([], s)
             try:
                 return await self._append(pipeline, s, events, command_id)
-            except ConcurrencyError:
-                continue
+            except ConcurrencyError as err:
+                s = self._caught_up(s, err)
         raise DomainError(
             "ConflictException",
             f"Pipeline '{pipeline}' is being changed concurrently; try again",

@@ -148,8 +148,7 @@ class Worker:
                 entries += await consumer.read(self.config.batch, pending=pending)
                 if pending and not entries:
                     pending = False
-                for e in entries:
-                    await consumer.handle_one(e, handle)
+                await consumer.handle_many(entries, handle)
             except REDIS_DOWN as err:
                 pending = True  # then re-read what this consumer holds but did not finish
                 await _backoff("orchestrator", err)

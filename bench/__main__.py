@@ -1,0 +1,168 @@
+"""``python -m bench [--quick|--full] [--out FILE] [--only a,b] [--profile]``
+
+Starts a private ``redis-server`` on a free port, runs every benchmark against it (each with
+its baseline, in the same run, on the same server), writes one JSON file and prints a table.
+See ``docs/benchmarks.md`` for the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import importlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from bench.common import FULL, QUICK, ROOT, Record, machine
+from bench.context import Ctx
+
+BENCHMARKS = [
+    "xadd_ceiling",
+    "actions",
+    "retry_api",
+    "redispatch",
+    "replay",
+    "memory",
+    "state_growth",
+]
+
+
+def _git_rev() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "app", "workers"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except OSError:
+        return ""
+
+
+def _fmt(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 100:
+        s = f"{v:,.0f}"
+    elif abs(v) >= 10:
+        s = f"{v:.1f}"
+    else:
+        s = f"{v:.3g}"
+    return f"{s} {unit}".strip()
+
+
+def table(records: list[Record]) -> str:
+    rows = [("benchmark", "stageline", "baseline", "ratio", "target", "result")]
+    for r in records:
+        verdict = "ERROR" if r.error else {True: "pass", False: "FAIL", None: "report"}[r.passed]
+        rows.append(
+            (
+                r.name,
+                _fmt(r.value, r.unit),
+                _fmt(r.baseline, r.unit) if r.baseline is not None else "-",
+                f"{r.ratio:.2f}" if r.ratio is not None else "-",
+                r.target,
+                verdict,
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for j, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+async def main_async(a: argparse.Namespace) -> tuple[dict[str, Any], list[Record]]:
+    from tests.redis_server import RedisServer
+
+    settings = FULL if a.full else QUICK
+    only = [x.strip() for x in a.only.split(",")] if a.only else BENCHMARKS
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="stageline-bench-") as tmp:
+        server = RedisServer(Path(tmp) / "redis")
+        server.start()
+        ctx = Ctx(settings=settings, redis_port=server.port, workdir=Path(tmp), profile=a.profile)
+        records: list[Record] = []
+        try:
+            for name in [b for b in BENCHMARKS if b in only]:
+                mod = importlib.import_module(f"bench.{name}")
+                ctx.log(f"{name}: start")
+                t = time.monotonic()
+                try:
+                    rec: Record = await mod.run(ctx)
+                except Exception as err:
+                    traceback.print_exc()
+                    rec = Record(name=name, what="", unit="", error=f"{type(err).__name__}: {err}")
+                rec.seconds = time.monotonic() - t
+                ctx.log(f"{name}: done in {rec.seconds:.1f}s")
+                records.append(rec)
+        finally:
+            await ctx.close()
+            server.stop()
+    total = time.monotonic() - started
+    doc = {
+        "mode": settings.mode,
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "git": _git_rev(),
+        "machine": machine(),
+        "seconds": round(total, 1),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "settings": settings.__dict__,
+        "benchmarks": [r.as_json() for r in records],
+        "table": table(records).splitlines(),
+    }
+    return doc, records
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[1])
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="small sizes, under 3 minutes (default)")
+    g.add_argument("--full", action="store_true", help="the full sizes (1M-event replay ...)")
+    p.add_argument("--out", default=None, help="result JSON (default bench/results/<mode>.json)")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of {BENCHMARKS}")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the processes under test with py-spy (bench/results/profiles/)",
+    )
+    a = p.parse_args()
+    if a.out is None:
+        a.out = str(ROOT / "bench" / "results" / f"{'full' if a.full else 'quick'}.json")
+    only = [x.strip() for x in a.only.split(",")] if a.only else BENCHMARKS
+    unknown = sorted(set(only) - set(BENCHMARKS))
+    if unknown:
+        p.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+    doc, records = asyncio.run(main_async(a))
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print()
+    print(table(records))
+    print(f"\n{doc['mode']} run: {doc['seconds']:.0f}s; results in {out}")
+    if max(doc["loadavg_before"][0], doc["loadavg_after"][0]) > 1.0:
+        print(
+            f"note: the machine was busy (load average {doc['loadavg_before'][0]:.1f} before, "
+            f"{doc['loadavg_after'][0]:.1f} after): absolute figures are noisy; ratios less so"
+        )
+    sys.exit(1 if any(r.error for r in records) else 0)
+
+
+if __name__ == "__main__":
+    main()
