@@ -15,7 +15,6 @@ from app.domain import commands as c
 from app.domain import events as ev
 from app.domain.errors import DomainError
 from app.domain.model import (
-    ActionDeclaration,
     ActionTypeId,
     PipelineDeclaration,
     StageRetryMode,
@@ -149,13 +148,7 @@ class Engine:
 
     async def execution(self, name: str, execution_id: str) -> tuple[PipelineState, ExecutionState]:
         s = await self.pipeline(name)
-        x = s.executions.get(execution_id)
-        if x is None:
-            raise DomainError(
-                "PipelineExecutionNotFoundException",
-                f"Pipeline execution '{execution_id}' not found in pipeline '{name}'",
-            )
-        return s, x
+        return s, s.require_execution(execution_id)
 
     # --- approvals ---------------------------------------------------------------------------
 
@@ -197,7 +190,7 @@ class Engine:
                 await self.jobs.close(ref)
                 continue
             if query:
-                adecl = _action_decl(s, x, a)
+                adecl = s.action_declaration(x, a.stageName, a.actionName)
                 config = (adecl.configuration or {}) if adecl is not None else {}
                 if any(config.get(k) != v for k, v in query.items()):
                     continue
@@ -262,7 +255,3 @@ class Engine:
         )
         await self.jobs.close(j.ref)
 
-
-def _action_decl(s: PipelineState, x: ExecutionState, a: ActionExec) -> ActionDeclaration | None:
-    sdecl = s.declaration_for(x).stage(a.stageName)
-    return sdecl.action(a.actionName) if sdecl is not None else None

@@ -106,25 +106,12 @@ def _text(value: str | None, limit: int) -> str | None:
 
 
 def _declaration(s: PipelineState) -> PipelineDeclaration:
-    if s.declaration is None:
-        raise DomainError("PipelineNotFoundException", f"Pipeline '{s.name}' not found")
-    return s.declaration
-
-
-def _execution(s: PipelineState, execution_id: str) -> ExecutionState:
-    x = s.executions.get(execution_id)
-    if x is None:
-        raise DomainError(
-            "PipelineExecutionNotFoundException",
-            f"Pipeline execution '{execution_id}' not found in pipeline '{s.name}'",
-        )
-    return x
+    return s.require_declaration()
 
 
 def _action_decl(s: PipelineState, x: ExecutionState, a: ActionExec) -> ActionDeclaration | None:
     """The declaration an attempt ran with (that of its execution's pipeline version)."""
-    stage = s.declaration_for(x).stage(a.stageName)
-    return stage.action(a.actionName) if stage is not None else None
+    return s.action_declaration(x, a.stageName, a.actionName)
 
 
 def pipeline_arn(name: str, *, region: str = DEFAULT_REGION, account: str = DEFAULT_ACCOUNT) -> str:
@@ -295,7 +282,7 @@ def _trigger(x: ExecutionState) -> JSON:
 def get_pipeline_execution(s: PipelineState, execution_id: str) -> JSON:
     """GetPipelineExecutionOutput."""
     _declaration(s)
-    x = _execution(s, execution_id)
+    x = s.require_execution(execution_id)
     return {
         "pipelineExecution": _obj(
             pipelineName=s.name,
@@ -475,7 +462,7 @@ def list_action_executions(
         latest_only = rng == "Latest"
 
     if execution_id is not None:
-        executions = [_execution(s, execution_id)]
+        executions = [s.require_execution(execution_id)]
     else:
         executions = list(s.executions.values())
 

@@ -167,30 +167,9 @@ class GroupConsumer:
     async def ack(self, e: Entry) -> None:
         await self.redis.xack(e.stream, self.group, e.id)
 
-    async def handle_many(self, entries: Sequence[Entry], handle: Handler) -> int:
-        """``handle_one`` for each entry in turn, but acknowledged together at the end, one
-        XACK per stream (a round trip per entry saved). Should this stop half way (Redis
-        gone, cancelled), the handled entries are redelivered: handlers are idempotent."""
-        done: dict[str, list[str]] = {}
-        for e in entries:
-            key = (e.stream, e.id)
-            self.inflight.add(key)
-            try:
-                await handle(e)
-            except REDIS_DOWN:
-                raise
-            except Exception:
-                log.exception("handling %s %s failed (delivery %d)", e.stream, e.id, e.deliveries)
-                continue
-            finally:
-                self.inflight.discard(key)
-            done.setdefault(e.stream, []).append(e.id)
-        for stream, ids in done.items():
-            await self.redis.xack(stream, self.group, *ids)
-        return sum(len(ids) for ids in done.values())
-
-    async def handle_one(self, e: Entry, handle: Handler) -> bool:
-        """Run ``handle``; ack on success. A failure leaves the entry pending (redelivered)."""
+    async def _run(self, e: Entry, handle: Handler) -> bool:
+        """Run ``handle`` on ``e`` (marked in flight meanwhile); False when it failed, which
+        leaves the entry pending for redelivery. Redis going away propagates."""
         key = (e.stream, e.id)
         self.inflight.add(key)
         try:
@@ -202,5 +181,23 @@ class GroupConsumer:
             return False
         finally:
             self.inflight.discard(key)
+        return True
+
+    async def handle_many(self, entries: Sequence[Entry], handle: Handler) -> int:
+        """``handle_one`` for each entry in turn, but acknowledged together at the end, one
+        XACK per stream (a round trip per entry saved). Should this stop half way (Redis
+        gone, cancelled), the handled entries are redelivered: handlers are idempotent."""
+        done: dict[str, list[str]] = {}
+        for e in entries:
+            if await self._run(e, handle):
+                done.setdefault(e.stream, []).append(e.id)
+        for stream, ids in done.items():
+            await self.redis.xack(stream, self.group, *ids)
+        return sum(len(ids) for ids in done.values())
+
+    async def handle_one(self, e: Entry, handle: Handler) -> bool:
+        """Run ``handle``; ack on success. A failure leaves the entry pending (redelivered)."""
+        if not await self._run(e, handle):
+            return False
         await self.ack(e)
         return True

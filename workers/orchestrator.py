@@ -35,11 +35,7 @@ class Orchestrator:
         self.dirty: set[str] = set()
 
     def origin(self, env: ev.Envelope) -> Origin:
-        return Origin(
-            actor=f"worker:{self.config.name}",
-            correlationId=env.correlationId or env.id,
-            causationId=env.id,
-        )
+        return persist.caused_by(self.config.name, env)
 
     async def handle(self, entry: Entry) -> None:
         pipeline = entry.text("p")
@@ -69,8 +65,7 @@ class Orchestrator:
         a = x.actions.get(e.actionExecutionId) if x is not None else None
         if x is None or a is None or a.status != "InProgress":
             return
-        sdecl = s.declaration_for(x).stage(e.stageName)
-        adecl = sdecl.action(e.actionName) if sdecl is not None else None
+        adecl = s.action_declaration(x, e.stageName, e.actionName)
         if adecl is None:
             return
         if e.kind == "custom" and e.jobId is not None:

@@ -15,11 +15,21 @@ import random
 import anyio
 
 from app.domain import commands as c
+from app.domain import events as ev
 from app.domain.errors import DomainError
 from app.repository import Origin, Outcome, PipelineRepository
 from workers.consumer import REDIS_DOWN
 
 CONFLICT = "ConflictException"
+
+
+def caused_by(worker: str, env: ev.Envelope) -> Origin:
+    """The origin of a worker's reaction to ``env``: same correlation, caused by ``env``."""
+    return Origin(
+        actor=f"worker:{worker}",
+        correlationId=env.correlationId or env.id,
+        causationId=env.id,
+    )
 
 
 async def execute(

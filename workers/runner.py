@@ -123,11 +123,7 @@ class Runner:
         return self.config.name
 
     def origin(self, env: ev.Envelope) -> Origin:
-        return Origin(
-            actor=f"worker:{self.name}",
-            correlationId=env.correlationId or env.id,
-            causationId=env.id,
-        )
+        return persist.caused_by(self.name, env)
 
     async def handle(self, entry: Entry) -> None:
         pipeline = entry.text("p")
@@ -259,8 +255,7 @@ class Runner:
     def _job(
         self, pipeline: str, s: PipelineState, x: ExecutionState, e: ev.ActionExecutionScheduled
     ) -> ActionJob | None:
-        sdecl = s.declaration_for(x).stage(e.stageName)
-        adecl = sdecl.action(e.actionName) if sdecl is not None else None
+        adecl = s.action_declaration(x, e.stageName, e.actionName)
         if adecl is None:
             return None
         return ActionJob(

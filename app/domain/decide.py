@@ -270,25 +270,6 @@ class Decision:
         self.progress(eid)
 
 
-# --- helpers for lookups that raise the service's errors --------------------------------------
-
-
-def _pipeline(s: PipelineState) -> PipelineDeclaration:
-    if s.declaration is None:
-        raise DomainError("PipelineNotFoundException", f"Pipeline '{s.name}' not found")
-    return s.declaration
-
-
-def _execution(s: PipelineState, eid: str) -> ExecutionState:
-    x = s.executions.get(eid)
-    if x is None:
-        raise DomainError(
-            "PipelineExecutionNotFoundException",
-            f"Pipeline execution '{eid}' not found in pipeline '{s.name}'",
-        )
-    return x
-
-
 def retry_problem(
     s: PipelineState, eid: str, stage: str, mode: StageRetryMode, *, pending_ok: bool = False
 ) -> DomainError | None:
@@ -390,7 +371,7 @@ def _check_structure(decl: PipelineDeclaration, name: str) -> None:
 
 def _update(d: Decision, cmd: c.Command) -> None:
     assert isinstance(cmd, c.UpdatePipeline)
-    current = _pipeline(d.s)
+    current = d.s.require_declaration()
     _check_structure(cmd.declaration, d.s.name)
     decl = msgspec.structs.replace(
         cmd.declaration,
@@ -409,7 +390,7 @@ def _delete(d: Decision, cmd: c.Command) -> None:
 
 def _start(d: Decision, cmd: c.Command) -> None:
     assert isinstance(cmd, c.StartExecution)
-    decl = _pipeline(d.s)
+    decl = d.s.require_declaration()
     if cmd.clientRequestToken is not None and cmd.clientRequestToken in d.s.tokens:
         return
     if len(d.s.active) >= d.s.concurrencyLimit:
@@ -432,8 +413,8 @@ def _start(d: Decision, cmd: c.Command) -> None:
 
 def _stop(d: Decision, cmd: c.Command) -> None:
     assert isinstance(cmd, c.StopExecution)
-    _pipeline(d.s)
-    x = _execution(d.s, cmd.executionId)
+    d.s.require_declaration()
+    x = d.s.require_execution(cmd.executionId)
     eid = cmd.executionId
     if x.status == "Stopping" and not cmd.abandon:
         raise DomainError(
@@ -504,7 +485,7 @@ def _apply_retry(d: Decision, cmd: c.Command) -> None:
 
 
 def _find_action(d: Decision, eid: str, aid: str) -> tuple[ExecutionState, ev.Kind, str]:
-    x = _execution(d.s, eid)
+    x = d.s.require_execution(eid)
     a = x.actions.get(aid)
     if a is None:
         raise DomainError("ActionExecutionNotFoundException", f"No action execution {aid}")
@@ -599,7 +580,7 @@ def _ack(d: Decision, cmd: c.Command) -> None:
 
 def _approval(d: Decision, cmd: c.Command) -> None:
     assert isinstance(cmd, c.PutApproval)
-    decl = _pipeline(d.s)
+    decl = d.s.require_declaration()
     sdecl = decl.stage(cmd.stageName)
     if sdecl is None:
         raise DomainError("StageNotFoundException", f"Stage '{cmd.stageName}' not found")

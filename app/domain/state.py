@@ -18,7 +18,9 @@ from collections.abc import Iterable
 import msgspec
 
 from app.domain import events as ev
+from app.domain.errors import DomainError
 from app.domain.model import (
+    ActionDeclaration,
     ActionExecutionStatus,
     PipelineDeclaration,
     PipelineExecutionStatus,
@@ -116,6 +118,29 @@ class PipelineState(msgspec.Struct, omit_defaults=True):
         decl = self.declarations.get(x.pipelineVersion) or self.declaration
         assert decl is not None
         return decl
+
+    def action_declaration(
+        self, x: ExecutionState, stage: str, action: str
+    ) -> ActionDeclaration | None:
+        """The declaration an action of execution ``x`` runs with (its pipeline version)."""
+        sdecl = self.declaration_for(x).stage(stage)
+        return sdecl.action(action) if sdecl is not None else None
+
+    def require_declaration(self) -> PipelineDeclaration:
+        """The current declaration, or PipelineNotFoundException."""
+        if self.declaration is None:
+            raise DomainError("PipelineNotFoundException", f"Pipeline '{self.name}' not found")
+        return self.declaration
+
+    def require_execution(self, eid: str) -> ExecutionState:
+        """The execution, or PipelineExecutionNotFoundException."""
+        x = self.executions.get(eid)
+        if x is None:
+            raise DomainError(
+                "PipelineExecutionNotFoundException",
+                f"Pipeline execution '{eid}' not found in pipeline '{self.name}'",
+            )
+        return x
 
 
 def new_state(name: str) -> PipelineState:
