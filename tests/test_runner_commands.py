@@ -26,8 +26,11 @@ def _is_zombie(pid: int) -> bool:
     return stat[stat.rfind(b")") + 2 :].split()[0] in (b"Z", b"X")
 
 
-async def _assert_gone(pid: int, within_s: float = 2.0) -> None:
+async def _assert_gone(pid: int, within_s: float = 10.0) -> None:
     """Wait until ``os.kill(pid, 0)`` raises ProcessLookupError.
+
+    The patience is generous on purpose: what is tested is that the process dies, and on a
+    loaded two-core machine a killed process can take a while to be reaped.
 
     An orphaned grandchild is reparented to init, and a minimal container init may take a while
     to reap it, so an unreaped zombie (dead, holding nothing but its pid) also counts as gone.
