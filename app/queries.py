@@ -48,7 +48,6 @@ import msgspec
 from app.domain.errors import DomainError
 from app.domain.model import (
     ActionDeclaration,
-    PipelineDeclaration,
     StageExecutionStatus,
 )
 from app.domain.state import ActionExec, ExecutionState, PipelineState, StageRun
@@ -105,15 +104,6 @@ def _text(value: str | None, limit: int) -> str | None:
     return value[:limit]
 
 
-def _declaration(s: PipelineState) -> PipelineDeclaration:
-    return s.require_declaration()
-
-
-def _action_decl(s: PipelineState, x: ExecutionState, a: ActionExec) -> ActionDeclaration | None:
-    """The declaration an attempt ran with (that of its execution's pipeline version)."""
-    return s.action_declaration(x, a.stageName, a.actionName)
-
-
 def pipeline_arn(name: str, *, region: str = DEFAULT_REGION, account: str = DEFAULT_ACCOUNT) -> str:
     return f"arn:aws:codepipeline:{region}:{account}:{name}"
 
@@ -129,7 +119,7 @@ def get_pipeline(
     account: str = DEFAULT_ACCOUNT,
 ) -> JSON:
     """GetPipelineOutput. ``version`` picks an earlier declaration (GetPipeline's input)."""
-    decl = _declaration(s)
+    decl = s.require_declaration()
     if version is not None:
         found = s.declarations.get(version)
         if found is None:
@@ -150,7 +140,7 @@ def get_pipeline(
 
 def pipeline_summary(s: PipelineState) -> JSON:
     """One PipelineSummary (an element of ListPipelinesOutput.pipelines)."""
-    decl = _declaration(s)
+    decl = s.require_declaration()
     return _obj(
         name=decl.name,
         version=decl.version or 1,
@@ -259,7 +249,7 @@ def get_pipeline_state(s: PipelineState) -> JSON:
     Raises ``KeyError`` when an execution named by ``s.stageLatest`` (for a current stage)
     is not in ``s`` (see the module docstring on partial states).
     """
-    decl = _declaration(s)
+    decl = s.require_declaration()
     return _obj(
         pipelineName=decl.name,
         pipelineVersion=decl.version or 1,
@@ -281,7 +271,7 @@ def _trigger(x: ExecutionState) -> JSON:
 
 def get_pipeline_execution(s: PipelineState, execution_id: str) -> JSON:
     """GetPipelineExecutionOutput."""
-    _declaration(s)
+    s.require_declaration()
     x = s.require_execution(execution_id)
     return {
         "pipelineExecution": _obj(
@@ -336,7 +326,7 @@ def list_pipeline_executions(
     ``succeeded_in_stage`` is the input's ``filter.succeededInStage.stageName``: only
     executions in which that stage succeeded.
     """
-    _declaration(s)
+    s.require_declaration()
     limit = _limit(max_results)
     pairs: list[tuple[float, ExecutionState]] = []
     for x in s.executions.values():
@@ -366,7 +356,7 @@ def list_pipeline_executions(
 
 
 def _action_input(s: PipelineState, x: ExecutionState, a: ActionExec, region: str) -> JSON:
-    decl = _action_decl(s, x, a)
+    decl = s.action_declaration(x, a.stageName, a.actionName)
     if decl is None:  # its declaration is gone (not kept for that pipeline version)
         return {"region": region, "inputArtifacts": []}
     config = dict(decl.configuration or {})
@@ -434,7 +424,7 @@ def list_action_executions(
     Both filters together must name the same execution (else ``ValidationException``).
     An execution id not in the pipeline raises ``PipelineExecutionNotFoundException``.
     """
-    _declaration(s)
+    s.require_declaration()
     limit = _limit(max_results)
     latest_only = False
     if latest_in_execution is not None:
@@ -611,7 +601,7 @@ def _job(
     a = x.actions.get(action_execution_id) if x is not None else None
     if x is None or a is None or a.jobId is None:
         raise not_found
-    decl = _action_decl(s, x, a)
+    decl = s.action_declaration(x, a.stageName, a.actionName)
     if decl is None:
         raise not_found
     return x, a, decl

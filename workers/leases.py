@@ -69,6 +69,3 @@ class Leases:
             self.keys.leases(partition), "-inf", now, start=0, num=limit
         )
         return [Lease.parse(m) for m in rows]
-
-    async def drop(self, partition: int, lease: Lease) -> None:
-        await self.redis.zrem(self.keys.leases(partition), lease.member)

@@ -117,7 +117,7 @@ class Orchestrator:
                     )
                 except DomainError as err:
                     log.warning("reaping %s: %s", lease.member, err)
-                await self.leases.drop(part, lease)
+                await self.leases.release(lease)
                 reaped += 1
                 log.warning(
                     "action %s of %s: worker %s lost, recorded as %s",
