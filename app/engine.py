@@ -6,11 +6,14 @@ objects (states, ids) and raise :class:`DomainError` with the CodePipeline error
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import msgspec
 from redis.asyncio import Redis
 
+from app import queries as q
 from app.domain import commands as c
 from app.domain import events as ev
 from app.domain.errors import DomainError
@@ -19,7 +22,7 @@ from app.domain.model import (
     PipelineDeclaration,
     StageRetryMode,
 )
-from app.domain.state import ActionExec, ExecutionState, PipelineState
+from app.domain.state import ActionExec, ExecutionState, PipelineState, fold
 from app.jobs import JobIndex, JobRef
 from app.repository import SYSTEM, Origin, Outcome, PipelineRepository
 from app.store.eventstore import EventStore
@@ -78,9 +81,22 @@ class Engine:
         await self.repo.execute(name, c.DeletePipeline(), origin)
 
     async def pipeline(self, name: str) -> PipelineState:
-        s = await self.repo.load(name)
+        """The pipeline's head with the latest execution of each stage (what
+        GetPipelineState shows); other executions are loaded on demand."""
+        s = await self.repo.latest_state(name)
         if s.declaration is None:
             raise DomainError("PipelineNotFoundException", f"Pipeline '{name}' not found")
+        return s
+
+    async def full_state(self, name: str) -> PipelineState:
+        """Every execution, folded from every stream of the pipeline: what a fresh replay
+        gives. Its cost grows with the history (audits and tests; no command uses it)."""
+        return fold(name, await self.store.read(name))
+
+    async def head(self, name: str) -> PipelineState:
+        """The pipeline's head alone (declarations, stage occupancy): no execution read."""
+        s = await self.repo.load(name)
+        s.require_declaration()
         return s
 
     async def pipeline_names(self) -> list[str]:
@@ -89,6 +105,93 @@ class Engine:
             if (await self.repo.load(name)).declaration is not None:
                 names.append(name)
         return names
+
+    async def _view(self, name: str, ids: list[str]) -> PipelineState:
+        """A read-only state: the head and exactly the executions ``ids`` (in this order),
+        read from their streams; the cache is not changed."""
+        head = await self.head(name)
+        view = msgspec.structs.replace(head, executions={}, absent=[], partial=True)
+        await self.repo.load_executions(view, ids)
+        return view
+
+    async def list_pipeline_executions(
+        self,
+        name: str,
+        *,
+        max_results: int | None = None,
+        next_token: str | None = None,
+        succeeded_in_stage: str | None = None,
+    ) -> dict[str, Any]:
+        """ListPipelineExecutions over a window of the executions index: the execution the
+        token points after, and as many older ones as the page needs."""
+        head = await self.head(name)
+        limit = q.limit_of(max_results)
+        start = 0
+        if next_token is not None:
+            rank = await self.store.execution_rank(name, q.cursor_item(next_token))
+            start = rank or 0
+        need = limit + 2
+        chosen: list[str] = []
+        view = msgspec.structs.replace(head, executions={}, absent=[], partial=True)
+        matching = 0
+        while matching < need:
+            ids = await self.store.execution_ids(name, start=start, count=max(need, 16))
+            if not ids:
+                break
+            start += len(ids)
+            await self.repo.load_executions(view, ids)
+            for eid in ids:
+                x = view.executions.get(eid)
+                if x is None:
+                    continue
+                chosen.append(eid)
+                if succeeded_in_stage is None or (
+                    (run := x.stages.get(succeeded_in_stage)) is not None
+                    and run.status == "Succeeded"
+                ):
+                    matching += 1
+        view.executions = {eid: view.executions[eid] for eid in reversed(chosen)}
+        return q.list_pipeline_executions(
+            view,
+            max_results=limit,
+            next_token=next_token,
+            succeeded_in_stage=succeeded_in_stage,
+        )
+
+    async def list_action_executions(
+        self,
+        name: str,
+        *,
+        execution_id: str | None = None,
+        latest_in_execution: Mapping[str, Any] | None = None,
+        max_results: int | None = None,
+        next_token: str | None = None,
+    ) -> dict[str, Any]:
+        """ListActionExecutions: of one execution (read from its stream), or of the whole
+        pipeline over a window of the action index (the item the token points after and as
+        many older ones as the page needs)."""
+        limit = q.limit_of(max_results)
+        one = execution_id
+        if latest_in_execution is not None:
+            lid = latest_in_execution.get("pipelineExecutionId")
+            one = lid if isinstance(lid, str) else one
+        if one is not None:
+            view = await self._view(name, [one])
+        else:
+            start = 0
+            if next_token is not None:
+                eid, _, aid = q.cursor_item(next_token).partition("/")
+                start = await self.store.action_rank(name, eid, aid) or 0
+            pairs = await self.store.action_ids(name, start=start, count=limit + 2)
+            ids = list(dict.fromkeys(eid for eid, _ in reversed(pairs)))
+            view = await self._view(name, ids)
+        return q.list_action_executions(
+            view,
+            execution_id=execution_id,
+            latest_in_execution=latest_in_execution,
+            max_results=limit,
+            next_token=next_token,
+        )
 
     # --- executions --------------------------------------------------------------------------
 
@@ -111,7 +214,9 @@ class Engine:
             origin,
         )
         if not out.events and client_request_token is not None:
-            return out.state.tokens[client_request_token]
+            found = await self.store.token_execution(name, client_request_token)
+            assert found is not None
+            return found
         for env in out.events:  # a repeated command returns the first run's execution
             if isinstance(env.event, ev.ExecutionStarted):
                 return env.event.executionId
@@ -147,7 +252,8 @@ class Engine:
         return execution_id
 
     async def execution(self, name: str, execution_id: str) -> tuple[PipelineState, ExecutionState]:
-        s = await self.pipeline(name)
+        s = await self.repo.load(name, [execution_id])
+        s.require_declaration()
         return s, s.require_execution(execution_id)
 
     # --- approvals ---------------------------------------------------------------------------
@@ -183,7 +289,7 @@ class Engine:
         max_batch = min(max(max_batch, 1), MAX_POLL_BATCH)
         found: list[OpenJob] = []
         for ref in await self.jobs.open_jobs(action_type.key, max_batch * 4 + 16):
-            s = await self.repo.load(ref.pipeline)
+            s = await self.repo.load(ref.pipeline, [ref.executionId])
             x = s.executions.get(ref.executionId)
             a = x.actions.get(ref.actionExecutionId) if x is not None else None
             if x is None or a is None or a.status != "InProgress" or a.acknowledged:
@@ -203,7 +309,7 @@ class Engine:
         ref = await self.jobs.locate(job_id)
         if ref is None:
             raise DomainError("JobNotFoundException", f"Job {job_id} not found")
-        s = await self.repo.load(ref.pipeline)
+        s = await self.repo.load(ref.pipeline, [ref.executionId])
         x = s.executions.get(ref.executionId)
         a = x.actions.get(ref.actionExecutionId) if x is not None else None
         if x is None or a is None:

@@ -24,7 +24,9 @@ reference to be in the state:
   the state holds; pass a full state (or, for an execution-filtered action listing, a state
   holding that execution) to list everything.
 
-**Pagination.** ``nextToken`` is opaque: the urlsafe-base64 of a msgpack cursor (operation,
+**Pagination.** The functions page over the executions the state holds; the engine gives
+them a window of executions read through the store's derived indexes (see
+:func:`cursor_item`), so a page costs the same however long the history. ``nextToken`` is opaque: the urlsafe-base64 of a msgpack cursor (operation,
 pipeline name and creation time, the filter, the id and start time of the last returned
 item) followed by a short checksum. The next page starts right after that item, so items
 that appear meanwhile (newer executions go to the front) neither shift nor repeat a page.
@@ -56,12 +58,14 @@ __all__ = [
     "DEFAULT_ACCOUNT",
     "DEFAULT_REGION",
     "MAX_RESULTS",
+    "cursor_item",
     "find_job",
     "get_job_details",
     "get_pipeline",
     "get_pipeline_execution",
     "get_pipeline_state",
     "job_document",
+    "limit_of",
     "list_action_executions",
     "list_pipeline_executions",
     "pipeline_arn",
@@ -469,7 +473,7 @@ def list_action_executions(
         "ListActionExecutions",
         scope,
         ordered,
-        key=lambda xa: (xa[1].actionExecutionId, xa[1].startTime),
+        key=lambda xa: (f"{xa[0].executionId}/{xa[1].actionExecutionId}", xa[1].startTime),
         limit=limit,
         next_token=next_token,
     )
@@ -525,6 +529,19 @@ def _decode_token(token: str) -> _Cursor:
         return _cursor_decoder.decode(payload)
     except msgspec.DecodeError as exc:
         raise _invalid_token() from exc
+
+
+def cursor_item(next_token: str) -> str:
+    """The id of the last item a page token points after (``InvalidNextTokenException``
+    when it does not decode): for ListPipelineExecutions an execution id, for
+    ListActionExecutions ``<execution id>/<action execution id>``. The caller uses it to
+    load only the window of executions the next page needs."""
+    return _decode_token(next_token).last
+
+
+def limit_of(max_results: int | None) -> int:
+    """The page size for ``maxResults`` (ValidationException when out of range)."""
+    return _limit(max_results)
 
 
 def _limit(max_results: int | None) -> int:

@@ -1,17 +1,24 @@
 """The application service between the pure domain and the event store.
 
-``load`` gives the current state of a pipeline: a per-process cache, else the stored
-projection snapshot, else a fold from the first event, in every case caught up with the
-events appended since. ``execute`` runs ``decide`` on that state and appends the result
-at the state's version; when another writer got there first it re-reads and decides again,
-a few times, then gives up with ConflictException (SPEC check 7).
+A pipeline's state is loaded in bounded pieces: the *head* (its own stream: a snapshot plus
+the entries since) and only the executions a command or query needs (each from its own
+stream). ``execute`` runs ``decide`` on that partial state; when ``decide`` needs an
+execution it does not hold (``NeedExecutions``) it is loaded and the command decided again.
+The result is appended with what the decision read as the expected positions (optimistic
+concurrency); when another writer got there first the refused append hands back what was
+missed, and the command is decided again, a few times, then ConflictException (SPEC
+check 7). No command costs more with more past executions.
+
+The cache keeps, per pipeline, the head and the executions still in play (active, latest
+in a stage, waiting) plus a few recent ones. A cache found *ahead* of the store (Redis lost
+acknowledged writes in a failover or restart) is dropped on the next conflict and re-read.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import anyio
@@ -20,8 +27,24 @@ from app.domain import commands as c
 from app.domain import events as ev
 from app.domain.decide import Ctx, decide
 from app.domain.errors import DomainError
-from app.domain.state import PipelineState, evolve, new_state
-from app.store.eventstore import ConcurrencyError, EventStore
+from app.domain.state import (
+    ExecutionState,
+    NeedExecutions,
+    PipelineState,
+    evolve,
+    evolve_execution,
+    evolve_ref,
+    execution_from,
+    new_state,
+)
+from app.store.eventstore import (
+    HEAD,
+    AppendResult,
+    Batch,
+    ConcurrencyError,
+    EventStore,
+    HeadItem,
+)
 
 
 def new_uuid() -> str:
@@ -60,6 +83,44 @@ class _Turn:
     users: int = 0
 
 
+# Commands whose decision reads only the action's own attempt: a runner's start and result.
+# They are appended against the action's last event, not the whole execution, so runners of
+# sibling actions never conflict with each other.
+def attempt_local(cmd: c.Command) -> str | None:
+    if isinstance(cmd, c.StartAction):
+        return cmd.actionExecutionId
+    if isinstance(cmd, (c.CompleteAction, c.LoseAction)) and not cmd.consequences:
+        return cmd.actionExecutionId
+    return None
+
+
+def _wanted(cmd: c.Command) -> list[str]:
+    eid = getattr(cmd, "executionId", None)
+    return [eid] if isinstance(eid, str) and not isinstance(cmd, c.StartExecution) else []
+
+
+KEEP_RECENT = 32  # executions kept in a cached state besides those still in play
+
+
+def _in_play(s: PipelineState) -> set[str]:
+    keep = set(s.active) | set(s.stageLatest.values()) | set(s.occupant.values())
+    for w in s.waiting.values():
+        keep.update(w)
+    return keep
+
+
+def trim(s: PipelineState, recent: int = KEEP_RECENT) -> None:
+    """Bound a cached state: executions in play, plus the ``recent`` last touched."""
+    if len(s.executions) <= len(s.active) + recent:
+        return
+    keep = _in_play(s)
+    others = sorted(
+        (x for eid, x in s.executions.items() if eid not in keep), key=lambda x: x.version
+    )
+    for x in others[: max(len(others) - recent, 0)]:
+        del s.executions[x.executionId]
+
+
 class PipelineRepository:
     def __init__(
         self,
@@ -76,6 +137,9 @@ class PipelineRepository:
         self.conflict_retries = conflict_retries
         self._cache: dict[str, PipelineState] | None = {} if cache else None
         self._turns: dict[str, _Turn] = {}
+        self.healed = 0  # caches found ahead of the store and dropped
+
+    # --- cache -------------------------------------------------------------------------------
 
     def forget(self, pipeline: str | None = None) -> None:
         if self._cache is None:
@@ -85,29 +149,99 @@ class PipelineRepository:
         else:
             self._cache.pop(pipeline, None)
 
-    def observe(self, env: ev.Envelope) -> None:
-        """Fold an event seen elsewhere (a dispatch stream's copy of a log entry: the same
-        payload at the same version) into the cached state if it is the very next one, so
-        the next command on the pipeline need not read it from the log first."""
-        s = self._cache.get(env.pipeline) if self._cache is not None else None
-        if s is not None and env.version == s.version + 1:
-            evolve(s, env)
+    def cached(self, pipeline: str) -> PipelineState | None:
+        return self._cache.get(pipeline) if self._cache is not None else None
 
-    async def load(self, pipeline: str) -> PipelineState:
-        """The pipeline's state as of the latest event in the store.
+    def observe(self, env: ev.Envelope, head_prev: int | None, exec_prev: int | None) -> None:
+        """Fold an event seen on a dispatch stream into the cached state, where it is the
+        next entry of its streams (``head_prev`` / ``exec_prev``: the seq before it in the
+        pipeline's / execution's stream, None when it was not written there). A gap drops
+        what it would have updated: the next use reads it again."""
+        s = self.cached(env.pipeline)
+        if s is None:
+            return
+        kind = type(env.event)
+        in_head = kind in ev.HEAD_EVENTS or kind in ev.PIPELINE_EVENTS
+        if in_head and env.version > s.headVersion and head_prev != s.headVersion:
+            self.forget(env.pipeline)  # missed an entry of the pipeline's stream
+            return
+        eid = ev.execution_of(env.event)
+        if eid is not None:
+            x = s.executions.get(eid)
+            if x is not None and env.version > x.version and exec_prev != x.version:
+                del s.executions[eid]  # missed an entry of the execution's stream
+        evolve(s, env)
+        s.tokens.clear()
+
+    # --- loading -----------------------------------------------------------------------------
+
+    async def load(self, pipeline: str, executions: Iterable[str] = ()) -> PipelineState:
+        """The pipeline's head as of the latest entry of its stream, holding (at least) the
+        named executions, each caught up with its stream.
 
         The returned object is shared with the cache: treat it as read-only.
         """
-        s = self._cache.get(pipeline) if self._cache is not None else None
+        s = self.cached(pipeline)
         if s is None:
             s = await self.store.load_snapshot(pipeline) or new_state(pipeline)
+            s.partial = True
             if self._cache is not None:
                 self._cache[pipeline] = s
-        async for chunk in self.store.iter_events(pipeline, after=s.version):
-            for env in chunk:
-                if env.version == s.version + 1:
-                    evolve(s, env)
+        await self._catch_up_head(s)
+        wanted = list(executions)
+        await self.load_executions(s, wanted, refresh=True)
         return s
+
+    async def _catch_up_head(self, s: PipelineState) -> None:
+        while True:
+            items = await self.store.read_head(s.name, after=s.headVersion, count=1000)
+            self._fold_head(s, items)
+            if len(items) < 1000:
+                return
+
+    @staticmethod
+    def _fold_head(s: PipelineState, items: Iterable[HeadItem]) -> bool:
+        """Fold entries of the pipeline's stream; False at a gap (something was missed)."""
+        for item in items:
+            if isinstance(item, ev.Envelope):
+                evolve(s, item)
+            else:
+                evolve_ref(s, item[0], item[1])
+        s.tokens.clear()
+        return True
+
+    async def load_executions(
+        self, s: PipelineState, ids: Iterable[str], *, refresh: bool = False
+    ) -> None:
+        """Make ``s`` hold these executions (read from their streams; with ``refresh``,
+        held ones are caught up too). Ids without a stream go to ``s.absent``."""
+        for eid in ids:
+            x = s.executions.get(eid)
+            if x is not None:
+                if refresh:
+                    for env in await self.store.read_execution(s.name, eid, after=x.version):
+                        evolve_execution(s, env)
+                    if eid not in s.executions:  # dropped meanwhile (another task's gap)
+                        s.executions[eid] = x
+                continue
+            envs = await self.store.read_execution(s.name, eid)
+            loaded = execution_from(envs)
+            if loaded is None:
+                if eid not in s.absent:
+                    s.absent.append(eid)
+                    del s.absent[:-64]
+            else:
+                s.executions[eid] = loaded
+                if eid in s.absent:
+                    s.absent.remove(eid)
+
+    async def latest_state(self, pipeline: str) -> PipelineState:
+        """The head plus the executions GetPipelineState shows (the latest in each stage)."""
+        s = await self.load(pipeline)
+        await self.load_executions(s, list(s.stageLatest.values()), refresh=True)
+        return s
+
+    # --- commands ----------------------------------------------------------------------------
 
     async def execute(
         self,
@@ -120,9 +254,8 @@ class PipelineRepository:
         """Decide and append ``cmd``; raises DomainError when the domain refuses it.
 
         Commands on the same pipeline from this process take turns: concurrent ones would
-        only conflict with each other at the append (each conflict costs a re-read and a
-        new decision, and enough of them end in ConflictException). Optimistic concurrency
-        still arbitrates between processes.
+        only conflict with each other at the append. Optimistic concurrency still arbitrates
+        between processes.
         """
         command_id = command_id or origin.commandId
         turn = self._turns.get(pipeline)
@@ -143,7 +276,7 @@ class PipelineRepository:
             if not turn.users:
                 del self._turns[pipeline]
 
-    def _ctx(self, origin: Origin, command_id: str | None) -> Ctx:
+    def ctx(self, origin: Origin, command_id: str | None) -> Ctx:
         return Ctx(
             now=self.clock(),
             new_id=self.new_id,
@@ -155,86 +288,164 @@ class PipelineRepository:
             source=origin.source,
         )
 
-    async def _append(
-        self,
-        pipeline: str,
-        s: PipelineState,
-        events: list[ev.Envelope],
-        command_id: str | None,
-    ) -> Outcome:
-        """Append at ``s.version`` (raises ConcurrencyError) and fold into ``s``."""
-        expected = s.version
-        res = await self.store.append(pipeline, expected, events, command_id=command_id)
-        if res.duplicate:
-            return await self._replayed(pipeline, res.first, res.last)
-        if s.version == expected:
-            for env in events:
-                evolve(s, env)
-        return Outcome(events, s)
+    async def prepare(self, s: PipelineState, cmd: c.Command, *, refresh: bool = False) -> None:
+        """Load what ``cmd`` is known to need before deciding (saves a NeedExecutions);
+        with ``refresh`` also catch up the ones already held."""
+        wanted = _wanted(cmd)
+        if isinstance(cmd, c.StartExecution) and cmd.clientRequestToken is not None:
+            found = await self.store.token_execution(s.name, cmd.clientRequestToken)
+            if found is not None:
+                s.tokens[cmd.clientRequestToken] = found
+        if isinstance(cmd, c.PutApproval):
+            found = await self.store.approval_execution(s.name, cmd.token)
+            if found is not None:
+                wanted.append(found)
+        if not refresh:
+            wanted = [e for e in wanted if e not in s.executions]
+        if wanted:
+            await self.load_executions(s, wanted, refresh=refresh)
+
+    def batch(
+        self, s: PipelineState, cmd: c.Command, events: list[ev.Envelope], command_id: str | None
+    ) -> Batch:
+        """The append of ``events`` decided on ``s``: what they were decided on is expected."""
+        touched = []
+        for env in events:
+            eid = ev.execution_of(env.event)
+            if eid is not None and eid not in touched:
+                touched.append(eid)
+        aid = attempt_local(cmd)
+        if aid is not None:
+            eid = touched[0]
+            x = s.executions[eid]
+            return Batch(
+                s.name,
+                events,
+                attempt_expected={eid: (aid, attempt_seq(x, aid))},
+                command_id=command_id,
+            )
+        expected = {}
+        for eid in touched:
+            x = s.executions.get(eid)
+            expected[eid] = x.version if x is not None else 0
+        return Batch(
+            s.name,
+            events,
+            head_expected=s.headVersion,
+            exec_expected=expected,
+            command_id=command_id,
+        )
+
+    def commit_local(self, s: PipelineState, events: Iterable[ev.Envelope]) -> None:
+        """Fold events this process appended into its state."""
+        for env in events:
+            evolve(s, env)
+        s.tokens.clear()
+
+    async def heal(self, s: PipelineState, err: ConcurrencyError) -> PipelineState:
+        """After a refused append: ``s`` with what was missed, or re-read when the store
+        is behind it (lost writes: the cache is dropped) or too much was missed."""
+        if err.behind:
+            self.healed += 1
+            self.forget(s.name)
+            return await self.load(s.name, list(s.executions))
+        if err.attempt:
+            await self.load_executions(s, [err.stream], refresh=True)
+            return s
+        if err.stream == HEAD:
+            if err.missing and self._fits(s.headVersion, err):
+                self._fold_head(s, err.missing)
+            else:
+                await self._catch_up_head(s)
+            return s
+        x = s.executions.get(err.stream)
+        if x is not None and err.missing and self._fits(x.version, err):
+            for item in err.missing:
+                if isinstance(item, ev.Envelope):
+                    evolve_execution(s, item)
+        else:
+            await self.load_executions(s, [err.stream], refresh=True)
+        return s
+
+    @staticmethod
+    def _fits(at: int, err: ConcurrencyError) -> bool:
+        first = err.missing[0]
+        seq = first.version if isinstance(first, ev.Envelope) else first[0]
+        return at == err.expected and seq > at
 
     async def _previous(self, pipeline: str, command_id: str | None) -> Outcome | None:
         """The outcome of an earlier append with this command id, if there was one."""
         if command_id is None:
             return None
-        versions = await self.store.command_versions(pipeline, command_id)
-        if versions is None:
+        found = await self.store.command_versions(pipeline, command_id)
+        if found is None:
             return None
-        return await self._replayed(pipeline, *versions)
+        return await self._replayed(pipeline, AppendResult(found[0], found[1], True, found[2]))
 
-    async def _replayed(self, pipeline: str, first: int, last: int) -> Outcome:
+    async def _replayed(self, pipeline: str, res: AppendResult) -> Outcome:
         """A repeated command: the events its first run appended, and the current state."""
-        events = await self.store.read(pipeline, after=first - 1, until=last)
-        return Outcome(events, await self.load(pipeline), duplicate=True)
-
-    @staticmethod
-    def _caught_up(s: PipelineState, err: ConcurrencyError) -> PipelineState | None:
-        """``s`` with the events that the refused append sent back folded in, if they bring
-        it to the stream's version (what a read would give, without the read); else None."""
-        for env in err.missing:
-            if env.version == s.version + 1:
-                evolve(s, env)
-        return s if s.version == err.actual else None
+        events = await self.store.read_appended(pipeline, res.first, res.last, res.streams)
+        return Outcome(events, await self.load(pipeline, res.streams), duplicate=True)
 
     async def _execute(
         self, pipeline: str, cmd: c.Command, origin: Origin, command_id: str | None
     ) -> Outcome:
-        s: PipelineState | None = None
-        cached = self._cache.get(pipeline) if self._cache is not None else None
-        if cached is not None:
-            # Optimistic first try on the cached state, without reading the log first (one
-            # round trip less). If the append goes through, the stream was at the cached
-            # version: the cache held every event and the decision is the one a fresh read
-            # would have given. A refusal, nothing to do, or a conflict may come from a stale
-            # cache: those are decided again below on a fresh read, which alone counts.
+        s = self.cached(pipeline)
+        fresh = s is None
+        if s is None:
+            s = await self.load(pipeline)
+        await self.prepare(s, cmd)
+        tries = 0
+        while True:
             try:
-                events = decide(cached, cmd, self._ctx(origin, command_id))
+                events = decide(s, cmd, self.ctx(origin, command_id))
+            except NeedExecutions as need:
+                await self.load_executions(s, need.ids)
+                continue
             except DomainError:
-                events = []
-            if events:
-                try:
-                    return await self._append(pipeline, cached, events, command_id)
-                except ConcurrencyError as err:
-                    s = self._caught_up(cached, err)
-        for _ in range(self.conflict_retries):
-            if s is None:
-                s = await self.load(pipeline)
-            try:
-                events = decide(s, cmd, self._ctx(origin, command_id))
-            except DomainError:
+                if not fresh:
+                    # a refusal on the cached state may be a stale cache: only a fresh one counts
+                    fresh = True
+                    s = await self.load(pipeline)
+                    await self.prepare(s, cmd, refresh=True)
+                    continue
                 # A repeated command (an SDK retry after a lost reply) is refused by the
                 # state it already changed; it gets the first attempt's outcome instead.
                 previous = await self._previous(pipeline, command_id)
                 if previous is None:
                     raise
                 return previous
+            finally:
+                s.tokens.clear()
             if not events:
+                if not fresh:
+                    fresh = True
+                    s = await self.load(pipeline)
+                    await self.prepare(s, cmd, refresh=True)
+                    continue
                 return Outcome([], s)
             try:
-                return await self._append(pipeline, s, events, command_id)
+                res = await self.store.append(self.batch(s, cmd, events, command_id))
             except ConcurrencyError as err:
-                s = self._caught_up(s, err)
-        raise DomainError(
-            "ConflictException",
-            f"Pipeline '{pipeline}' is being changed concurrently; try again",
-            status=409,
-        )
+                tries += 1
+                if tries >= self.conflict_retries:
+                    raise DomainError(
+                        "ConflictException",
+                        f"Pipeline '{pipeline}' is being changed concurrently; try again",
+                        status=409,
+                    ) from None
+                s = await self.heal(s, err)
+                fresh = True
+                continue
+            if res.duplicate:
+                return await self._replayed(pipeline, res)
+            stamped = res.stamp(events)
+            self.commit_local(s, stamped)
+            trim(s)
+            return Outcome(stamped, s)
+
+
+def attempt_seq(x: ExecutionState, aid: str) -> int:
+    """The seq of the last event about action execution ``aid`` in execution ``x``."""
+    a = x.actions.get(aid)
+    return a.seq if a is not None else 0

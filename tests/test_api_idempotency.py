@@ -76,7 +76,7 @@ async def test_repeated_start_is_one_execution(world: tuple[Engine, ASGIApp]) ->
     s2, again = await post(app, "StartPipelineExecution", {"name": "idem"}, invocation="i-1")
     assert s1 == s2 == 200
     assert first["pipelineExecutionId"] == again["pipelineExecutionId"]
-    state = await engine.pipeline("idem")
+    state = await engine.full_state("idem")
     assert len(state.executions) == 1
     # a new call (new invocation id) is a new command; so is the same id from another caller
     _, other = await post(app, "StartPipelineExecution", {"name": "idem"}, invocation="i-2")
@@ -89,7 +89,7 @@ async def test_repeated_start_is_one_execution(world: tuple[Engine, ASGIApp]) ->
         theirs["pipelineExecutionId"],
     }
     assert len(ids) == 3
-    assert len((await engine.pipeline("idem")).executions) == 3
+    assert len((await engine.full_state("idem")).executions) == 3
 
 
 async def test_repeated_retry_is_accepted_once(world: tuple[Engine, ASGIApp]) -> None:
@@ -97,7 +97,7 @@ async def test_repeated_retry_is_accepted_once(world: tuple[Engine, ASGIApp]) ->
     await post(app, "CreatePipeline", {"pipeline": DECL}, invocation=None)
     _, started = await post(app, "StartPipelineExecution", {"name": "idem"}, invocation=None)
     eid = started["pipelineExecutionId"]
-    x = (await engine.pipeline("idem")).executions[eid]
+    x = (await engine.full_state("idem")).executions[eid]
     (aid,) = x.actions
     await engine.repo.execute(
         "idem",

@@ -27,6 +27,16 @@ from workers.leases import Leases
 log = logging.getLogger("stageline.orchestrator")
 
 
+def _prev(entry: Entry, name: str) -> int | None:
+    raw = entry.fields.get(name)
+    return int(raw) if raw else None
+
+
+def observe(engine: Engine, entry: Entry, env: ev.Envelope) -> None:
+    """Fold a dispatch entry's event into the process's cached state (where contiguous)."""
+    engine.repo.observe(env, _prev(entry, "hp"), _prev(entry, "xp"))
+
+
 class Orchestrator:
     def __init__(self, engine: Engine, leases: Leases, config: WorkerConfig) -> None:
         self.engine = engine
@@ -44,7 +54,7 @@ class Orchestrator:
         if kind not in ("StageRetryRequested", "ActionExecutionScheduled"):
             return
         env = ev.decode_payload(pipeline, int(entry.text("v")), entry.fields["e"])
-        self.engine.repo.observe(env)  # saves reading it back from the log
+        observe(self.engine, entry, env)  # saves reading it back from the log
         e = env.event
         if isinstance(e, ev.StageRetryRequested):
             await persist.execute(
@@ -60,7 +70,7 @@ class Orchestrator:
     async def _scheduled(self, env: ev.Envelope, e: ev.ActionExecutionScheduled) -> None:
         if e.kind in ("commands", "approval"):
             return  # runners take commands; approvals wait for PutApprovalResult
-        s = await self.engine.repo.load(env.pipeline)
+        s = await self.engine.repo.load(env.pipeline, [e.executionId])
         x = s.executions.get(e.executionId)
         a = x.actions.get(e.actionExecutionId) if x is not None else None
         if x is None or a is None or a.status != "InProgress":

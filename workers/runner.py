@@ -29,6 +29,7 @@ from workers import persist
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN, Entry
 from workers.leases import Lease, Leases
+from workers.orchestrator import observe
 from workers.runners.commands import run_commands
 
 log = logging.getLogger("stageline.runner")
@@ -131,7 +132,7 @@ class Runner:
         e = env.event
         if not isinstance(e, ev.ActionExecutionScheduled) or e.actionExecutionId in self.running:
             return
-        self.engine.repo.observe(env)  # saves reading it back from the log
+        observe(self.engine, entry, env)  # saves reading it back from the log
         lease = Lease(pipeline, e.executionId, e.actionExecutionId, self.name)
         repo = self.engine.repo
         taken = anyio.current_time()

@@ -68,10 +68,10 @@ def build_handlers(engine: Engine) -> dict[str, Handler]:
         return {"pipeline": out["pipeline"], "tags": msgspec.to_builtins(inp.tags or [])}
 
     async def get_pipeline(inp: s.GetPipelineInput, ctx: RequestContext) -> JSON:
-        return q.get_pipeline(await engine.pipeline(inp.name), version=inp.version)
+        return q.get_pipeline(await engine.head(inp.name), version=inp.version)
 
     async def update_pipeline(inp: s.UpdatePipelineInput, ctx: RequestContext) -> JSON:
-        await engine.pipeline(inp.pipeline.name)
+        await engine.head(inp.pipeline.name)
         st = await engine.update_pipeline(inp.pipeline, _origin(ctx))
         return {"pipeline": q.get_pipeline(st)["pipeline"]}
 
@@ -91,7 +91,7 @@ def build_handlers(engine: Engine) -> dict[str, Handler]:
         limit = inp.maxResults or 1000
         page = names[start : start + limit]
         out: JSON = {
-            "pipelines": [q.pipeline_summary(await engine.pipeline(n)) for n in page],
+            "pipelines": [q.pipeline_summary(await engine.head(n)) for n in page],
         }
         if start + limit < len(names) and page:
             out["nextToken"] = base64.urlsafe_b64encode(page[-1].encode()).decode()
@@ -125,18 +125,17 @@ def build_handlers(engine: Engine) -> dict[str, Handler]:
     async def get_pipeline_execution(
         inp: s.GetPipelineExecutionInput, ctx: RequestContext
     ) -> JSON:
-        st = await engine.pipeline(inp.pipelineName)
+        st, _ = await engine.execution(inp.pipelineName, inp.pipelineExecutionId)
         return q.get_pipeline_execution(st, inp.pipelineExecutionId)
 
     async def list_pipeline_executions(
         inp: s.ListPipelineExecutionsInput, ctx: RequestContext
     ) -> JSON:
-        st = await engine.pipeline(inp.pipelineName)
         succeeded_in = None
         if inp.filter is not None and inp.filter.succeededInStage is not None:
             succeeded_in = inp.filter.succeededInStage.stageName
-        return q.list_pipeline_executions(
-            st,
+        return await engine.list_pipeline_executions(
+            inp.pipelineName,
             max_results=inp.maxResults,
             next_token=inp.nextToken,
             succeeded_in_stage=succeeded_in,
@@ -148,10 +147,9 @@ def build_handlers(engine: Engine) -> dict[str, Handler]:
     async def list_action_executions(
         inp: s.ListActionExecutionsInput, ctx: RequestContext
     ) -> JSON:
-        st = await engine.pipeline(inp.pipelineName)
         f = inp.filter
-        return q.list_action_executions(
-            st,
+        return await engine.list_action_executions(
+            inp.pipelineName,
             execution_id=f.pipelineExecutionId if f is not None else None,
             latest_in_execution=(
                 msgspec.to_builtins(f.latestInPipelineExecution)

@@ -72,6 +72,9 @@ class CompleteAction(Command, frozen=True, kw_only=True):
     # set by engine runners: a result from a runner that lost the action is ignored
     worker: str | None = None
     jobId: str | None = None  # set for job worker results (PutJob*Result)
+    # False: record the result alone (a runner, at execution level); the partition's owner
+    # then decides what follows with ``Advance``.
+    consequences: bool = True
 
 
 class LoseAction(Command, frozen=True, kw_only=True):
@@ -81,6 +84,14 @@ class LoseAction(Command, frozen=True, kw_only=True):
     actionExecutionId: str
     worker: str | None = None
     message: str = "the worker running this action was lost"
+    consequences: bool = True
+
+
+class Advance(Command, frozen=True, kw_only=True):
+    """Move an execution on after an action's result was recorded on its own."""
+
+    executionId: str
+    actionExecutionId: str
 
 
 class AcknowledgeJob(Command, frozen=True, kw_only=True):

@@ -27,7 +27,13 @@ from app.domain.model import (
     StageRetryMode,
     declaration_problems,
 )
-from app.domain.state import ExecutionState, PipelineState, StageRun, evolve
+from app.domain.state import (
+    ExecutionState,
+    PipelineState,
+    StageRun,
+    copy_execution,
+    evolve,
+)
 
 FAILED_OR_ABANDONED = ("Failed", "Abandoned")
 
@@ -54,10 +60,6 @@ def action_kind(a: ActionDeclaration) -> ev.Kind:
     return "other"
 
 
-_exec_encoder = msgspec.json.Encoder()
-_exec_decoder = msgspec.json.Decoder(ExecutionState)
-
-
 def _fork(s: PipelineState) -> PipelineState:
     """A copy whose head containers are private and whose executions are shared (COW)."""
     return msgspec.structs.replace(
@@ -69,6 +71,7 @@ def _fork(s: PipelineState) -> PipelineState:
         active=list(s.active),
         tokens=dict(s.tokens),
         executions=dict(s.executions),
+        absent=list(s.absent),
     )
 
 
@@ -82,20 +85,24 @@ class Decision:
         self._owned: set[str] = set()
 
     def own(self, eid: str) -> None:
-        if eid not in self._owned and eid in self.s.executions:
-            x = self.s.executions[eid]
-            self.s.executions[eid] = _exec_decoder.decode(_exec_encoder.encode(x))
-            self._owned.add(eid)
+        if eid not in self._owned:
+            x = self.s.lookup(eid)  # a partial state may need to load it first
+            if x is not None:
+                self.s.executions[eid] = copy_execution(x)
+                self._owned.add(eid)
 
     def x(self, eid: str) -> ExecutionState:
-        return self.s.executions[eid]
+        x = self.s.lookup(eid)
+        assert x is not None, eid
+        return x
 
     def emit(self, e: ev.Event) -> None:
         eid = getattr(e, "executionId", None)
         if isinstance(eid, str):
-            self.own(eid)
             if isinstance(e, ev.ExecutionStarted):
                 self._owned.add(eid)
+            else:
+                self.own(eid)
         ctx = self.ctx
         env = ev.Envelope(
             id=ctx.new_id(),
@@ -135,6 +142,7 @@ class Decision:
                 actionName=a.name,
                 actionExecutionId=self.ctx.new_id(),
                 runOrder=a.run_order,
+                pipelineVersion=self.x(eid).pipelineVersion,
                 kind=kind,
                 token=self.ctx.new_id() if kind == "approval" else None,
                 jobId=self.ctx.new_id() if kind == "custom" else None,
@@ -281,7 +289,7 @@ def retry_problem(
         return DomainError(
             "StageNotFoundException", f"Stage '{stage}' not found in pipeline '{s.name}'"
         )
-    x = s.executions.get(eid)
+    x = s.lookup(eid)
     if x is None:  # 4
         return DomainError(
             "PipelineExecutionNotFoundException",
@@ -464,7 +472,7 @@ def _retry(d: Decision, cmd: c.Command) -> None:
 
 def _apply_retry(d: Decision, cmd: c.Command) -> None:
     assert isinstance(cmd, c.ApplyStageRetry)
-    x = d.s.executions.get(cmd.executionId)
+    x = d.s.lookup(cmd.executionId)
     run = x.stages.get(cmd.stageName) if x is not None else None
     if x is None or run is None or run.pendingRetry is None:
         return  # nothing pending: already applied or rejected
@@ -550,15 +558,23 @@ def _complete(d: Decision, cmd: c.Command) -> None:
             summary=cmd.summary,
             externalExecutionId=cmd.externalExecutionId,
         )
-    reason = f"Action '{a.actionName}' failed: {cmd.errorCode or 'JobFailed'}"
-    if cmd.message:
-        reason += f": {cmd.message}"
-    d.end_action(cmd.executionId, result, reason[:2000])
+    if not cmd.consequences:
+        d.emit(result)  # the partition's owner moves the execution on (``Advance``)
+        return
+    d.end_action(cmd.executionId, result, failure_reason(a.actionName, cmd.errorCode, cmd.message))
+
+
+def failure_reason(action: str, error_code: str | None, message: str | None) -> str:
+    """The reason a stage fails with when one of its actions failed."""
+    reason = f"Action '{action}' failed: {error_code or 'JobFailed'}"
+    if message:
+        reason += f": {message}"
+    return reason[:2000]
 
 
 def _ack(d: Decision, cmd: c.Command) -> None:
     assert isinstance(cmd, c.AcknowledgeJob)
-    x = d.s.executions.get(cmd.executionId)
+    x = d.s.lookup(cmd.executionId)
     a = x.actions.get(cmd.actionExecutionId) if x is not None else None
     if x is None or a is None or a.jobId != cmd.jobId:
         raise DomainError("JobNotFoundException", f"Job {cmd.jobId} not found")
@@ -629,22 +645,49 @@ def _approval(d: Decision, cmd: c.Command) -> None:
 
 def _lose(d: Decision, cmd: c.Command) -> None:
     assert isinstance(cmd, c.LoseAction)
-    x = d.s.executions.get(cmd.executionId)
+    x = d.s.lookup(cmd.executionId)
     a = x.actions.get(cmd.actionExecutionId) if x is not None else None
     if x is None or a is None or a.status != "InProgress":
         return
     if cmd.worker is not None and a.worker != cmd.worker:
         return
-    d.end_action(
-        cmd.executionId,
-        ev.ActionExecutionFailed(
-            executionId=cmd.executionId,
-            actionExecutionId=cmd.actionExecutionId,
-            errorCode=ev.WORKER_LOST,
-            message=cmd.message,
-        ),
-        f"Action '{a.actionName}' failed: {ev.WORKER_LOST}: {cmd.message}",
+    result = ev.ActionExecutionFailed(
+        executionId=cmd.executionId,
+        actionExecutionId=cmd.actionExecutionId,
+        errorCode=ev.WORKER_LOST,
+        message=cmd.message,
     )
+    if not cmd.consequences:
+        d.emit(result)
+        return
+    d.end_action(cmd.executionId, result, failure_reason(a.actionName, ev.WORKER_LOST, cmd.message))
+
+
+def _advance(d: Decision, cmd: c.Command) -> None:
+    """The consequences of an action's end recorded on its own (``consequences=False``):
+    exactly what ``end_action`` does after the result. Idempotent: nothing when done."""
+    assert isinstance(cmd, c.Advance)
+    x = d.s.lookup(cmd.executionId)
+    a = x.actions.get(cmd.actionExecutionId) if x is not None else None
+    if x is None or a is None or a.status == "InProgress":
+        return
+    run = x.stages.get(a.stageName)
+    if run is None:
+        return
+    if (
+        a.status in FAILED_OR_ABANDONED
+        and x.status == "InProgress"
+        and run.status == "InProgress"
+        and a.stageName == x.currentStage
+        and run.latest.get(a.actionName) == a.actionExecutionId
+    ):
+        d.fail_stage(
+            cmd.executionId,
+            a.stageName,
+            failure_reason(a.actionName, a.errorCode, a.errorMessage),
+        )
+        return
+    d.progress(cmd.executionId)
 
 
 _HANDLERS: dict[type[c.Command], Callable[[Decision, c.Command], None]] = {
@@ -660,4 +703,5 @@ _HANDLERS: dict[type[c.Command], Callable[[Decision, c.Command], None]] = {
     c.AcknowledgeJob: _ack,
     c.PutApproval: _approval,
     c.LoseAction: _lose,
+    c.Advance: _advance,
 }

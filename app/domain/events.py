@@ -4,8 +4,11 @@ Events are msgspec Structs in one tagged union (tag field ``type``). Each is sto
 :class:`Envelope` that says who caused it, when, and why. Compatibility rule: a released
 event type only ever gains *optional* fields (with defaults), so old logs stay readable.
 
-All events of one pipeline (its declaration and all its executions) live in that pipeline's
-stream; ``Envelope.version`` is the 1-based position in that stream.
+Events of one pipeline are numbered by one sequence (``Envelope.version``: 1, 2, 3 ... in the
+order they were committed), but stored in bounded streams: each execution's events in that
+execution's stream, the declaration's events in the pipeline's stream, which also holds a
+short reference to every event that changes what decisions across executions need (the
+*head*: stage occupancy, waiting queues, active executions). See ``HEAD_EVENTS``.
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ class ActionExecutionScheduled(Event, tag=True, frozen=True):
     token: str | None = None  # approval token
     jobId: str | None = None  # custom action job
     jobNonce: str | None = None
+    pipelineVersion: int | None = None  # the declaration it runs with (runners need no read)
 
 
 class ActionExecutionStarted(Event, tag=True, frozen=True):
@@ -222,6 +226,71 @@ EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)
 
 # Error code recorded when the worker running an action disappeared (crash, lost lease).
 WORKER_LOST = "WorkerLost"
+
+# Events with an executionId that change the pipeline's head (what decisions across
+# executions need). Each is stored in its execution's stream, and referenced (type,
+# execution, stage) in the pipeline's stream, so the head is folded without reading any
+# execution's stream.
+HEAD_EVENTS: frozenset[type[Event]] = frozenset(
+    {
+        ExecutionStarted,
+        ExecutionWaiting,
+        ExecutionSuperseded,
+        StageEntered,
+        StageSucceeded,
+        StageFailed,
+        StageRetryStarted,
+        ExecutionSucceeded,
+        ExecutionFailed,
+        ExecutionStopped,
+    }
+)
+PIPELINE_EVENTS: frozenset[type[Event]] = frozenset(
+    {PipelineCreated, PipelineUpdated, PipelineDeleted}
+)
+
+
+def execution_of(e: Event) -> str | None:
+    """The execution an event belongs to (its stream), None for a pipeline event."""
+    return getattr(e, "executionId", None)
+
+
+def action_of(e: Event) -> str | None:
+    """The action execution an event is about, if any."""
+    return getattr(e, "actionExecutionId", None)
+
+
+class HeadRef(msgspec.Struct, array_like=True, omit_defaults=True, frozen=True, gc=False):
+    """What the pipeline's stream keeps of a head event: enough to fold the head.
+
+    ``t`` event type, ``x`` execution id, ``s`` stage (or ''), ``a`` StageFailed.autoRetry.
+    """
+
+    t: str
+    x: str
+    s: str = ""
+    a: bool = False
+
+
+def head_ref(e: Event) -> HeadRef:
+    return HeadRef(
+        t=type(e).__name__,
+        x=getattr(e, "executionId", ""),
+        s=getattr(e, "stageName", "") or "",
+        a=bool(getattr(e, "autoRetry", False)),
+    )
+
+
+_ref_encoder = msgspec.json.Encoder()
+_ref_decoder = msgspec.json.Decoder(HeadRef)
+
+
+def encode_ref(ref: HeadRef) -> bytes:
+    return _ref_encoder.encode(ref)
+
+
+def decode_ref(data: bytes) -> HeadRef:
+    return _ref_decoder.decode(data)
 
 
 class Envelope(msgspec.Struct, omit_defaults=True, frozen=True, gc=False):

@@ -4,11 +4,20 @@ One :class:`PipelineState` is the fold of one pipeline's stream. It has a small 
 (declarations, which execution occupies or waits for each stage, the active executions,
 idempotency tokens) and one :class:`ExecutionState` per execution.
 
-A state may be *partial*: the head plus only some executions (loaded from a projection).
-Every event's effect on the head depends on the event alone, never on an execution's state,
-so folding the same events into a partial state gives the same head, and the same state for
-every execution it holds, as folding into the full state (a property test checks this).
-Events about executions that a partial state does not hold only touch the head.
+A state may be *partial*: the head plus only some executions (what the repository loaded:
+the head from the pipeline's stream, each execution from its own stream). Every event's
+effect on the head depends on the event alone, never on an execution's state, so folding
+the same events into a partial state gives the same head, and the same state for every
+execution it holds, as folding into the full state (a property test checks this). Events
+about executions that a partial state does not hold only touch the head. ``decide`` on a
+partial state raises :class:`NeedExecutions` when it needs an execution that is not held
+(the repository loads it and decides again); ``absent`` lists ids known not to exist.
+
+Versions: ``Envelope.version`` numbers a pipeline's events in commit order. The state
+keeps the last one folded (``version``), the last one of the pipeline's own stream
+(``headVersion``) and each execution the last one of its stream (``ExecutionState.version``);
+an event is folded into a part only if it is newer than that part, so folding an event
+twice (seen in the log and on a dispatch stream) changes nothing.
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ class ActionExec(msgspec.Struct, omit_defaults=True, gc=False):
     externalExecutionId: str | None = None
     outputVariables: dict[str, str] | None = None
     updatedBy: str | None = None
+    seq: int = 0  # the last event about this attempt (a runner appends against it)
 
 
 class StageRun(msgspec.Struct, omit_defaults=True, gc=False):
@@ -76,6 +86,7 @@ class ExecutionState(msgspec.Struct, omit_defaults=True, gc=False):
     pipelineVersion: int
     startTime: float
     lastUpdateTime: float
+    version: int = 0  # the last event of this execution's stream folded in
     status: PipelineExecutionStatus = "InProgress"
     statusSummary: str | None = None
     triggerType: str = "StartPipelineExecution"
@@ -93,9 +104,18 @@ class ExecutionState(msgspec.Struct, omit_defaults=True, gc=False):
         return [self.actions[a] for a in run.latest.values()]
 
 
+class NeedExecutions(Exception):  # noqa: N818 (a request, not a failure)
+    """``decide`` needs executions a partial state does not hold: load them, decide again."""
+
+    def __init__(self, ids: list[str]) -> None:
+        super().__init__(f"executions needed: {', '.join(ids)}")
+        self.ids = ids
+
+
 class PipelineState(msgspec.Struct, omit_defaults=True):
     name: str
-    version: int = 0  # stream version of the last folded event
+    version: int = 0  # the last event folded (pipeline-wide sequence)
+    headVersion: int = 0  # the last event of the pipeline's own stream folded
     declaration: PipelineDeclaration | None = None
     declarations: dict[int, PipelineDeclaration] = msgspec.field(default_factory=dict)
     created: float | None = None
@@ -109,6 +129,7 @@ class PipelineState(msgspec.Struct, omit_defaults=True):
     executionCount: int = 0
     executions: dict[str, ExecutionState] = msgspec.field(default_factory=dict)
     partial: bool = False
+    absent: list[str] = msgspec.field(default_factory=list)  # partial: known not to exist
 
     @property
     def exists(self) -> bool:
@@ -132,9 +153,17 @@ class PipelineState(msgspec.Struct, omit_defaults=True):
             raise DomainError("PipelineNotFoundException", f"Pipeline '{self.name}' not found")
         return self.declaration
 
+    def lookup(self, eid: str) -> ExecutionState | None:
+        """The execution, None when there is none; NeedExecutions when a partial state does
+        not know."""
+        x = self.executions.get(eid)
+        if x is None and self.partial and eid not in self.absent:
+            raise NeedExecutions([eid])
+        return x
+
     def require_execution(self, eid: str) -> ExecutionState:
         """The execution, or PipelineExecutionNotFoundException."""
-        x = self.executions.get(eid)
+        x = self.lookup(eid)
         if x is None:
             raise DomainError(
                 "PipelineExecutionNotFoundException",
@@ -172,58 +201,84 @@ def evolve(s: PipelineState, env: ev.Envelope) -> PipelineState:
     """Fold one event into ``s`` (in place) and return it."""
     e = env.event
     t = env.time
-    s.version = env.version
-    if type(e) in _ATTEMPT_EVENTS:  # most of every log; they never change the head
+    v = env.version
+    kind = type(e)
+    if v > s.version:
+        s.version = v
+    if kind in _ATTEMPT_EVENTS:  # most of every log; they never change the head
         x = s.executions.get(e.executionId)  # type: ignore[union-attr]
-        if x is not None:
+        if x is not None and v > x.version:
+            x.version = v
             x.lastUpdateTime = t
             _evolve_execution(x, e, env)
         return s
+    if kind in ev.PIPELINE_EVENTS:
+        if v > s.headVersion:
+            _evolve_pipeline(s, e, v, t)
+        return s
+    eid: str = e.executionId  # type: ignore[union-attr]
+    if kind is ev.ExecutionStarted:
+        assert isinstance(e, ev.ExecutionStarted)
+        if eid not in s.executions and eid not in s.absent and not _folded(s, eid, v):
+            s.executions[eid] = ExecutionState(
+                executionId=eid,
+                pipelineVersion=e.pipelineVersion,
+                startTime=t,
+                lastUpdateTime=t,
+            )
+        if e.clientRequestToken is not None:
+            s.tokens[e.clientRequestToken] = eid
+    if kind in ev.HEAD_EVENTS and v > s.headVersion:
+        s.headVersion = v
+        _head(s, kind.__name__, eid, getattr(e, "stageName", ""), getattr(e, "autoRetry", False))
+    x = s.executions.get(eid)
+    if x is not None and v > x.version:
+        x.version = v
+        x.lastUpdateTime = t
+        _evolve_execution(x, e, env)
+    return s
+
+
+def _folded(s: PipelineState, eid: str, v: int) -> bool:
+    """A partial state that has folded its head past ``v`` without holding execution
+    ``eid``: the execution exists but is not loaded (do not create a blank one)."""
+    return s.partial and v <= s.headVersion
+
+
+def evolve_ref(s: PipelineState, version: int, ref: ev.HeadRef) -> PipelineState:
+    """Fold a head event from its reference in the pipeline's stream (the head only)."""
+    if version > s.version:
+        s.version = version
+    if version > s.headVersion:
+        s.headVersion = version
+        _head(s, ref.t, ref.x, ref.s, ref.a)
+    return s
+
+
+def _evolve_pipeline(s: PipelineState, e: ev.Event, v: int, t: float) -> None:
     match e:
         case ev.PipelineCreated():
-            fresh = PipelineState(name=s.name, version=s.version, partial=False)
+            fresh = PipelineState(name=s.name, version=s.version, headVersion=v)
+            fresh.partial = s.partial
             fresh.declaration = e.declaration
             fresh.declarations = {e.declaration.version or 1: e.declaration}
             fresh.created = fresh.updated = t
             fresh.concurrencyLimit = e.concurrencyLimit
             for f in msgspec.structs.fields(PipelineState):
                 setattr(s, f.name, getattr(fresh, f.name))
-            return s
         case ev.PipelineUpdated():
+            s.headVersion = v
             s.declaration = e.declaration
             s.declarations[e.declaration.version or 1] = e.declaration
             s.updated = t
-            return s
         case ev.PipelineDeleted():
-            keep_version = s.version
+            keep = (s.version, s.partial)
             for f in msgspec.structs.fields(PipelineState):
                 setattr(s, f.name, getattr(PipelineState(name=s.name), f.name))
-            s.version = keep_version
-            return s
-        case ev.ExecutionStarted():
-            s.executions[e.executionId] = ExecutionState(
-                executionId=e.executionId,
-                pipelineVersion=e.pipelineVersion,
-                startTime=t,
-                lastUpdateTime=t,
-                triggerType=e.triggerType,
-                triggerDetail=e.triggerDetail,
-            )
-            s.active.append(e.executionId)
-            s.executionCount += 1
-            if e.clientRequestToken is not None:
-                s.tokens[e.clientRequestToken] = e.executionId
-            return s
+            s.version, s.partial = keep
+            s.headVersion = v
         case _:
             pass
-
-    eid: str = e.executionId
-    _evolve_head(s, e, eid)
-    x = s.executions.get(eid)
-    if x is not None:
-        x.lastUpdateTime = t
-        _evolve_execution(x, e, env)
-    return s
 
 
 # Events about one action attempt: they never change the head. The fold goes straight to
@@ -241,44 +296,72 @@ _ATTEMPT_EVENTS: frozenset[type[ev.Event]] = frozenset(
 )
 
 
-def _evolve_head(s: PipelineState, e: ev.Event, eid: str) -> None:
-    match e:
-        case ev.ExecutionWaiting():
-            s.waiting.setdefault(e.stageName, []).append(eid)
-        case ev.ExecutionSuperseded():
+def _head(s: PipelineState, kind: str, eid: str, stage: str, auto_retry: bool) -> None:
+    """A head event's effect on the head: from the event itself or from its reference."""
+    match kind:
+        case "ExecutionStarted":
+            s.active.append(eid)
+            s.executionCount += 1
+        case "ExecutionWaiting":
+            s.waiting.setdefault(stage, []).append(eid)
+        case "ExecutionSuperseded":
             _unwait(s, eid)
             _deactivate(s, eid)
-        case ev.StageEntered():
+        case "StageEntered":
             _unwait(s, eid)
-            s.stageLatest[e.stageName] = eid
+            s.stageLatest[stage] = eid
             if not _parallel(s):
-                s.occupant[e.stageName] = eid
-        case ev.StageSucceeded():
-            _release(s, e.stageName, eid)
-        case ev.StageFailed():
-            if not e.autoRetry:
-                _release(s, e.stageName, eid)
-        case ev.StageRetryStarted():
+                s.occupant[stage] = eid
+        case "StageSucceeded":
+            _release(s, stage, eid)
+        case "StageFailed":
+            if not auto_retry:
+                _release(s, stage, eid)
+        case "StageRetryStarted":
             if eid not in s.active:
                 s.active.append(eid)
-            s.stageLatest[e.stageName] = eid
+            s.stageLatest[stage] = eid
             if not _parallel(s):
-                s.occupant[e.stageName] = eid
-        case ev.ExecutionSucceeded() | ev.ExecutionFailed():
+                s.occupant[stage] = eid
+        case "ExecutionSucceeded" | "ExecutionFailed":
             _deactivate(s, eid)
-        case ev.ExecutionStopped():
+        case "ExecutionStopped":
             _deactivate(s, eid)
             _unwait(s, eid)
-            for stage in [k for k, v in s.occupant.items() if v == eid]:
-                del s.occupant[stage]
+            for st in [k for k, v in s.occupant.items() if v == eid]:
+                del s.occupant[st]
         case _:
             pass
 
 
+def evolve_execution(s: PipelineState, env: ev.Envelope) -> None:
+    """Fold an event of an execution's stream into that execution alone (not the head:
+    a partial state folds its head from the pipeline's own stream)."""
+    x = s.executions.get(env.event.executionId)  # type: ignore[union-attr]
+    if x is not None and env.version > x.version:
+        x.version = env.version
+        x.lastUpdateTime = env.time
+        _evolve_execution(x, env.event, env)
+    if env.version > s.version:
+        s.version = env.version
+
+
 def _evolve_execution(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> None:
+    _evolve_execution_body(x, e, env)
+    aid = getattr(e, "actionExecutionId", None)
+    if aid is not None:
+        a = x.actions.get(aid)
+        if a is not None:
+            a.seq = env.version
+
+
+def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> None:
     t = env.time
     run: StageRun | None
     match e:
+        case ev.ExecutionStarted():
+            x.triggerType = e.triggerType
+            x.triggerDetail = e.triggerDetail
         case ev.ActionExecutionScheduled():
             x.actions[e.actionExecutionId] = ActionExec(
                 actionExecutionId=e.actionExecutionId,
@@ -410,3 +493,50 @@ _state_decoder = msgspec.json.Decoder(PipelineState)
 def copy_state(s: PipelineState) -> PipelineState:
     """A deep copy (used by tests and by callers that must not share a cached state)."""
     return _state_decoder.decode(_state_encoder.encode(s))
+
+
+def head_of(s: PipelineState) -> PipelineState:
+    """The head alone (no executions, no tokens): what a pipeline snapshot holds. Its size
+    does not grow with the number of past executions."""
+    return msgspec.structs.replace(
+        s, version=s.headVersion, executions={}, tokens={}, absent=[], partial=True
+    )
+
+
+def encode_head(s: PipelineState) -> bytes:
+    return _state_encoder.encode(head_of(s))
+
+
+def decode_head(data: bytes) -> PipelineState:
+    s = _state_decoder.decode(data)
+    s.partial = True
+    return s
+
+
+_exec_encoder = msgspec.json.Encoder()
+_exec_decoder = msgspec.json.Decoder(ExecutionState)
+
+
+def copy_execution(x: ExecutionState) -> ExecutionState:
+    return _exec_decoder.decode(_exec_encoder.encode(x))
+
+
+def execution_from(envelopes: Iterable[ev.Envelope]) -> ExecutionState | None:
+    """One execution folded from its own stream (the execution part of each event only)."""
+    x: ExecutionState | None = None
+    for env in envelopes:
+        e = env.event
+        if x is None:
+            if not isinstance(e, ev.ExecutionStarted):
+                return None  # a stream that does not begin with its start: not an execution
+            x = ExecutionState(
+                executionId=e.executionId,
+                pipelineVersion=e.pipelineVersion,
+                startTime=env.time,
+                lastUpdateTime=env.time,
+            )
+        if env.version > x.version:
+            x.version = env.version
+            x.lastUpdateTime = env.time
+            _evolve_execution(x, e, env)
+    return x

@@ -1,78 +1,187 @@
-"""The event store: Redis Streams, one stream per pipeline, atomic appends in Lua.
+"""The event store: Redis Streams, bounded streams per pipeline, atomic appends in Lua.
 
-``append`` is one Lua script, so it is atomic: it checks the expected version (optimistic
-concurrency), checks the command id (a repeated command appends nothing and returns the
-first result), writes every event to the pipeline's stream with entry id ``<version>-0`` and
-a hash chained to the previous event (tamper evidence), and copies each event to the
-partition's dispatch streams that workers consume. Only the dispatch streams are trimmed.
+A pipeline's events are numbered by one counter (``seq:<pipeline>``: 1, 2, 3 ... in commit
+order; it is ``Envelope.version`` and the stream entry id ``<seq>-0``), but stored in
+bounded streams, so that no read costs more with more past executions:
+
+- the pipeline's own stream (``log:<pipeline>``): declaration events (``PipelineCreated``
+  ...) in full, and for every *head event* (``app.domain.events.HEAD_EVENTS``: what
+  decisions across executions need, such as stage occupancy and the active executions) a
+  short reference ``[type, execution, stage, autoRetry]`` under the same entry id;
+- one stream per execution (``x:<pipeline>:<execution>``): every event of that execution.
+
+``append_many`` is one Lua script (atomic, one cluster slot: every key carries the
+partition's hash tag). It commits one or several *batches* (each the events one or more
+decisions made for one pipeline) and, for each batch on its own:
+
+1. a repeated command id appends nothing and answers the first append's result;
+2. optimistic concurrency: the pipeline's stream must end at ``head_expected`` (when given)
+   and each execution stream written at its expected sequence number (``exec_expected``),
+   or, for a runner's own attempt (``attempt_expected``), the action's last event must be
+   the one the runner saw: other actions of the same execution may have moved meanwhile;
+3. each event gets the next number, goes to its stream with a hash chained to the previous
+   entry of that stream (``sha1(prev \\n seq \\n payload)``, tamper evidence), its head
+   reference to the pipeline's stream, and a copy to the partition's dispatch streams;
+4. derived indexes are kept: executions by start, request tokens, approval tokens, the
+   last event of each action execution.
+
+A refused batch (conflict) writes nothing and answers the few entries the writer missed in
+the stream that conflicted, so it can decide again without a read. With a fencing token
+(``fence``), the whole call is refused unless the partition's owner key still holds it; a
+``checkpoint`` (the owner's position in the partition's ``events`` stream) is written only
+when every batch went through.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 
 from app.domain import events as ev
-from app.domain.state import PipelineState
+from app.domain.state import PipelineState, decode_head, encode_head
 from app.store.keys import Keys
 
+LAYOUT = 2  # store layout version recorded in <ns>:config (1: one stream per pipeline)
+
 APPEND_LUA = r"""
--- KEYS: 1 log, 2 command ids, 3 partition names, 4 partition events, 5 partition run queue
--- ARGV: 1 pipeline, 2 expected version, 3 command id ('' = none), 4 dispatch maxlen,
---       5 event count, then per event: type, route ('1' = also to the run queue), payload
-local cmd = ARGV[3]
-if cmd ~= '' then
-  local seen = redis.call('HGET', KEYS[2], cmd)
-  if seen then return {'dup', seen} end
-end
-local cur = 0
-local prev = ''
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #last > 0 then
-  cur = tonumber(string.match(last[1][1], '^(%d+)-'))
+-- KEYS[1] partition events, KEYS[2] partition run queue, KEYS[3] partition names,
+-- KEYS[4] partition owner (fence), KEYS[5] partition checkpoint; then per batch 6 keys
+-- (seq, log, cmd, xs, tok, apv) and per execution stream 2 keys (stream, attempts).
+-- ARGV: maxlen, fence token, checkpoint, batch count; per batch: pipeline, command id,
+-- head expected ('-' = unchecked), stream count, per stream 4 (execution, mode v|a|-,
+-- expected, attempt id), event count, per event 8 (stream index, type, payload, head ref,
+-- run route, action id, request token, approval token).
+local maxlen = ARGV[1]
+if ARGV[2] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[2] then return {{'fenced'}} end
+local function last_of(key)
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if #last == 0 then return 0, '' end
   local f = last[1][2]
-  for i = 1, #f, 2 do
-    if f[i] == 'h' then prev = f[i + 1] end
-  end
+  local h = ''
+  for i = 1, #f, 2 do if f[i] == 'h' then h = f[i + 1] end end
+  return tonumber(string.match(last[1][1], '^(%d+)-')), h
 end
-local expected = tonumber(ARGV[2])
-if cur ~= expected then
-  -- also the events the writer missed (a few), so it can decide again without a read
-  local out = {'conflict', tostring(cur)}
-  if cur > expected and cur - expected <= 32 then
-    local rows = redis.call('XRANGE', KEYS[1], (expected + 1) .. '-0', '+')
-    for i = 1, #rows do
-      local f = rows[i][2]
-      for j = 1, #f, 2 do
-        if f[j] == 'e' then out[#out + 1] = f[j + 1] end
+local function tail(key, after, res)
+  local rows = redis.call('XRANGE', key, (tonumber(after) + 1) .. '-0', '+', 'COUNT', 33)
+  if #rows > 32 then return end
+  for i = 1, #rows do
+    local f = rows[i][2]
+    for j = 1, #f, 2 do
+      if f[j] == 'e' or f[j] == 'r' then
+        res[#res + 1] = rows[i][1]; res[#res + 1] = f[j]; res[#res + 1] = f[j + 1]
       end
     end
   end
-  return out
 end
-local n = tonumber(ARGV[5])
-local maxlen = ARGV[4]
-for i = 0, n - 1 do
-  local typ = ARGV[6 + i * 3]
-  local route = ARGV[7 + i * 3]
-  local payload = ARGV[8 + i * 3]
-  local v = cur + i + 1
-  local h = redis.sha1hex(prev .. '\n' .. v .. '\n' .. payload)
-  redis.call('XADD', KEYS[1], v .. '-0', 'e', payload, 'h', h)
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*',
-             'p', ARGV[1], 'v', v, 't', typ, 'e', payload)
-  if route == '1' then
-    redis.call('XADD', KEYS[5], 'MAXLEN', '~', maxlen, '*', 'p', ARGV[1], 'v', v, 'e', payload)
+local out = {}
+local all_ok = true
+local ki, ai = 6, 5
+for g = 1, tonumber(ARGV[4]) do
+  local seqk, logk, cmdk, xsk, tokk, apvk, actk =
+    KEYS[ki], KEYS[ki + 1], KEYS[ki + 2], KEYS[ki + 3], KEYS[ki + 4], KEYS[ki + 5], KEYS[ki + 6]
+  ki = ki + 7
+  local pipeline, cmd, hexp = ARGV[ai], ARGV[ai + 1], ARGV[ai + 2]
+  local ns = tonumber(ARGV[ai + 3])
+  ai = ai + 4
+  local st = {}
+  for i = 1, ns do
+    st[i] = {ARGV[ai], KEYS[ki], KEYS[ki + 1], ARGV[ai + 1], ARGV[ai + 2], ARGV[ai + 3]}
+    ki = ki + 2
+    ai = ai + 4
   end
-  prev = h
+  local ne = tonumber(ARGV[ai])
+  local e0 = ai + 1
+  ai = e0 + ne * 8
+  local res = nil
+  if cmd ~= '' then
+    local seen = redis.call('HGET', cmdk, cmd)
+    if seen then res = {'dup', seen} end
+  end
+  local hl, hh = 0, ''
+  local xl, xh = {}, {}
+  if res == nil then
+    hl, hh = last_of(logk)
+    if hexp ~= '-' and tonumber(hexp) ~= hl then
+      res = {'conflict', '-', tostring(hl)}
+      if hl > tonumber(hexp) then tail(logk, hexp, res) end
+    end
+  end
+  if res == nil then
+    for i = 1, ns do
+      local s = st[i]
+      xl[i], xh[i] = last_of(s[2])
+      if s[4] == 'v' and tonumber(s[5]) ~= xl[i] then
+        res = {'conflict', s[1], tostring(xl[i])}
+        if xl[i] > tonumber(s[5]) then tail(s[2], s[5], res) end
+        break
+      end
+      if s[4] == 'a' and (redis.call('HGET', s[3], s[6]) or '0') ~= s[5] then
+        res = {'conflict', s[1], tostring(xl[i]), 'attempt'}
+        break
+      end
+    end
+  end
+  if res ~= nil then
+    all_ok = false
+    out[#out + 1] = res
+  else
+    local first, last = 0, 0
+    local named = false
+    for j = 0, ne - 1 do
+      local b = e0 + j * 8
+      local si, typ, payload, ref = tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+      local seq = redis.call('INCR', seqk)
+      if first == 0 then first = seq end
+      last = seq
+      local id = seq .. '-0'
+      local eid, hp, xp = '', '', ''
+      if si == 0 then
+        local h = redis.sha1hex(hh .. '\n' .. seq .. '\n' .. payload)
+        redis.call('XADD', logk, id, 'e', payload, 'h', h)
+        hp = tostring(hl); hh = h; hl = seq
+        named = true
+      else
+        local s = st[si]
+        eid = s[1]
+        local h = redis.sha1hex(xh[si] .. '\n' .. seq .. '\n' .. payload)
+        redis.call('XADD', s[2], id, 'e', payload, 'h', h)
+        xp = tostring(xl[si]); xh[si] = h; xl[si] = seq
+        if ARGV[b + 5] ~= '' then redis.call('HSET', s[3], ARGV[b + 5], seq) end
+        if ref ~= '' then
+          local rh = redis.sha1hex(hh .. '\n' .. seq .. '\n' .. ref)
+          redis.call('XADD', logk, id, 'r', ref, 'h', rh)
+          hp = tostring(hl); hh = rh; hl = seq
+        end
+        if typ == 'ExecutionStarted' then redis.call('ZADD', xsk, seq, eid) end
+        if typ == 'ActionExecutionScheduled' then
+          redis.call('ZADD', actk, seq, eid .. '/' .. ARGV[b + 5])
+        end
+        if ARGV[b + 6] ~= '' then redis.call('HSET', tokk, ARGV[b + 6], eid) end
+        if ARGV[b + 7] ~= '' then redis.call('HSET', apvk, ARGV[b + 7], eid) end
+      end
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', 'p', pipeline, 'v', seq,
+                 't', typ, 'x', eid, 'hp', hp, 'xp', xp, 'e', payload)
+      if ARGV[b + 4] == '1' then
+        redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*', 'p', pipeline, 'v', seq,
+                   'x', eid, 'hp', hp, 'xp', xp, 'e', payload)
+      end
+    end
+    if named then redis.call('SADD', KEYS[3], pipeline) end
+    if cmd ~= '' and ne > 0 then
+      local where = {}
+      for i = 1, ns do where[#where + 1] = st[i][1] end
+      redis.call('HSET', cmdk, cmd, first .. ':' .. last .. ':' .. table.concat(where, ','))
+    end
+    out[#out + 1] = {'ok', tostring(first), tostring(last)}
+  end
 end
-if cur == 0 then redis.call('SADD', KEYS[3], ARGV[1]) end
-if cmd ~= '' then redis.call('HSET', KEYS[2], cmd, (cur + 1) .. ':' .. (cur + n)) end
-return {'ok', tostring(cur + n)}
+if all_ok and ARGV[3] ~= '' then redis.call('SET', KEYS[5], ARGV[3]) end
+return out
 """
 
 SNAPSHOT_LUA = r"""
@@ -84,26 +193,63 @@ end
 return 0
 """
 
+HEAD = "-"  # the pipeline's own stream, where a stream is named in results
+
 
 class ConcurrencyError(Exception):
-    """The stream is not at the expected version (someone else appended first).
+    """A stream was not where the writer expected (someone else appended first).
 
-    ``missing``: the events after ``expected`` up to ``actual`` when the append script sent
-    them along (a few at most), else empty.
+    ``stream``: the execution id, or ``HEAD`` for the pipeline's stream. ``missing``: the
+    events after ``expected`` up to ``actual`` when the script sent them along (a few at
+    most): full envelopes, and for the pipeline's stream head references as
+    ``(seq, HeadRef)``. ``behind``: the stream is *behind* the writer's view (the store
+    lost acknowledged writes): the writer's cache is ahead and must be dropped.
     """
 
     def __init__(
         self,
         pipeline: str,
+        stream: str,
         expected: int,
         actual: int,
-        missing: Sequence[ev.Envelope] = (),
+        missing: Sequence[ev.Envelope | tuple[int, ev.HeadRef]] = (),
+        *,
+        attempt: bool = False,
     ) -> None:
-        super().__init__(f"{pipeline}: expected version {expected}, stream is at {actual}")
+        where = "pipeline stream" if stream == HEAD else f"execution {stream}"
+        super().__init__(f"{pipeline} ({where}): expected {expected}, stream is at {actual}")
         self.pipeline = pipeline
+        self.stream = stream
         self.expected = expected
         self.actual = actual
         self.missing = list(missing)
+        self.attempt = attempt
+
+    @property
+    def behind(self) -> bool:
+        return not self.attempt and self.actual < self.expected
+
+
+class Fenced(Exception):
+    """The partition's owner key no longer holds this writer's fencing token."""
+
+
+@dataclass
+class Batch:
+    """Events one or more decisions made for one pipeline, and what they were decided on.
+
+    ``head_expected``: the last seq of the pipeline's stream the decisions read (None: they
+    did not depend on it). ``exec_expected``: execution -> last seq of its stream (0 for an
+    execution the batch starts). ``attempt_expected``: execution -> (action execution id,
+    seq of its last event), for a runner's own attempt.
+    """
+
+    pipeline: str
+    envelopes: list[ev.Envelope]
+    head_expected: int | None = None
+    exec_expected: dict[str, int] = field(default_factory=dict)
+    attempt_expected: dict[str, tuple[str, int]] = field(default_factory=dict)
+    command_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,15 +257,31 @@ class AppendResult:
     first: int
     last: int
     duplicate: bool = False
+    streams: tuple[str, ...] = ()  # duplicate: the streams the first append wrote
+
+    def stamp(self, envelopes: Sequence[ev.Envelope]) -> list[ev.Envelope]:
+        """The envelopes with the sequence numbers the store gave them."""
+        return [
+            env if env.version == self.first + i else msgspec.structs.replace(
+                env, version=self.first + i
+            )
+            for i, env in enumerate(envelopes)
+        ]
 
 
 @dataclass(frozen=True)
 class RawEntry:
-    """One stored event as it is in Redis: version, payload bytes, chained hash."""
+    """One stored entry as it is in Redis: seq, payload bytes, chained hash, and whether it
+    is a head reference (``ref``) rather than a full event."""
 
     version: int
     payload: bytes
     hash: str
+    ref: bool = False
+    stream: str = HEAD
+
+
+HeadItem = ev.Envelope | tuple[int, ev.HeadRef]
 
 
 def runs_on_engine(e: ev.Event) -> bool:
@@ -128,14 +290,8 @@ def runs_on_engine(e: ev.Event) -> bool:
 
 
 def chain_hash(prev: str, version: int, payload: bytes) -> str:
-    """The hash the append script stores: sha1(prev \\n version \\n payload), hex."""
-    import hashlib
-
+    """The hash the append script stores: sha1(prev \\n seq \\n payload), hex."""
     return hashlib.sha1(prev.encode() + b"\n" + str(version).encode() + b"\n" + payload).hexdigest()
-
-
-_snap_encoder = msgspec.json.Encoder()
-_snap_decoder = msgspec.json.Decoder(PipelineState)
 
 
 class EventStore:
@@ -154,130 +310,348 @@ class EventStore:
         self._append = redis.register_script(APPEND_LUA)
         self._snapshot = redis.register_script(SNAPSHOT_LUA)
         # The same connections, but XRANGE replies stay as Redis sends them (no per-entry
-        # dict): ``read`` is the hot path of every load, catch-up and replay.
+        # dict): reads are the hot path of every load, catch-up and replay.
         self._raw = Redis(connection_pool=redis.connection_pool)
         self._raw.response_callbacks.pop("XRANGE", None)
+        self.appends = 0  # Lua calls made (benchmarks and tests read it)
+
+    # --- configuration -----------------------------------------------------------------------
 
     async def ensure_config(self) -> None:
-        """Record the partition count on first use; refuse to run with a different one."""
+        """Record partitions and layout on first use; refuse a different partition count
+        or a store of the first layout that was not migrated."""
         key = self.keys.config()
-        await self.redis.hsetnx(key, "partitions", str(self.keys.partitions))
         stored: Any = await self.redis.hget(key, "partitions")
         if stored is not None and int(stored) != self.keys.partitions:
             raise RuntimeError(
                 f"this Redis holds stageline data laid out in {int(stored)} partitions, "
                 f"not {self.keys.partitions}; start with --partitions {int(stored)}"
             )
-
-    async def append(
-        self,
-        pipeline: str,
-        expected_version: int,
-        envelopes: Sequence[ev.Envelope],
-        *,
-        command_id: str | None = None,
-    ) -> AppendResult:
-        """Append atomically at ``expected_version``; raises ConcurrencyError otherwise."""
-        if not envelopes:
-            return AppendResult(expected_version + 1, expected_version)
-        k = self.keys
-        part = k.partition(pipeline)
-        argv: list[Any] = [
-            pipeline,
-            expected_version,
-            command_id or "",
-            self.dispatch_maxlen,
-            len(envelopes),
-        ]
-        for i, env in enumerate(envelopes):
-            if env.version != expected_version + i + 1 or env.pipeline != pipeline:
-                raise ValueError(f"envelope {env.id} is not version {expected_version + i + 1}")
-            argv += [
-                type(env.event).__name__,
-                "1" if self._route(env.event) else "0",
-                ev.encode_payload(env),
-            ]
-        status, value, *missed = await self._append(
-            keys=[
-                k.log(pipeline),
-                k.commands(pipeline),
-                k.names(part),
-                k.events(part),
-                k.run(part),
-            ],
-            args=argv,
+        layout: Any = await self.redis.hget(key, "layout")
+        if stored is not None and layout is None:
+            raise RuntimeError(
+                "this Redis holds stageline data of the first layout (one stream per "
+                "pipeline); run `stageline migrate --redis-url URL` first"
+            )
+        if layout is not None and int(layout) != LAYOUT:
+            raise RuntimeError(
+                f"this Redis holds stageline data of layout {int(layout)}; this stageline "
+                f"reads layout {LAYOUT}"
+            )
+        await self.redis.hset(
+            key, mapping={"partitions": str(self.keys.partitions), "layout": str(LAYOUT)}
         )
-        status = status.decode() if isinstance(status, bytes) else status
-        value = value.decode() if isinstance(value, bytes) else value
-        if status == "ok":
-            return AppendResult(expected_version + 1, int(value))
-        if status == "dup":
-            first, last = value.split(":")
-            return AppendResult(int(first), int(last), duplicate=True)
-        missing = [
-            ev.decode_payload(pipeline, expected_version + 1 + i, payload)
-            for i, payload in enumerate(missed)
+
+    # --- appends -----------------------------------------------------------------------------
+
+    async def append(self, batch: Batch) -> AppendResult:
+        """Commit one batch; raises ConcurrencyError when it was refused."""
+        (res,) = await self.append_many([batch])
+        if isinstance(res, ConcurrencyError):
+            raise res
+        return res
+
+    async def append_many(
+        self,
+        batches: Sequence[Batch],
+        *,
+        fence: tuple[int, str] | None = None,
+        checkpoint: tuple[int, str] | None = None,
+    ) -> list[AppendResult | ConcurrencyError]:
+        """Commit several batches of one partition in one atomic call (group commit).
+
+        Each batch goes through or is refused on its own (a ConcurrencyError in its place).
+        ``fence``: (partition, token) that the partition's owner key must hold, else the
+        whole call is refused with :class:`Fenced`. ``checkpoint``: (partition, entry id)
+        written when every batch went through.
+        """
+        k = self.keys
+        parts = {k.partition(b.pipeline) for b in batches}
+        if fence is not None:
+            parts.add(fence[0])
+        if checkpoint is not None:
+            parts.add(checkpoint[0])
+        if len(parts) != 1:
+            raise ValueError("one append covers one partition")
+        part = parts.pop()
+        keys: list[str] = [
+            k.events(part),
+            k.run(part),
+            k.names(part),
+            k.owner(part),
+            k.checkpoint(part),
         ]
-        raise ConcurrencyError(pipeline, expected_version, int(value), missing)
+        argv: list[Any] = [
+            self.dispatch_maxlen,
+            fence[1] if fence is not None else "",
+            checkpoint[1] if checkpoint is not None else "",
+            len(batches),
+        ]
+        for b in batches:
+            self._encode_batch(b, keys, argv)
+        self.appends += 1
+        raw: Any = await self._append(keys=keys, args=argv)
+        if raw and _text(raw[0][0]) == "fenced":
+            raise Fenced(f"partition {part}: this process is no longer its owner")
+        return [self._result(b, r) for b, r in zip(batches, raw, strict=True)]
+
+    def _encode_batch(self, b: Batch, keys: list[str], argv: list[Any]) -> None:
+        k, p = self.keys, b.pipeline
+        keys += [
+            k.sequence(p),
+            k.log(p),
+            k.commands(p),
+            k.executions(p),
+            k.request_tokens(p),
+            k.approvals(p),
+            k.actions(p),
+        ]
+        streams: list[str] = []
+        for env in b.envelopes:
+            eid = ev.execution_of(env.event)
+            if env.pipeline != p:
+                raise ValueError(f"envelope {env.id} is not of pipeline {p}")
+            if eid is not None and eid not in streams:
+                streams.append(eid)
+        argv += [
+            p,
+            b.command_id or "",
+            "-" if b.head_expected is None else b.head_expected,
+            len(streams),
+        ]
+        for eid in streams:
+            keys += [k.execution_log(p, eid), k.attempts(p, eid)]
+            if eid in b.attempt_expected:
+                aid, seq = b.attempt_expected[eid]
+                argv += [eid, "a", seq, aid]
+            elif eid in b.exec_expected:
+                argv += [eid, "v", b.exec_expected[eid], ""]
+            else:
+                argv += [eid, "-", 0, ""]
+        argv.append(len(b.envelopes))
+        for env in b.envelopes:
+            e = env.event
+            eid = ev.execution_of(e)
+            head = type(e) in ev.HEAD_EVENTS
+            argv += [
+                0 if eid is None else streams.index(eid) + 1,
+                type(e).__name__,
+                ev.encode_payload(env),
+                ev.encode_ref(ev.head_ref(e)) if head else "",
+                "1" if self._route(e) else "0",
+                ev.action_of(e) or "",
+                getattr(e, "clientRequestToken", None) or "",
+                getattr(e, "token", None) or "",
+            ]
+
+    def _result(self, b: Batch, r: Any) -> AppendResult | ConcurrencyError:
+        status = _text(r[0])
+        if status == "ok":
+            return AppendResult(int(r[1]), int(r[2]))
+        if status == "dup":
+            first, last, where = _text(r[1]).split(":", 2)
+            return AppendResult(
+                int(first), int(last), duplicate=True, streams=tuple(where.split(",") if where else ())
+            )
+        stream, actual = _text(r[1]), int(r[2])
+        if len(r) > 3 and _text(r[3]) == "attempt":
+            aid, seq = b.attempt_expected.get(stream, ("", 0))
+            return ConcurrencyError(b.pipeline, stream, seq, actual, attempt=True)
+        expected = b.head_expected if stream == HEAD else b.exec_expected.get(stream, 0)
+        missing: list[HeadItem] = []
+        rest = r[3:]
+        for i in range(0, len(rest) - 2, 3):
+            seq = _version_of(rest[i])
+            if _text(rest[i + 1]) == "r":
+                missing.append((seq, ev.decode_ref(rest[i + 2])))
+            else:
+                missing.append(ev.decode_payload(b.pipeline, seq, rest[i + 2]))
+        return ConcurrencyError(b.pipeline, stream, expected or 0, actual, missing)
+
+    # --- command ids -------------------------------------------------------------------------
 
     async def command_seen(self, pipeline: str, command_id: str) -> bool:
         """Whether an append with this command id went through."""
         return bool(await self.redis.hexists(self.keys.commands(pipeline), command_id))
 
-    async def command_versions(self, pipeline: str, command_id: str) -> tuple[int, int] | None:
-        """The versions (first, last) an append with this command id wrote, if any."""
+    async def command_versions(
+        self, pipeline: str, command_id: str
+    ) -> tuple[int, int, tuple[str, ...]] | None:
+        """The seqs (first, last) an append with this command id wrote, and its streams."""
         raw: Any = await self.redis.hget(self.keys.commands(pipeline), command_id)
         if raw is None:
             return None
-        first, last = _text(raw).split(":")
-        return int(first), int(last)
+        first, last, where = _text(raw).split(":", 2)
+        return int(first), int(last), tuple(where.split(",") if where else ())
+
+    async def read_appended(
+        self, pipeline: str, first: int, last: int, streams: Sequence[str]
+    ) -> list[ev.Envelope]:
+        """The events one append wrote (seqs first..last in the streams it named)."""
+        out: list[ev.Envelope] = []
+        for eid in streams:
+            out += await self.read_execution(pipeline, eid, after=first - 1, until=last)
+        out += [
+            e
+            for e in await self.read_head(pipeline, after=first - 1, until=last)
+            if isinstance(e, ev.Envelope)
+        ]
+        out.sort(key=lambda e: e.version)
+        return out
+
+    # --- reads -------------------------------------------------------------------------------
 
     async def version(self, pipeline: str) -> int:
+        """The pipeline's last sequence number (0: no events)."""
+        raw: Any = await self.redis.get(self.keys.sequence(pipeline))
+        return int(raw) if raw is not None else 0
+
+    async def head_version(self, pipeline: str) -> int:
         last: Any = await self.redis.xrevrange(self.keys.log(pipeline), count=1)
-        if not last:
-            return 0
-        return _version_of(last[0][0])
+        return _version_of(last[0][0]) if last else 0
 
-    async def read_raw(
-        self, pipeline: str, after: int = 0, count: int | None = None, until: int | None = None
-    ) -> list[RawEntry]:
-        hi = f"{until}-0" if until is not None else "+"
-        rows: Any = await self.redis.xrange(
-            self.keys.log(pipeline), min=f"{after + 1}-0", max=hi, count=count
-        )
-        return [
-            RawEntry(_version_of(rid), fields[b"e"], _text(fields.get(b"h", b"")))
-            for rid, fields in rows
-        ]
-
-    async def read(
-        self, pipeline: str, after: int = 0, count: int | None = None, until: int | None = None
-    ) -> list[ev.Envelope]:
-        """Events with version > ``after`` (and <= ``until``), in order."""
+    async def read_head(
+        self, pipeline: str, after: int = 0, until: int | None = None, count: int | None = None
+    ) -> list[HeadItem]:
+        """The pipeline's stream after ``after``: declaration events in full and head
+        events as ``(seq, HeadRef)``."""
         hi = f"{until}-0" if until is not None else "+"
         rows: Any = await self._raw.xrange(
             self.keys.log(pipeline), min=f"{after + 1}-0", max=hi, count=count
         )
-        # rows: [[id, [field, value, ...]], ...]; the append script writes "e" first
+        out: list[HeadItem] = []
+        for rid, f in rows:
+            seq = _version_of(rid)
+            if f[0] == b"r":
+                out.append((seq, ev.decode_ref(f[1])))
+            else:
+                out.append(ev.decode_payload(pipeline, seq, f[1] if f[0] == b"e" else _field(f, b"e")))
+        return out
+
+    async def read_execution(
+        self,
+        pipeline: str,
+        execution_id: str,
+        after: int = 0,
+        until: int | None = None,
+        count: int | None = None,
+    ) -> list[ev.Envelope]:
+        hi = f"{until}-0" if until is not None else "+"
+        rows: Any = await self._raw.xrange(
+            self.keys.execution_log(pipeline, execution_id),
+            min=f"{after + 1}-0",
+            max=hi,
+            count=count,
+        )
         decode = ev.decode_payload
         return [
             decode(pipeline, _version_of(rid), f[1] if f[0] == b"e" else _field(f, b"e"))
             for rid, f in rows
         ]
 
+    async def execution_ids(
+        self, pipeline: str, *, newest_first: bool = True, start: int = 0, count: int = -1
+    ) -> list[str]:
+        """Execution ids in start order (the derived index), a window of them."""
+        stop = -1 if count < 0 else start + count - 1
+        key = self.keys.executions(pipeline)
+        if newest_first:
+            ids: Any = await self.redis.zrevrange(key, start, stop)
+        else:
+            ids = await self.redis.zrange(key, start, stop)
+        return [_text(i) for i in ids]
+
+    async def action_ids(
+        self, pipeline: str, *, start: int = 0, count: int = -1
+    ) -> list[tuple[str, str]]:
+        """(execution id, action execution id) newest first (the derived index), a window."""
+        stop = -1 if count < 0 else start + count - 1
+        rows: Any = await self.redis.zrevrange(self.keys.actions(pipeline), start, stop)
+        out = []
+        for r in rows:
+            eid, _, aid = _text(r).partition("/")
+            out.append((eid, aid))
+        return out
+
+    async def action_rank(self, pipeline: str, execution_id: str, action_id: str) -> int | None:
+        r: Any = await self.redis.zrevrank(self.keys.actions(pipeline), f"{execution_id}/{action_id}")
+        return None if r is None else int(r)
+
+    async def execution_rank(self, pipeline: str, execution_id: str) -> int | None:
+        """Position of an execution in the newest-first index, None when not there."""
+        r: Any = await self.redis.zrevrank(self.keys.executions(pipeline), execution_id)
+        return None if r is None else int(r)
+
+    async def execution_count(self, pipeline: str) -> int:
+        return int(await self.redis.zcard(self.keys.executions(pipeline)))
+
+    async def token_execution(self, pipeline: str, token: str) -> str | None:
+        raw: Any = await self.redis.hget(self.keys.request_tokens(pipeline), token)
+        return None if raw is None else _text(raw)
+
+    async def approval_execution(self, pipeline: str, token: str) -> str | None:
+        raw: Any = await self.redis.hget(self.keys.approvals(pipeline), token)
+        return None if raw is None else _text(raw)
+
+    async def read(
+        self, pipeline: str, after: int = 0, count: int | None = None, until: int | None = None
+    ) -> list[ev.Envelope]:
+        """Every event of the pipeline with seq > ``after`` (and <= ``until``), in order:
+        the pipeline's stream and every execution's, merged. For audits and tests: it reads
+        every execution's stream (commands and queries never call it)."""
+        out = [
+            e
+            for e in await self.read_head(pipeline, after=after, until=until)
+            if isinstance(e, ev.Envelope)
+        ]
+        for eid in await self.execution_ids(pipeline, newest_first=False):
+            out += await self.read_execution(pipeline, eid, after=after, until=until)
+        out.sort(key=lambda e: e.version)
+        return out[:count] if count is not None else out
+
     async def iter_events(
         self, pipeline: str, after: int = 0, batch: int = 1000, until: int | None = None
     ) -> AsyncIterator[list[ev.Envelope]]:
-        """The whole stream from ``after`` in batches (memory stays bounded)."""
-        pos = after
-        while True:
-            chunk = await self.read(pipeline, pos, batch, until)
-            if not chunk:
-                return
-            yield chunk
-            pos = chunk[-1].version
-            if len(chunk) < batch:
-                return
+        """Every event of the pipeline in order, in chunks (see ``read``)."""
+        events = await self.read(pipeline, after=after, until=until)
+        for i in range(0, len(events), batch):
+            yield events[i : i + batch]
+
+    async def read_raw_stream(
+        self, key: str, after: int = 0, count: int | None = None, until: int | None = None
+    ) -> list[RawEntry]:
+        """Entries of one stream as stored (for verification)."""
+        hi = f"{until}-0" if until is not None else "+"
+        rows: Any = await self.redis.xrange(key, min=f"{after + 1}-0", max=hi, count=count)
+        out = []
+        for rid, fields in rows:
+            ref = b"r" in fields
+            out.append(
+                RawEntry(
+                    _version_of(rid),
+                    fields[b"r"] if ref else fields.get(b"e", b""),
+                    _text(fields.get(b"h", b"")),
+                    ref=ref,
+                )
+            )
+        return out
+
+    async def stream_keys(self, pipeline: str) -> list[tuple[str, str]]:
+        """(stream, key) of every stream of the pipeline: its own (``HEAD``), then each
+        execution's in start order."""
+        out = [(HEAD, self.keys.log(pipeline))]
+        for eid in await self.execution_ids(pipeline, newest_first=False):
+            out.append((eid, self.keys.execution_log(pipeline, eid)))
+        return out
+
+    async def read_raw(self, pipeline: str) -> list[RawEntry]:
+        """Every stored entry of every stream of the pipeline, stream by stream, as stored
+        (for verification: each stream's hash chain, and together every seq once)."""
+        out: list[RawEntry] = []
+        for stream, key in await self.stream_keys(pipeline):
+            for r in await self.read_raw_stream(key):
+                out.append(RawEntry(r.version, r.payload, r.hash, ref=r.ref, stream=stream))
+        return out
 
     async def pipelines(self) -> list[str]:
         """Every pipeline that has a stream (including deleted ones), sorted."""
@@ -287,13 +661,13 @@ class EventStore:
             names.update(_text(n) for n in members)
         return sorted(names)
 
+    # --- snapshots (of the head only: bounded) -----------------------------------------------
+
     async def save_snapshot(self, state: PipelineState) -> bool:
-        """Store a projection snapshot unless a newer one is already there."""
-        if state.partial:
-            raise ValueError("only a full state can be a snapshot")
+        """Store the head of ``state`` unless a newer one is already there."""
         done = await self._snapshot(
             keys=[self.keys.snapshot(state.name)],
-            args=[state.version, _snap_encoder.encode(state)],
+            args=[state.headVersion, encode_head(state)],
         )
         return bool(done)
 
@@ -301,7 +675,7 @@ class EventStore:
         data: Any = await self.redis.hget(self.keys.snapshot(pipeline), "s")
         if data is None:
             return None
-        return _snap_decoder.decode(data)
+        return decode_head(data)
 
     async def drop_snapshot(self, pipeline: str) -> None:
         await self.redis.delete(self.keys.snapshot(pipeline))

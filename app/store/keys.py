@@ -9,7 +9,14 @@ workers; the number is recorded in Redis on first use and checked on every start
 
 | key | type | what |
 |---|---|---|
-| ``<ns>:{<ns>.<n>}:log:<pipeline>`` | stream | events, entry id ``<version>-0``; never trimmed |
+| ``<ns>:{<ns>.<n>}:log:<pipeline>`` | stream | declaration events + head references, id ``<seq>-0`` |
+| ``<ns>:{<ns>.<n>}:x:<pipeline>:<execution>`` | stream | one execution's events, id ``<seq>-0`` |
+| ``<ns>:{<ns>.<n>}:xa:<pipeline>:<execution>`` | hash | action execution -> seq of its last event |
+| ``<ns>:{<ns>.<n>}:seq:<pipeline>`` | string | the pipeline's event counter |
+| ``<ns>:{<ns>.<n>}:xs:<pipeline>`` | zset | executions by start seq (derived index) |
+| ``<ns>:{<ns>.<n>}:tok:<pipeline>`` / ``apv:<pipeline>`` | hash | request / approval token -> execution |
+| ``<ns>:{<ns>.<n>}:legacy:<pipeline>`` | stream | first-layout stream kept by ``stageline migrate`` |
+| ``<ns>:{<ns>.<n>}:ckpt`` / ``owner`` / ``epoch`` | string | partition owner's position, lease, fence |
 | ``<ns>:{<ns>.<n>}:cmd:<pipeline>`` | hash | command id -> ``first:last`` version it appended |
 | ``<ns>:{<ns>.<n>}:snap:<pipeline>`` | string | projection snapshot (derived; may be dropped) |
 | ``<ns>:{<ns>.<n>}:names`` | set | pipeline names of the partition (for listing and audit) |
@@ -19,7 +26,8 @@ workers; the number is recorded in Redis on first use and checked on every start
 | ``<ns>:{<ns>.<n>}:dead`` | stream | dispatch entries parked after too many deliveries |
 | ``<ns>:jobs:<owner/category/provider/version>`` | zset | open custom-action jobs |
 | ``<ns>:job:<jobId>`` | hash | where a job lives (pipeline, execution, action execution) |
-| ``<ns>:config`` | hash | ``partitions`` |
+| ``<ns>:config`` | hash | ``partitions``, ``layout`` |
+| ``<ns>:members`` | zset | orchestrator processes by heartbeat expiry |
 """
 
 from __future__ import annotations
@@ -45,7 +53,54 @@ class Keys:
         return f"{self.namespace}:{self.tag(self.partition(pipeline))}"
 
     def log(self, pipeline: str) -> str:
+        """The pipeline's own stream: declaration events and references to head events."""
         return f"{self._p(pipeline)}:log:{pipeline}"
+
+    def execution_log(self, pipeline: str, execution_id: str) -> str:
+        """One execution's stream: every event of that execution."""
+        return f"{self._p(pipeline)}:x:{pipeline}:{execution_id}"
+
+    def attempts(self, pipeline: str, execution_id: str) -> str:
+        """Hash: action execution id -> sequence number of the last event about it."""
+        return f"{self._p(pipeline)}:xa:{pipeline}:{execution_id}"
+
+    def sequence(self, pipeline: str) -> str:
+        """The pipeline's event counter (every stream of the pipeline numbers from it)."""
+        return f"{self._p(pipeline)}:seq:{pipeline}"
+
+    def executions(self, pipeline: str) -> str:
+        """Zset: execution id scored by the sequence number of its start (derived index)."""
+        return f"{self._p(pipeline)}:xs:{pipeline}"
+
+    def actions(self, pipeline: str) -> str:
+        """Zset: ``<execution>/<action execution>`` scored by the seq that scheduled it."""
+        return f"{self._p(pipeline)}:as:{pipeline}"
+
+    def request_tokens(self, pipeline: str) -> str:
+        """Hash: StartPipelineExecution clientRequestToken -> execution id (derived index)."""
+        return f"{self._p(pipeline)}:tok:{pipeline}"
+
+    def approvals(self, pipeline: str) -> str:
+        """Hash: approval token -> execution id (derived index)."""
+        return f"{self._p(pipeline)}:apv:{pipeline}"
+
+    def legacy_log(self, pipeline: str) -> str:
+        """A pipeline's single stream of the first layout, kept by ``stageline migrate``."""
+        return f"{self._p(pipeline)}:legacy:{pipeline}"
+
+    def checkpoint(self, partition: int) -> str:
+        """The partition owner's position in the partition's ``events`` stream."""
+        return f"{self.namespace}:{self.tag(partition)}:ckpt"
+
+    def owner(self, partition: int) -> str:
+        """The partition's owner lease: ``<holder>|<epoch>`` (fencing token), with expiry."""
+        return f"{self.namespace}:{self.tag(partition)}:owner"
+
+    def epoch(self, partition: int) -> str:
+        return f"{self.namespace}:{self.tag(partition)}:epoch"
+
+    def members(self) -> str:
+        return f"{self.namespace}:members"
 
     def commands(self, pipeline: str) -> str:
         return f"{self._p(pipeline)}:cmd:{pipeline}"
@@ -82,8 +137,16 @@ class Keys:
         p = self.partition(pipeline)
         return [
             self.log(pipeline),
+            self.sequence(pipeline),
+            self.executions(pipeline),
+            self.actions(pipeline),
+            self.request_tokens(pipeline),
+            self.approvals(pipeline),
             self.commands(pipeline),
             self.snapshot(pipeline),
+            self.checkpoint(p),
+            self.owner(p),
+            self.epoch(p),
             self.names(p),
             self.events(p),
             self.run(p),

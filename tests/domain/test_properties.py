@@ -354,7 +354,7 @@ def test_events_round_trip_through_payload(run: Run) -> None:
 def test_engine_invariants(run: Run) -> None:
     s = run.h.state
     if s.declaration is None:  # deleted: nothing is left but the stream version
-        assert s == PipelineState(name=s.name, version=s.version)
+        assert s == PipelineState(name=s.name, version=s.version, headVersion=s.version)
         return
     modes = {d.mode for d in s.declarations.values()}
     parallel = s.declaration.mode == "PARALLEL"

@@ -68,6 +68,12 @@ def _cmds(h: Harness, ids: dict[str, str]) -> list[c.Command]:
         c.StartAction(executionId=r, actionExecutionId=h.aid(r, "b1"), worker="w2"),
         c.LoseAction(executionId=r, actionExecutionId=h.aid(r, "b1")),
         c.LoseAction(executionId=f, actionExecutionId=h.aid(f, "b2")),
+        c.LoseAction(executionId=r, actionExecutionId=h.aid(r, "b1"), consequences=False),
+        c.CompleteAction(
+            executionId=r, actionExecutionId=h.aid(r, "b2"), succeeded=False, consequences=False
+        ),
+        c.Advance(executionId=f, actionExecutionId=h.aid(f, "b1")),
+        c.Advance(executionId=r, actionExecutionId=h.aid(r, "b1")),
         c.RetryStage(executionId=f, stageName="Build", retryMode="FAILED_ACTIONS"),
         c.RetryStage(executionId=f, stageName="Build", retryMode="ALL_ACTIONS"),
         c.RetryStage(executionId=p, stageName="Build", retryMode="FAILED_ACTIONS"),

@@ -173,7 +173,7 @@ async def wait_for(
 
 async def snapshot(engine: Engine, name: str) -> PipelineState:
     """A private copy of the current state (the repository's cached object keeps changing)."""
-    return copy_state(await engine.repo.load(name))
+    return await engine.full_state(name)
 
 
 async def execution(engine: Engine, name: str, eid: str) -> ExecutionState:

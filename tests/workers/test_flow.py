@@ -200,7 +200,7 @@ async def test_failed_actions_retry_while_sibling_runs(redis: Redis, tmp_path: P
     assert count(c, "flaky") == 2
     assert count(c, "src") == count(c, "after") == count(c, "dep") == 1
     assert x.pipelineVersion == 1
-    assert (await engine.pipeline("fa")).executions[eid].executionId == eid  # same execution
+    assert (await engine.execution("fa", eid))[1].executionId == eid  # same execution
 
 
 async def test_all_actions_retry_reruns_every_action(redis: Redis, tmp_path: Path) -> None:

@@ -105,7 +105,7 @@ async def test_two_worker_processes_share_the_partitions_and_run_each_action_onc
 async def _settled(engine: Any, name: str, eid: str) -> None:
     """Wait until nothing of Build runs any more (the retry is then certainly accepted)."""
     for _ in range(500):
-        x = (await engine.repo.load(name)).executions[eid]
+        x = (await engine.full_state(name)).executions[eid]
         if not any(a.status == "InProgress" for a in x.latest_actions("Build")):
             return
         await anyio.sleep(0.02)
