@@ -149,6 +149,9 @@ class PipelineRepository:
         else:
             self._cache.pop(pipeline, None)
 
+    def cached_names(self) -> list[str]:
+        return list(self._cache) if self._cache is not None else []
+
     def cached(self, pipeline: str) -> PipelineState | None:
         return self._cache.get(pipeline) if self._cache is not None else None
 
@@ -226,6 +229,8 @@ class PipelineRepository:
                 continue
             envs = await self.store.read_execution(s.name, eid)
             loaded = execution_from(envs)
+            if loaded is not None and loaded.started < s.incarnation:
+                loaded = None  # of an earlier pipeline of the same name
             if loaded is None:
                 if eid not in s.absent:
                     s.absent.append(eid)
@@ -250,8 +255,14 @@ class PipelineRepository:
         origin: Origin = SYSTEM,
         *,
         command_id: str | None = None,
+        assume: PipelineState | None = None,
     ) -> Outcome:
         """Decide and append ``cmd``; raises DomainError when the domain refuses it.
+
+        ``assume``: for a runner's own attempt (``attempt_local``), a state that holds what
+        the decision depends on (the scheduled action): decided and appended against that
+        action's last event first, without reading anything; when the action changed
+        meanwhile, decided again on a fresh read.
 
         Commands on the same pipeline from this process take turns: concurrent ones would
         only conflict with each other at the append. Optimistic concurrency still arbitrates
@@ -268,6 +279,10 @@ class PipelineRepository:
             except anyio.WouldBlock:
                 await turn.lock.acquire()
             try:
+                if assume is not None and attempt_local(cmd) is not None:
+                    done = await self._assumed(assume, cmd, origin, command_id)
+                    if done is not None:
+                        return done
                 return await self._execute(pipeline, cmd, origin, command_id)
             finally:
                 turn.lock.release()
@@ -326,8 +341,8 @@ class PipelineRepository:
             )
         expected = {}
         for eid in touched:
-            x = s.executions.get(eid)
-            expected[eid] = x.version if x is not None else 0
+            held = s.executions.get(eid)
+            expected[eid] = held.version if held is not None else 0
         return Batch(
             s.name,
             events,
@@ -386,6 +401,25 @@ class PipelineRepository:
         """A repeated command: the events its first run appended, and the current state."""
         events = await self.store.read_appended(pipeline, res.first, res.last, res.streams)
         return Outcome(events, await self.load(pipeline, res.streams), duplicate=True)
+
+    async def _assumed(
+        self, s: PipelineState, cmd: c.Command, origin: Origin, command_id: str | None
+    ) -> Outcome | None:
+        try:
+            events = decide(s, cmd, self.ctx(origin, command_id))
+        except (DomainError, NeedExecutions):
+            return None
+        if not events:
+            return None
+        try:
+            res = await self.store.append(self.batch(s, cmd, events, command_id))
+        except ConcurrencyError:
+            return None
+        if res.duplicate:
+            return await self._replayed(s.name, res)
+        stamped = res.stamp(events)
+        self.commit_local(s, stamped)
+        return Outcome(stamped, s)
 
     async def _execute(
         self, pipeline: str, cmd: c.Command, origin: Origin, command_id: str | None
