@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--reap-every", type=float, default=1.0, help="seconds between lease reaps")
     w.add_argument("--snapshot-every", type=float, default=2.0, help="seconds between snapshots")
     w.add_argument("--max-deliveries", type=int, default=5, help="then dead-letter the entry")
+    w.add_argument(
+        "--partition-lease",
+        type=float,
+        default=10.0,
+        help="seconds a partition's owner holds it without renewing (default 10): another "
+        "process takes over a dead owner's partitions this long after its last renewal",
+    )
     w.add_argument("--block-ms", type=int, default=1000, help="XREADGROUP BLOCK (ms)")
     w.add_argument(
         "--role",
@@ -143,6 +150,7 @@ def _worker_config(a: argparse.Namespace) -> WorkerConfig:
         snapshot_every_s=getattr(a, "snapshot_every", 2.0),
         max_deliveries=getattr(a, "max_deliveries", 5),
         block_ms=getattr(a, "block_ms", 1000),
+        partition_lease_s=getattr(a, "partition_lease", 10.0),
         roles=tuple(getattr(a, "role", None) or ("orchestrator", "runner")),
     )
 

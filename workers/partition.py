@@ -128,8 +128,9 @@ class PartitionOwner:
     async def run(self) -> None:
         repo = self.engine.repo
         # another owner may have written here since this process last looked: drop its cache
-        for name in [n for n in list(repo.cached_names()) if self.keys.partition(n) == self.partition]:
-            repo.forget(name)
+        for name in repo.cached_names():
+            if self.keys.partition(name) == self.partition:
+                repo.forget(name)
         raw: Any = await self.engine.redis.get(self.keys.checkpoint(self.partition))
         self.position = (raw.decode() if isinstance(raw, bytes) else raw) or "0"
         log.info("partition %d: owner from %s", self.partition, self.position)
@@ -324,7 +325,8 @@ class PartitionOwner:
     async def _decide(self, s: PipelineState, p: _Pending) -> list[ev.Envelope]:
         repo = self.engine.repo
         ids = {getattr(cmd, "executionId", None) for cmd, _ in p.items}
-        await repo.load_executions(s, [i for i in ids if isinstance(i, str) and i not in s.executions])
+        missing = [i for i in ids if isinstance(i, str) and i not in s.executions]
+        await repo.load_executions(s, missing)
         while True:
             items = [(cmd, repo.ctx(origin, None)) for cmd, origin in p.items]
             try:

@@ -4,9 +4,10 @@ For each entry of a partition's run queue: take the lease, record ``ActionExecut
 (refused if anyone already took the action: it never runs twice), run it while renewing the
 lease, record the result. Runners keep no state: the start and the result are decided on
 the scheduled action itself and appended against that action's last event, so runners of
-sibling actions never conflict; the partition's owner then decides what follows. A runner that dies stops renewing; the orchestrators' reaper then
-fails the action as WorkerLost. An action this same worker name had started before a
-restart is recorded as lost too, not run again.
+sibling actions never conflict; the partition's owner then decides what follows. A runner
+that dies stops renewing; the partition owner's reaper then fails the action as
+WorkerLost. An action this same worker name had started before a restart is recorded as
+lost too, not run again.
 """
 
 from __future__ import annotations

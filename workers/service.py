@@ -154,8 +154,8 @@ class Worker:
             if not last:
                 continue
             target = _entry_id(last[0][0])
-            while self.owners.get(p) is owner and _entry_id(owner.position) < target:
-                await anyio.sleep(0.01)
+            while self.owners.get(p) is owner and _entry_id(owner.position) < target:  # noqa: ASYNC110
+                await anyio.sleep(0.01)  # a short wait: shutdown only
 
     async def _partition(self, p: int, fence: Fence, scope: anyio.CancelScope) -> None:
         with scope:

@@ -450,12 +450,11 @@ class EventStore:
             return AppendResult(int(r[1]), int(r[2]))
         if status == "dup":
             first, last, where = _text(r[1]).split(":", 2)
-            return AppendResult(
-                int(first), int(last), duplicate=True, streams=tuple(where.split(",") if where else ())
-            )
+            streams = tuple(where.split(",") if where else ())
+            return AppendResult(int(first), int(last), duplicate=True, streams=streams)
         stream, actual = _text(r[1]), int(r[2])
         if len(r) > 3 and _text(r[3]) == "attempt":
-            aid, seq = b.attempt_expected.get(stream, ("", 0))
+            _, seq = b.attempt_expected.get(stream, ("", 0))
             return ConcurrencyError(b.pipeline, stream, seq, actual, attempt=True)
         expected = b.head_expected if stream == HEAD else b.exec_expected.get(stream, 0)
         missing: list[HeadItem] = []
@@ -525,7 +524,8 @@ class EventStore:
             if f[0] == b"r":
                 out.append((seq, ev.decode_ref(f[1])))
             else:
-                out.append(ev.decode_payload(pipeline, seq, f[1] if f[0] == b"e" else _field(f, b"e")))
+                payload = f[1] if f[0] == b"e" else _field(f, b"e")
+                out.append(ev.decode_payload(pipeline, seq, payload))
         return out
 
     async def read_execution(
@@ -574,7 +574,8 @@ class EventStore:
         return out
 
     async def action_rank(self, pipeline: str, execution_id: str, action_id: str) -> int | None:
-        r: Any = await self.redis.zrevrank(self.keys.actions(pipeline), f"{execution_id}/{action_id}")
+        member = f"{execution_id}/{action_id}"
+        r: Any = await self.redis.zrevrank(self.keys.actions(pipeline), member)
         return None if r is None else int(r)
 
     async def execution_rank(self, pipeline: str, execution_id: str) -> int | None:
