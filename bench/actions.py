@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from app.domain import commands as c
-from app.repository import PipelineRepository
+from app.domain.state import fold
 from app.store.eventstore import EventStore
 from app.store.keys import Keys
 from bench.common import BENCH, PY, Proc, Record, run_cmd
@@ -101,11 +101,10 @@ async def _ours(ctx: Ctx) -> dict[str, Any]:
 
     # fold fresh projections from the log and check every action succeeded
     f0 = time.perf_counter()
-    repo = PipelineRepository(store, cache=False)
     ok = 0
     events = 0
     for s in sims:
-        state = await repo.load(s.name)
+        state = fold(s.name, await store.read(s.name))
         events += state.version
         for x in state.executions.values():
             ok += sum(1 for a in x.actions.values() if a.status == "Succeeded")
