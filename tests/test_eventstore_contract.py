@@ -378,6 +378,19 @@ async def test_starting_an_existing_execution_conflicts(store: EventStore) -> No
     assert await store.version(p) == 1
 
 
+async def test_a_refused_batch_writes_to_none_of_its_streams(store: EventStore) -> None:
+    p = "p"
+    await ok(store, batch(p, created(p)))
+    await ok(store, batch(p, started("x"), started("y"), head_expected=1))
+    before = await all_keys(store.redis), await store.read_raw(p)
+    # x is where the writer saw it, y is not: nothing of the batch is written, x neither
+    err = await refused(store, batch(p, entered("x"), entered("y"), started("z", "t"),
+                                     exec_expected={"x": 2, "y": 2, "z": 0}))
+    assert (err.stream, err.expected, err.actual) == ("y", 2, 3)
+    assert (await all_keys(store.redis), await store.read_raw(p)) == before
+    assert await store.version(p) == 3
+
+
 async def test_missing_is_sent_for_32_entries_at_most(store: EventStore) -> None:
     p = "p"
     await ok(store, batch(p, started("x"), *[taken("x", f"a{i}") for i in range(31)]))
@@ -566,11 +579,19 @@ async def test_fencing_token_must_be_the_owners(store: EventStore) -> None:
     )
     assert isinstance(r, AppendResult) and (r.first, r.last) == (1, 1)
     assert text(await store.redis.get(KEYS.checkpoint(part))) == "5-0"
-    # ownership moved: the old owner is refused even for a repeat
+    # a checkpoint alone (entries that needed no append), fenced the same way
+    assert await store.append_many([], fence=(part, "w1|1"), checkpoint=(part, "6-0")) == []
+    assert text(await store.redis.get(KEYS.checkpoint(part))) == "6-0"
+    # ownership moved: the old owner is refused even for a repeat, and for a checkpoint
     await store.redis.set(owner, "w2|3")
     await fenced("w1|1")
+    with pytest.raises(Fenced):
+        await store.append_many([], fence=(part, "w1|1"), checkpoint=(part, "7-0"))
+    assert text(await store.redis.get(KEYS.checkpoint(part))) == "6-0"
     assert await store.version(p) == 1
     assert await store.redis.xlen(KEYS.events(part)) == 1
+    with pytest.raises(ValueError, match="one partition"):
+        await store.append_many([])
 
 
 # --- what each append writes -----------------------------------------------------------------

@@ -53,6 +53,7 @@ async def test_a_pipelines_data_lives_on_the_node_of_its_partition(
     for p in names:
         slot = key_slot(KEYS.log(p).encode())
         owner = cluster_redis.get_node_from_key(KEYS.log(p))
+        assert owner is not None
         counts: dict[str, int] = {}
         for node in cluster_redis.get_primaries():
             n: Any = await cluster_redis.execute_command(
