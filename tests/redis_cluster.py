@@ -52,12 +52,16 @@ def free_cluster_ports(n: int, rng: random.Random | None = None) -> list[int]:
 
 
 def _cluster_state(cli: str, port: int) -> str:
-    out = subprocess.run(
-        [cli, "-h", "127.0.0.1", "-p", str(port), "cluster", "info"],
-        capture_output=True,
-        text=True,
-        timeout=5,
-    ).stdout
+    """The node's ``cluster_state`` ('' when nothing, or not a cluster node, answers)."""
+    try:
+        out = subprocess.run(
+            [cli, "-h", "127.0.0.1", "-p", str(port), "cluster", "info"],
+            capture_output=True,
+            text=True,
+            timeout=2,
+        ).stdout
+    except subprocess.TimeoutExpired:
+        return ""
     for line in out.splitlines():
         if line.startswith("cluster_state:"):
             return line.split(":", 1)[1].strip()
@@ -91,12 +95,18 @@ class RedisClusterServer:
         if binaries is None:
             raise RuntimeError("redis-server and redis-cli must be on PATH")
         server, cli = binaries
-        self.ports = free_cluster_ports(self.masters)
-        try:
-            self._start(server, cli, timeout)
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(3):  # a port found free may be taken before a node binds it
+            self.ports = free_cluster_ports(self.masters)
+            try:
+                self._start(server, cli, timeout)
+                return
+            except RuntimeError:
+                self.stop()
+                if attempt == 2:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
 
     def _start(self, server: str, cli: str, timeout: float) -> None:
         for port in self.ports:
@@ -120,21 +130,28 @@ class RedisClusterServer:
             )
         deadline = time.monotonic() + timeout
         for port, proc in zip(self.ports, self.procs, strict=True):
-            while not port_open("127.0.0.1", port):
+            # answering CLUSTER INFO (state 'fail' until slots are assigned): it is our node,
+            # not another process that took the port (ours then exits)
+            while True:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"cluster node did not start on {port}: {self._log(port)}")
+                if port_open("127.0.0.1", port) and _cluster_state(cli, port):
+                    break
                 time.sleep(0.02)
-        create = subprocess.run(
-            [
-                cli, "--cluster", "create",
-                *(f"127.0.0.1:{p}" for p in self.ports),
-                "--cluster-replicas", "0",
-                "--cluster-yes",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        try:
+            create = subprocess.run(
+                [
+                    cli, "--cluster", "create",
+                    *(f"127.0.0.1:{p}" for p in self.ports),
+                    "--cluster-replicas", "0",
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired as e:
+            raise RuntimeError(f"redis-cli --cluster create hung: {e.stdout!r}") from None
         if create.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout}{create.stderr}")
         pending = list(self.ports)
