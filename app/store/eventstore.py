@@ -310,9 +310,16 @@ class EventStore:
         self._append = redis.register_script(APPEND_LUA)
         self._snapshot = redis.register_script(SNAPSHOT_LUA)
         # The same connections, but XRANGE replies stay as Redis sends them (no per-entry
-        # dict): reads are the hot path of every load, catch-up and replay.
-        self._raw = Redis(connection_pool=redis.connection_pool)
-        self._raw.response_callbacks.pop("XRANGE", None)
+        # dict): reads are the hot path of every load, catch-up and replay. A cluster client
+        # (redis.asyncio.cluster.RedisCluster) has no single pool and shares its response
+        # callbacks with its nodes: it is used as it is, and the reads take its (id, dict)
+        # rows as well (``_entry``).
+        pool = getattr(redis, "connection_pool", None)
+        if pool is not None:
+            self._raw = Redis(connection_pool=pool)
+            self._raw.response_callbacks.pop("XRANGE", None)
+        else:
+            self._raw = redis
         self.appends = 0  # Lua calls made (benchmarks and tests read it)
 
     # --- configuration -----------------------------------------------------------------------
@@ -374,6 +381,9 @@ class EventStore:
         if len(parts) != 1:
             raise ValueError("one append covers one partition")
         part = parts.pop()
+        if fence is not None and not fence[1]:
+            # the script reads an empty token as "no fence": it would write unfenced
+            raise Fenced(f"partition {part}: an empty fencing token is no owner's")
         keys: list[str] = [
             k.events(part),
             k.run(part),
@@ -521,10 +531,10 @@ class EventStore:
         out: list[HeadItem] = []
         for rid, f in rows:
             seq = _version_of(rid)
-            if f[0] == b"r":
-                out.append((seq, ev.decode_ref(f[1])))
+            ref, payload = _entry(f)
+            if ref:
+                out.append((seq, ev.decode_ref(payload)))
             else:
-                payload = f[1] if f[0] == b"e" else _field(f, b"e")
                 out.append(ev.decode_payload(pipeline, seq, payload))
         return out
 
@@ -544,10 +554,7 @@ class EventStore:
             count=count,
         )
         decode = ev.decode_payload
-        return [
-            decode(pipeline, _version_of(rid), f[1] if f[0] == b"e" else _field(f, b"e"))
-            for rid, f in rows
-        ]
+        return [decode(pipeline, _version_of(rid), _entry(f)[1]) for rid, f in rows]
 
     async def execution_ids(
         self, pipeline: str, *, newest_first: bool = True, start: int = 0, count: int = -1
@@ -684,6 +691,17 @@ class EventStore:
 
 def _text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+def _entry(f: Any) -> tuple[bool, bytes]:
+    """(is a head reference, payload) of a stream entry's fields: the flat [field, value,
+    ...] list of a raw reply, or the dict a cluster client's XRANGE callback makes."""
+    if isinstance(f, dict):
+        ref = f.get(b"r")
+        return (False, f[b"e"]) if ref is None else (True, ref)
+    if f[0] == b"r":
+        return True, f[1]
+    return False, f[1] if f[0] == b"e" else _field(f, b"e")
 
 
 def _field(flat: list[bytes], name: bytes) -> bytes:
