@@ -129,18 +129,24 @@ class ArchiveStats:
 # --- export ----------------------------------------------------------------------------------
 
 
-async def _execution_streams(store: EventStore, pipeline: str) -> list[str]:
-    """Every execution stream of the pipeline, in start order: the index, and any stream
+async def _stream_ids(store: EventStore) -> dict[str, set[str]]:
+    """Execution ids of every execution stream found by key, by pipeline (one SCAN)."""
+    ns = store.keys.namespace
+    found: dict[str, set[str]] = {}
+    async for key in store.redis.scan_iter(match=f"{ns}:{{{ns}.*}}:x:*", count=1000):
+        pipeline, _, eid = text(key).split(":x:", 1)[1].partition(":")
+        found.setdefault(pipeline, set()).add(eid)
+    return found
+
+
+async def _execution_streams(store: EventStore, pipeline: str, by_key: set[str]) -> list[str]:
+    """Every execution stream of the pipeline, in start order: the index, then any stream
     found by key that the index lacks (exported as stored, for verify to judge)."""
     ids = await store.execution_ids(pipeline, newest_first=False)
-    known = set(ids)
-    prefix = store.keys.execution_log(pipeline, "")
     stray: list[tuple[int, str]] = []
-    async for key in store.redis.scan_iter(match=prefix + "*", count=1000):
-        eid = text(key)[len(prefix) :]
-        if eid not in known:
-            first: Any = await store.redis.xrange(text(key), count=1)
-            stray.append((int(text(first[0][0]).split("-")[0]) if first else 0, eid))
+    for eid in by_key - set(ids):
+        first: Any = await store.redis.xrange(store.keys.execution_log(pipeline, eid), count=1)
+        stray.append((int(text(first[0][0]).split("-")[0]) if first else 0, eid))
     return ids + [eid for _, eid in sorted(stray)]
 
 
@@ -183,6 +189,7 @@ async def export_archive(
     out.write(_enc.encode(header).decode() + "\n")
     seqs: dict[str, int] = {}
     total = 0
+    by_key = await _stream_ids(store)
     for name in names:
         seq = await store.version(name)
         seqs[name] = seq
@@ -190,7 +197,8 @@ async def export_archive(
         heads: dict[str, Head] = {}
         count = 0
         streams = [(HEAD, k.log(name))] + [
-            (eid, k.execution_log(name, eid)) for eid in await _execution_streams(store, name)
+            (eid, k.execution_log(name, eid))
+            for eid in await _execution_streams(store, name, by_key.get(name, set()))
         ]
         for stream, key in streams:
             after = 0

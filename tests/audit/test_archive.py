@@ -280,3 +280,16 @@ async def test_restore_refuses_entries_that_do_not_chain(scenario: Scenario) -> 
     assert await everything(store, name) == before
     assert await store.restore(name, [ok]) == 1
     assert await store.version(name) == last + 1
+
+
+async def test_export_takes_streams_the_index_lacks(scenario: Scenario, tmp_path: Path) -> None:
+    """An execution stream missing from the executions index (damaged or tampered) is
+    exported all the same, as stored: the archive holds what Redis holds."""
+    sc = scenario
+    await sc.engine.redis.zrem(sc.engine.keys.executions(sc.name), sc.exec1)
+    archive = tmp_path / "log.jsonl"
+    await export_to(sc, archive)
+    lines = [json.loads(x) for x in archive.read_text().splitlines()]
+    streams = [x["stream"] for x in lines if x["kind"] == "event"]
+    assert list(dict.fromkeys(streams)) == ["-", sc.exec2, sc.exec1]
+    assert check_archive(archive).entries == len(streams)
