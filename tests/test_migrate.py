@@ -214,6 +214,7 @@ async def make_history() -> History:
     await engine.create_pipeline(small_declaration(g.name, 2), ALICE)
     x = await engine.start_execution(g.name, ALICE)
     await g.run(x, "a0")
+    await g.run(x, "a1")
     await engine.delete_pipeline(g.name, ALICE)
 
     events: dict[str, list[ev.Envelope]] = {}
@@ -624,3 +625,43 @@ def test_cli_refuses_while_workers_are_active(
     assert main(["migrate", "--redis-url", url, "--force"]) == 0
     assert _on_real(url, lambda r: store_layout(r)) == (PARTITIONS, 2)
     assert HEAD == "-"
+
+
+async def test_workers_run_on_the_migrated_store(legacy: Redis, history: History) -> None:
+    """Workers start on the migrated store, take the old dispatch entries (already done:
+    nothing happens twice), apply a retry of an old execution and run new executions."""
+    from tests.workers.helpers import fast_config, wait_for
+    from workers.service import Worker
+
+    redis = legacy
+    await migrate(redis)
+    engine = Engine(redis, KEYS)
+    await engine.start()
+    before = await engine.full_state("legacy-a")
+    worker = Worker(Engine(redis, KEYS), fast_config(redis, "w1"))
+    async with anyio.create_task_group() as tg:
+        await tg.start(worker.run)
+        try:
+            eid = await engine.start_execution("legacy-upd", ALICE)
+
+            async def done(name: str, x: str, status: str) -> bool:
+                s = await engine.full_state(name)
+                return s.executions[x].status == status
+
+            await wait_for(lambda: done("legacy-upd", eid, "Succeeded"), "new execution")
+            await engine.retry_stage("legacy-a", "Source", history.e3, "FAILED_ACTIONS", BOB)
+
+            async def built() -> bool:
+                x = (await engine.full_state("legacy-a")).executions[history.e3]
+                run = x.stages.get("Build")
+                return run is not None and run.status == "Succeeded"
+
+            # (then it waits for Approve, which the old execution e2 holds)
+            await wait_for(built, "the retried execution to pass Build")
+        finally:
+            worker.stop()
+    after = await engine.full_state("legacy-a")
+    for eid in (history.e1, history.e2):  # the old ones are as they were
+        assert msgspec.json.encode(after.executions[eid]) == msgspec.json.encode(
+            before.executions[eid]
+        )
