@@ -51,7 +51,14 @@ import msgspec
 from app.audit.common import AuditError, iso, select_pipelines, text
 from app.audit.progress import Progress
 from app.domain import events as ev
-from app.store.eventstore import HEAD, EventStore, RawEntry, chain_hash, runs_on_engine
+from app.store.eventstore import (
+    HEAD,
+    LAYOUT,
+    EventStore,
+    RawEntry,
+    chain_hash,
+    runs_on_engine,
+)
 
 FORMAT = "stageline-audit-archive"
 FORMAT_VERSION = 2
@@ -118,6 +125,7 @@ _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder(Line)
 
 COMMANDS_PER_LINE = 1000
+MIN_LINE = 64  # bytes: no entry line is shorter (every seq has one)
 
 
 @dataclass(frozen=True)
@@ -185,7 +193,9 @@ async def export_archive(
     """
     names = list(pipelines) if pipelines is not None else await select_pipelines(store, None)
     k = store.keys
-    header = Header(FORMAT, FORMAT_VERSION, k.namespace, k.partitions, iso(time.time()), layout=2)
+    header = Header(
+        FORMAT, FORMAT_VERSION, k.namespace, k.partitions, iso(time.time()), layout=LAYOUT
+    )
     out.write(_enc.encode(header).decode() + "\n")
     seqs: dict[str, int] = {}
     total = 0
@@ -284,6 +294,10 @@ class _Checker:
         self.chunk = chunk
         self.entries = 0
         self.done: dict[str, int] = {}
+        try:
+            self.size = path.stat().st_size
+        except OSError:
+            self.size = 0  # reading it reports the error
 
     def steps(self) -> Iterator[Restore]:
         path = self.path
@@ -323,8 +337,11 @@ class _Checker:
                     raise AuditError(f"{where}: pipeline {cur.name!r} has no streams line")
                 if line.pipeline in self.done:
                     raise AuditError(f"{where}: pipeline {line.pipeline!r} appears twice")
-                if line.seq < 0:
-                    raise AuditError(f"{where}: pipeline {line.pipeline!r}: negative seq")
+                if not 0 <= line.seq <= self.size // MIN_LINE:
+                    raise AuditError(
+                        f"{where}: pipeline {line.pipeline!r}: seq {line.seq} is not a count of "
+                        "events this archive can hold"
+                    )
                 cur = _Pipeline(line.pipeline, line.seq)
                 cur.where = array("I", bytes(4 * (line.seq + 1)))
                 continue

@@ -225,6 +225,13 @@ async def test_import_refuses_an_altered_archive(
     with pytest.raises(AuditError, match="outside the pipeline's events"):
         check_archive(_rewrite(archive, tmp_path / "cmd.jsonl", bad_command))
 
+    def huge_seq(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        lines[1]["seq"] = 10**12
+        return lines
+
+    with pytest.raises(AuditError, match="seq 1000000000000 is not a count of events"):
+        check_archive(_rewrite(archive, tmp_path / "huge.jsonl", huge_seq))
+
     with pytest.raises(AuditError, match="not a stageline audit archive"):
         check_archive(Path(__file__))
     with pytest.raises(AuditError, match="No such file"):
