@@ -768,19 +768,25 @@ return {'ok', tostring(n)}
                     streams.append(e.stream)
                 si = streams.index(e.stream) + 1
             typ = aid = tok = apv = ""
-            if si and not e.ref:
+            if e.ref and si:
+                raise ValueError(
+                    f"{pipeline} seq {e.version}: a head reference given for the stream of "
+                    f"execution {e.stream}"
+                )
+            if not e.ref:
                 try:
                     body = ev.decode_payload(pipeline, e.version, e.payload).event
                 except (msgspec.DecodeError, msgspec.ValidationError) as err:
                     raise ValueError(
-                        f"{pipeline} (execution {e.stream}) seq {e.version}: payload does not "
-                        f"decode: {err}"
+                        f"{pipeline} seq {e.version}: payload does not decode: {err}"
                     ) from None
-                if ev.execution_of(body) != e.stream:
+                if (ev.execution_of(body) or HEAD) != e.stream:
                     raise ValueError(
-                        f"{pipeline} seq {e.version}: an event of execution "
-                        f"{ev.execution_of(body)} given for the stream of {e.stream}"
+                        f"{pipeline} seq {e.version}: an event of "
+                        f"{ev.execution_of(body) or 'the pipeline'} given for the stream of "
+                        f"{'the pipeline' if e.stream == HEAD else e.stream}"
                     )
+            if si and not e.ref:
                 typ = type(body).__name__
                 aid = ev.action_of(body) or ""
                 tok = getattr(body, "clientRequestToken", None) or ""

@@ -281,7 +281,15 @@ async def test_restore_refuses_entries_that_do_not_chain(scenario: Scenario) -> 
     bad = RawEntry(last + 2, tail.payload, "0" * 40, stream=scenario.exec2)
     with pytest.raises(ValueError, match=rf"execution {scenario.exec2}\) seq {last + 2}: the hash"):
         await store.restore(name, [ok, bad])
-    stale = RawEntry(1, b"{}", "0" * 40)
+    with pytest.raises(ValueError, match="a head reference given for the stream of execution"):
+        await store.restore(
+            name, [RawEntry(last + 1, b'["x"]', "", ref=True, stream=scenario.exec2)]
+        )
+    misplaced = RawEntry(last + 1, tail.payload, ok.hash, stream=scenario.exec1)
+    with pytest.raises(ValueError, match=f"an event of {scenario.exec2} given for the stream"):
+        await store.restore(name, [misplaced])
+    created = (await store.read_raw_stream(store.keys.log(name), count=1))[0]
+    stale = RawEntry(1, created.payload, "0" * 40)
     with pytest.raises(ValueError, match=r"pipeline stream\) seq 1: not after"):
         await store.restore(name, [stale])
     assert await everything(store, name) == before
