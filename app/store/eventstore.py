@@ -688,6 +688,148 @@ class EventStore:
     async def drop_snapshot(self, pipeline: str) -> None:
         await self.redis.delete(self.keys.snapshot(pipeline))
 
+    # --- restoring stored entries (audit import, migration) ----------------------------------
+
+    _RESTORE_LUA = r"""
+-- KEYS: 1 seq, 2 names, 3 xs, 4 as, 5 tok, 6 apv, 7 log; per execution stream 2 (stream, xa).
+-- ARGV: 1 pipeline, 2 stream count, the execution ids, entry count, per entry 9: stream
+-- index (0 = the pipeline's), seq, field (e|r), payload, hash, type, action execution id,
+-- request token, approval token.
+local function last_of(key)
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if #last == 0 then return 0, '' end
+  local f = last[1][2]
+  local h = ''
+  for i = 1, #f, 2 do if f[i] == 'h' then h = f[i + 1] end end
+  return tonumber(string.match(last[1][1], '^(%d+)-')), h
+end
+local ns = tonumber(ARGV[2])
+local st, sim = {}, {}
+local l, h = last_of(KEYS[7])
+st[0] = {KEYS[7], '', ''}
+sim[0] = {l, h}
+for i = 1, ns do
+  l, h = last_of(KEYS[6 + 2 * i])
+  st[i] = {KEYS[6 + 2 * i], KEYS[7 + 2 * i], ARGV[2 + i]}
+  sim[i] = {l, h}
+end
+local n = tonumber(ARGV[3 + ns])
+local b0 = 4 + ns
+for j = 0, n - 1 do
+  local b = b0 + j * 9
+  local si, seq = tonumber(ARGV[b]), tonumber(ARGV[b + 1])
+  local s = sim[si]
+  if seq < 1 or seq <= s[1] then return {'order', tostring(si), ARGV[b + 1], tostring(s[1])} end
+  local hh = redis.sha1hex(s[2] .. '\n' .. ARGV[b + 1] .. '\n' .. ARGV[b + 3])
+  if hh ~= ARGV[b + 4] then return {'hash', tostring(si), ARGV[b + 1]} end
+  s[1] = seq
+  s[2] = hh
+end
+local top, named = 0, false
+for j = 0, n - 1 do
+  local b = b0 + j * 9
+  local si, seq = tonumber(ARGV[b]), ARGV[b + 1]
+  local s = st[si]
+  redis.call('XADD', s[1], seq .. '-0', ARGV[b + 2], ARGV[b + 3], 'h', ARGV[b + 4])
+  if tonumber(seq) > top then top = tonumber(seq) end
+  if si == 0 then
+    if ARGV[b + 2] == 'e' then named = true end
+  else
+    local typ, aid = ARGV[b + 5], ARGV[b + 6]
+    if aid ~= '' then redis.call('HSET', s[2], aid, seq) end
+    if typ == 'ExecutionStarted' then redis.call('ZADD', KEYS[3], seq, s[3]) end
+    if typ == 'ActionExecutionScheduled' then
+      redis.call('ZADD', KEYS[4], seq, s[3] .. '/' .. aid)
+    end
+    if ARGV[b + 7] ~= '' then redis.call('HSET', KEYS[5], ARGV[b + 7], s[3]) end
+    if ARGV[b + 8] ~= '' then redis.call('HSET', KEYS[6], ARGV[b + 8], s[3]) end
+  end
+end
+if top > tonumber(redis.call('GET', KEYS[1]) or '0') then redis.call('SET', KEYS[1], top) end
+if named then redis.call('SADD', KEYS[2], ARGV[1]) end
+return {'ok', tostring(n)}
+"""
+
+    async def restore(self, pipeline: str, entries: Sequence[RawEntry]) -> int:
+        """Write stored entries back as they were: each into its stream (``entry.stream``:
+        ``HEAD`` or an execution id) under its id ``<seq>-0``, with its payload (a head
+        reference when ``entry.ref``) and hash, in one atomic call; the derived indexes
+        (executions, actions, request and approval tokens, last event per action
+        execution, the seq counter, the partition's names) are derived from the events
+        as the append script does. For ``audit import`` and ``stageline migrate``.
+
+        Each entry must follow its stream's last entry (as stored, or given before it in
+        this call) and its hash chain onto it (``chain_hash``): else nothing is written
+        and ValueError names the stream and seq. Dispatch streams and command ids are
+        not touched. Returns the number of entries written.
+        """
+        if not entries:
+            return 0
+        k = self.keys
+        streams: list[str] = []
+        rows: list[Any] = []
+        for e in entries:
+            if e.stream == HEAD:
+                si = 0
+            else:
+                if e.stream not in streams:
+                    streams.append(e.stream)
+                si = streams.index(e.stream) + 1
+            typ = aid = tok = apv = ""
+            if e.ref and si:
+                raise ValueError(
+                    f"{pipeline} seq {e.version}: a head reference given for the stream of "
+                    f"execution {e.stream}"
+                )
+            if not e.ref:
+                try:
+                    body = ev.decode_payload(pipeline, e.version, e.payload).event
+                except (msgspec.DecodeError, msgspec.ValidationError) as err:
+                    raise ValueError(
+                        f"{pipeline} seq {e.version}: payload does not decode: {err}"
+                    ) from None
+                if (ev.execution_of(body) or HEAD) != e.stream:
+                    raise ValueError(
+                        f"{pipeline} seq {e.version}: an event of "
+                        f"{ev.execution_of(body) or 'the pipeline'} given for the stream of "
+                        f"{'the pipeline' if e.stream == HEAD else e.stream}"
+                    )
+            if si and not e.ref:
+                typ = type(body).__name__
+                aid = ev.action_of(body) or ""
+                tok = getattr(body, "clientRequestToken", None) or ""
+                apv = getattr(body, "token", None) or ""
+            rows += [si, e.version, "r" if e.ref else "e", e.payload, e.hash, typ, aid, tok, apv]
+        keys = [
+            k.sequence(pipeline),
+            k.names(k.partition(pipeline)),
+            k.executions(pipeline),
+            k.actions(pipeline),
+            k.request_tokens(pipeline),
+            k.approvals(pipeline),
+            k.log(pipeline),
+        ]
+        for eid in streams:
+            keys += [k.execution_log(pipeline, eid), k.attempts(pipeline, eid)]
+        script = self.redis.register_script(self._RESTORE_LUA)
+        raw: Any = await script(
+            keys=keys, args=[pipeline, len(streams), *streams, len(entries), *rows]
+        )
+        status = _text(raw[0])
+        if status == "ok":
+            return int(raw[1])
+        si = int(raw[1])
+        where = "pipeline stream" if si == 0 else f"execution {streams[si - 1]}"
+        if status == "order":
+            raise ValueError(
+                f"{pipeline} ({where}) seq {_text(raw[2])}: not after the stream's last "
+                f"entry ({_text(raw[3])})"
+            )
+        raise ValueError(
+            f"{pipeline} ({where}) seq {_text(raw[2])}: the hash does not chain onto the "
+            "stream's previous entry (altered or missing entries)"
+        )
+
 
 def _text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
