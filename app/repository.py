@@ -46,6 +46,10 @@ from app.store.eventstore import (
     HeadItem,
 )
 
+# A runner's leases to take ((member, expiry ms) ...) and release (member ...) atomically
+# with its append.
+Leasing = tuple[list[tuple[str, int]], list[str]]
+
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
@@ -256,13 +260,15 @@ class PipelineRepository:
         *,
         command_id: str | None = None,
         assume: PipelineState | None = None,
+        leases: Leasing | None = None,
     ) -> Outcome:
         """Decide and append ``cmd``; raises DomainError when the domain refuses it.
 
         ``assume``: for a runner's own attempt (``attempt_local``), a state that holds what
         the decision depends on (the scheduled action): decided and appended against that
         action's last event first, without reading anything; when the action changed
-        meanwhile, decided again on a fresh read.
+        meanwhile, decided again on a fresh read. ``leases``: a runner's lease to take or
+        release in the same atomic append (only if it goes through).
 
         Commands on the same pipeline from this process take turns: concurrent ones would
         only conflict with each other at the append. Optimistic concurrency still arbitrates
@@ -280,10 +286,10 @@ class PipelineRepository:
                 await turn.lock.acquire()
             try:
                 if assume is not None and attempt_local(cmd) is not None:
-                    done = await self._assumed(assume, cmd, origin, command_id)
+                    done = await self._assumed(assume, cmd, origin, command_id, leases)
                     if done is not None:
                         return done
-                return await self._execute(pipeline, cmd, origin, command_id)
+                return await self._execute(pipeline, cmd, origin, command_id, leases)
             finally:
                 turn.lock.release()
         finally:
@@ -321,9 +327,15 @@ class PipelineRepository:
             await self.load_executions(s, wanted, refresh=refresh)
 
     def batch(
-        self, s: PipelineState, cmd: c.Command, events: list[ev.Envelope], command_id: str | None
+        self,
+        s: PipelineState,
+        cmd: c.Command,
+        events: list[ev.Envelope],
+        command_id: str | None,
+        leases: Leasing | None = None,
     ) -> Batch:
         """The append of ``events`` decided on ``s``: what they were decided on is expected."""
+        take, release = leases if leases is not None else ([], [])
         touched = []
         for env in events:
             eid = ev.execution_of(env.event)
@@ -338,6 +350,8 @@ class PipelineRepository:
                 events,
                 attempt_expected={eid: (aid, attempt_seq(x, aid))},
                 command_id=command_id,
+                leases=list(take),
+                release=list(release),
             )
         expected = {}
         for eid in touched:
@@ -349,6 +363,8 @@ class PipelineRepository:
             head_expected=s.headVersion,
             exec_expected=expected,
             command_id=command_id,
+            leases=list(take),
+            release=list(release),
         )
 
     def commit_local(self, s: PipelineState, events: Iterable[ev.Envelope]) -> None:
@@ -403,7 +419,12 @@ class PipelineRepository:
         return Outcome(events, await self.load(pipeline, res.streams), duplicate=True)
 
     async def _assumed(
-        self, s: PipelineState, cmd: c.Command, origin: Origin, command_id: str | None
+        self,
+        s: PipelineState,
+        cmd: c.Command,
+        origin: Origin,
+        command_id: str | None,
+        leases: Leasing | None,
     ) -> Outcome | None:
         try:
             events = decide(s, cmd, self.ctx(origin, command_id))
@@ -412,7 +433,7 @@ class PipelineRepository:
         if not events:
             return None
         try:
-            res = await self.store.append(self.batch(s, cmd, events, command_id))
+            res = await self.store.append(self.batch(s, cmd, events, command_id, leases))
         except ConcurrencyError:
             return None
         if res.duplicate:
@@ -422,7 +443,12 @@ class PipelineRepository:
         return Outcome(stamped, s)
 
     async def _execute(
-        self, pipeline: str, cmd: c.Command, origin: Origin, command_id: str | None
+        self,
+        pipeline: str,
+        cmd: c.Command,
+        origin: Origin,
+        command_id: str | None,
+        leases: Leasing | None = None,
     ) -> Outcome:
         s = self.cached(pipeline)
         fresh = s is None
@@ -459,7 +485,7 @@ class PipelineRepository:
                     continue
                 return Outcome([], s)
             try:
-                res = await self.store.append(self.batch(s, cmd, events, command_id))
+                res = await self.store.append(self.batch(s, cmd, events, command_id, leases))
             except ConcurrencyError as err:
                 tries += 1
                 if tries >= self.conflict_retries:

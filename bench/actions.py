@@ -80,7 +80,7 @@ async def _ours(ctx: Ctx) -> dict[str, Any]:
     expected = {
         s.name: start_len[s.name] + per_exec * len(s.state.executions) for s in sims
     }
-    logs = [store.keys.log(s.name) for s in sims]
+    logs = [store.keys.sequence(s.name) for s in sims]  # each pipeline's event counter
 
     worker = Proc(
         [
@@ -138,13 +138,13 @@ def _uuid() -> str:
     return str(uuid.uuid4())
 
 
-async def _wait(ctx: Ctx, logs: list[str], total: int, *, limit_s: float) -> float:
+async def _wait(ctx: Ctx, counters: list[str], total: int, *, limit_s: float) -> float:
     deadline = time.monotonic() + limit_s
     while True:
         pipe = ctx.redis.pipeline(transaction=False)
-        for key in logs:
-            pipe.xlen(key)
-        lens: list[int] = await pipe.execute()
+        for key in counters:
+            pipe.get(key)
+        lens = [int(v or 0) for v in await pipe.execute()]
         now = time.time()
         if sum(lens) >= total:
             return now

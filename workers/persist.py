@@ -18,7 +18,7 @@ from app.domain import commands as c
 from app.domain import events as ev
 from app.domain.errors import DomainError
 from app.domain.state import PipelineState
-from app.repository import Origin, Outcome, PipelineRepository
+from app.repository import Leasing, Origin, Outcome, PipelineRepository
 from workers.consumer import REDIS_DOWN
 
 CONFLICT = "ConflictException"
@@ -43,6 +43,7 @@ async def execute(
     patience_s: float = 120.0,
     retry_redis_down: bool = True,
     assume: PipelineState | None = None,
+    leases: Leasing | None = None,
 ) -> Outcome:
     """``repo.execute``, retried on conflicts (and on Redis errors when asked)."""
     deadline = anyio.current_time() + patience_s
@@ -50,7 +51,7 @@ async def execute(
     while True:
         try:
             return await repo.execute(
-                pipeline, cmd, origin, command_id=command_id, assume=assume
+                pipeline, cmd, origin, command_id=command_id, assume=assume, leases=leases
             )
         except DomainError as err:
             if err.type_name != CONFLICT or anyio.current_time() > deadline:

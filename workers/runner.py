@@ -27,7 +27,7 @@ from app.domain.errors import DomainError
 from app.domain.model import ActionDeclaration
 from app.domain.state import ActionExec, ExecutionState, PipelineState, StageRun
 from app.engine import Engine
-from app.repository import Origin, Outcome, new_uuid
+from app.repository import Leasing, Origin, Outcome, new_uuid
 from workers import persist
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN, Entry
@@ -136,7 +136,6 @@ class Runner:
             return
         lease = Lease(pipeline, e.executionId, e.actionExecutionId, self.name)
         taken = anyio.current_time()
-        await self.leases.take(lease)
         # A command id tells "my own attempt got through before the connection dropped"
         # apart from "this worker name started it before a restart".
         start_id = f"start:{e.actionExecutionId}:{new_uuid()}"
@@ -144,7 +143,8 @@ class Runner:
             executionId=e.executionId, actionExecutionId=e.actionExecutionId, worker=self.name
         )
         try:
-            out = await self._attempt(env, start, start_id)
+            # the lease is taken in the same atomic append that records the start
+            out = await self._attempt(env, start, start_id, leases=([self.leases.entry(lease)], []))
         except DomainError as err:
             await self.leases.release(lease)
             if err.type_name == persist.CONFLICT:
@@ -221,6 +221,7 @@ class Runner:
         cmd: c.Command,
         command_id: str | None = None,
         state: PipelineState | None = None,
+        leases: Leasing | None = None,
     ) -> Outcome:
         """A runner's own start or result, appended at execution level against the action's
         last event (siblings never conflict). Decided first on what the runner knows (the
@@ -234,6 +235,7 @@ class Runner:
             self.origin(env),
             command_id=command_id,
             assume=s,
+            leases=leases,
         )
 
     async def _run_leased(
@@ -249,10 +251,13 @@ class Runner:
         runner = self.runners.get(e.kind)
         lost = False
         result: ActionResult | None = None
-        # a start quicker than a third of the lease cannot have outlived it: no round trip
-        quick = taken is not None and anyio.current_time() - taken < self.leases.ttl_s / 3
+        recorded: Outcome | None = None
+        # a start quicker than a third of the lease cannot have outlived it: no round trip;
+        # one slower than the whole lease wrote a lease already expired: never run on it
+        took = anyio.current_time() - taken if taken is not None else self.leases.ttl_s
+        quick = took < self.leases.ttl_s / 3
         try:
-            alive = quick or await self.leases.renew(lease)
+            alive = quick or (took < self.leases.ttl_s and await self.leases.renew(lease))
         except REDIS_DOWN:
             alive = True  # the heartbeat checks again
         if not alive:
@@ -290,7 +295,7 @@ class Runner:
                     )
             # recorded while the heartbeat still renews the lease (the append may have to
             # wait for Redis to come back); the partition's owner decides what follows
-            await self._attempt(
+            recorded = await self._attempt(
                 env,
                 c.CompleteAction(
                     executionId=e.executionId,
@@ -303,6 +308,7 @@ class Runner:
                     consequences=False,
                 ),
                 state=s,
+                leases=([], [lease.member]),  # released with the result, atomically
             )
             tg.cancel_scope.cancel()
         if lost:
@@ -310,7 +316,8 @@ class Runner:
             # normally the reaper recorded it already; if not, nothing else ever would
             await self._lose(env, lease, "the action's lease was lost while it ran")
             return
-        await self.leases.release(lease)
+        if recorded is None or not recorded.events:
+            await self.leases.release(lease)  # not released by a recorded result
 
     def _job(
         self, pipeline: str, s: PipelineState, x: ExecutionState, e: ev.ActionExecutionScheduled

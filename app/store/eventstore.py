@@ -50,12 +50,14 @@ LAYOUT = 2  # store layout version recorded in <ns>:config (1: one stream per pi
 
 APPEND_LUA = r"""
 -- KEYS[1] partition events, KEYS[2] partition run queue, KEYS[3] partition names,
--- KEYS[4] partition owner (fence), KEYS[5] partition checkpoint; then per batch 6 keys
+-- KEYS[4] partition owner (fence), KEYS[5] partition checkpoint, KEYS[6] partition leases;
+-- then per batch 7 keys
 -- (seq, log, cmd, xs, tok, apv) and per execution stream 2 keys (stream, attempts).
 -- ARGV: maxlen, fence token, checkpoint, batch count; per batch: pipeline, command id,
 -- head expected ('-' = unchecked), stream count, per stream 4 (execution, mode v|a|-,
 -- expected, attempt id), event count, per event 8 (stream index, type, payload, head ref,
--- run route, action id, request token, approval token).
+-- run route, action id, request token, approval token), lease count, per lease 2
+-- (member, expiry ms) to add, release count, per release 1 (member) to remove.
 local maxlen = ARGV[1]
 if ARGV[2] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[2] then return {{'fenced'}} end
 local function last_of(key)
@@ -80,7 +82,7 @@ local function tail(key, after, res)
 end
 local out = {}
 local all_ok = true
-local ki, ai = 6, 5
+local ki, ai = 7, 5
 for g = 1, tonumber(ARGV[4]) do
   local seqk, logk, cmdk, xsk, tokk, apvk, actk =
     KEYS[ki], KEYS[ki + 1], KEYS[ki + 2], KEYS[ki + 3], KEYS[ki + 4], KEYS[ki + 5], KEYS[ki + 6]
@@ -97,6 +99,12 @@ for g = 1, tonumber(ARGV[4]) do
   local ne = tonumber(ARGV[ai])
   local e0 = ai + 1
   ai = e0 + ne * 8
+  local nl = tonumber(ARGV[ai])
+  local l0 = ai + 1
+  ai = l0 + nl * 2
+  local nr = tonumber(ARGV[ai])
+  local r0 = ai + 1
+  ai = r0 + nr
   local res = nil
   if cmd ~= '' then
     local seen = redis.call('HGET', cmdk, cmd)
@@ -177,6 +185,10 @@ for g = 1, tonumber(ARGV[4]) do
       for i = 1, ns do where[#where + 1] = st[i][1] end
       redis.call('HSET', cmdk, cmd, first .. ':' .. last .. ':' .. table.concat(where, ','))
     end
+    for i = 0, nl - 1 do
+      redis.call('ZADD', KEYS[6], ARGV[l0 + i * 2 + 1], ARGV[l0 + i * 2])
+    end
+    for i = 0, nr - 1 do redis.call('ZREM', KEYS[6], ARGV[r0 + i]) end
     out[#out + 1] = {'ok', tostring(first), tostring(last)}
   end
 end
@@ -250,6 +262,9 @@ class Batch:
     exec_expected: dict[str, int] = field(default_factory=dict)
     attempt_expected: dict[str, tuple[str, int]] = field(default_factory=dict)
     command_id: str | None = None
+    # runners' leases (partition lease zset), taken / released only if the batch goes through
+    leases: list[tuple[str, int]] = field(default_factory=list)  # (member, expiry ms)
+    release: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -390,6 +405,7 @@ class EventStore:
             k.names(part),
             k.owner(part),
             k.checkpoint(part),
+            k.leases(part),
         ]
         argv: list[Any] = [
             self.dispatch_maxlen,
@@ -453,6 +469,11 @@ class EventStore:
                 getattr(e, "clientRequestToken", None) or "",
                 getattr(e, "token", None) or "",
             ]
+        argv.append(len(b.leases))
+        for member, expiry in b.leases:
+            argv += [member, expiry]
+        argv.append(len(b.release))
+        argv += b.release
 
     def _result(self, b: Batch, r: Any) -> AppendResult | ConcurrencyError:
         status = _text(r[0])

@@ -58,6 +58,16 @@ async def test_two_worker_processes_share_the_partitions_and_run_each_action_onc
             )
         procs(server.url, "w1", concurrency=4)
         procs(server.url, "w2", concurrency=4)
+
+        async def divided() -> bool:  # a joiner gets its share within a few ownership rounds
+            holders = Counter()
+            for p in range(PARTITIONS):
+                owner: Any = await client.get(keys.owner(p))
+                if owner is not None:
+                    holders[_s(owner).rpartition("|")[0].split(".")[0]] += 1
+            return sum(holders.values()) == PARTITIONS and set(holders) == {"w1", "w2"}
+
+        await wait_for(divided, "the partitions divided between w1 and w2", within=40)
         eids = []
         for i in range(30):
             name = names[i % len(names)]
