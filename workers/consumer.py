@@ -195,9 +195,13 @@ class GroupConsumer:
             await self.redis.xack(stream, self.group, *ids)
         return sum(len(ids) for ids in done.values())
 
-    async def handle_one(self, e: Entry, handle: Handler) -> bool:
-        """Run ``handle``; ack on success. A failure leaves the entry pending (redelivered)."""
+    async def handle_one(
+        self, e: Entry, handle: Handler, *, acked: Callable[[Entry], bool] | None = None
+    ) -> bool:
+        """Run ``handle``; ack on success (unless ``acked`` says the handler did already).
+        A failure leaves the entry pending (redelivered)."""
         if not await self._run(e, handle):
             return False
-        await self.ack(e)
+        if acked is None or not acked(e):
+            await self.ack(e)
         return True

@@ -47,6 +47,7 @@ from workers.ownership import Fence
 log = logging.getLogger("stageline.partition")
 
 ROUNDS = 8  # commit rounds for one batch of entries before the rest is retried later
+CHECKPOINT_EVERY_S = 1.0  # the checkpoint of entries that needed no reaction, at most this late
 
 
 @dataclass(frozen=True)
@@ -112,9 +113,11 @@ class PartitionOwner:
         self.leases = leases
         self.keys = engine.keys
         self.position = "0"
+        self.saved = "0"  # the checkpoint as last written
         self.dirty: set[str] = set()
         self.failures: dict[str, int] = {}  # entry id -> failed attempts (poison entries)
-        self.commits = 0
+        self.commits = 0  # group-commit calls made
+        self.conflicts = 0  # batches refused (another writer got there first)
 
     @property
     def name(self) -> str:
@@ -133,8 +136,21 @@ class PartitionOwner:
                 repo.forget(name)
         raw: Any = await self.engine.redis.get(self.keys.checkpoint(self.partition))
         self.position = (raw.decode() if isinstance(raw, bytes) else raw) or "0"
+        self.saved = self.position
         log.info("partition %d: owner from %s", self.partition, self.position)
-        next_reap = next_snap = 0.0
+        try:
+            await self._loop()
+        finally:
+            # hand the position over (a successor would otherwise re-read a little: harmless)
+            with anyio.move_on_after(1.0, shield=True):
+                try:
+                    if self.position != self.saved:
+                        await self._advance(self.position)
+                except Exception:  # fenced or Redis gone: the successor re-reads
+                    pass
+
+    async def _loop(self) -> None:
+        next_reap = next_snap = next_ckpt = 0.0
         while True:
             entries, last = await self._read()
             if last is not None and not entries:  # only unreadable entries (parked)
@@ -154,12 +170,18 @@ class PartitionOwner:
             if now >= next_snap:
                 await self.flush_snapshots()
                 next_snap = now + self.config.snapshot_every_s
+            if now >= next_ckpt:
+                # entries that needed no reaction move the checkpoint lazily, at most this
+                # late (re-reading them after a takeover decides nothing new)
+                if self.position != self.saved:
+                    await self._advance(self.position)
+                next_ckpt = now + CHECKPOINT_EVERY_S
 
     async def _advance(self, position: str) -> None:
         await self.engine.store.append_many(
             [], fence=(self.partition, self.fence.token), checkpoint=(self.partition, position)
         )
-        self.position = position
+        self.position = self.saved = position
 
     async def _read(self) -> tuple[list[Entry], str | None]:
         redis = self.engine.redis
@@ -284,8 +306,8 @@ class PartitionOwner:
                 events = await self._decide(s, p)
                 if events:
                     batches.append((p, s, self._batch(s, events)))
-            if not batches and checkpoint is None:
-                return lost
+            if not batches:
+                return lost  # nothing to write: the checkpoint moves lazily
             try:
                 results = await store.append_many(
                     [b for _, _, b in batches],
@@ -296,6 +318,8 @@ class PartitionOwner:
                 log.warning("partition %d: fenced (another owner took over)", self.partition)
                 raise
             self.commits += 1
+            if checkpoint and all(isinstance(r, AppendResult) for r in results):
+                self.saved = checkpoint
             again: list[_Pending] = []
             for (p, s, batch), res in zip(batches, results, strict=True):
                 if isinstance(res, AppendResult):
@@ -310,6 +334,7 @@ class PartitionOwner:
                     )
                 else:
                     assert isinstance(res, ConcurrencyError)
+                    self.conflicts += 1
                     await repo.heal(s, res)
                     again.append(p)
             if not again:

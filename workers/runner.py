@@ -120,6 +120,15 @@ class Runner:
         self.runners = dict(runners or DEFAULT_RUNNERS)
         self.running: dict[str, Lease] = {}
         self.ack: Callable[[Entry], Awaitable[None]] | None = None
+        self.acked: set[tuple[str, str]] = set()  # acknowledged early by ``handle``
+
+    def acked_early(self, entry: Entry) -> bool:
+        """Whether ``handle`` acknowledged the entry itself (forgets it: asked once)."""
+        key = (entry.stream, entry.id)
+        if key in self.acked:
+            self.acked.discard(key)
+            return True
+        return False
 
     @property
     def name(self) -> str:
@@ -160,6 +169,7 @@ class Runner:
             # reach Redis, a redelivery is refused: the action is taken)
             with contextlib.suppress(*REDIS_DOWN):
                 await self.ack(entry)
+                self.acked.add((entry.stream, entry.id))
         self.running[e.actionExecutionId] = lease
         try:
             await self._run_leased(env, e, lease, out.state, taken)

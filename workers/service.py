@@ -202,7 +202,9 @@ class Worker:
         try:
             for attempt in range(100):
                 try:
-                    await self.run_queue.handle_one(e, self.runner.handle)
+                    await self.run_queue.handle_one(
+                        e, self.runner.handle, acked=self.runner.acked_early
+                    )
                     return
                 except REDIS_DOWN as err:
                     await _backoff(f"action {e.id} (attempt {attempt})", err)
