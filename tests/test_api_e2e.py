@@ -49,6 +49,7 @@ from tests.redis_server import RedisServer, redis_binary
 from workers.config import WorkerConfig
 
 REPO = Path(__file__).resolve().parent.parent
+ACTOR = f"arn:aws:iam::000000000000:user/{AKID}"  # the principal of an unnamed key
 ROLE = "arn:aws:iam::123456789012:role/stageline-e2e"
 PARTITIONS = 4
 COMMANDS = {"category": "Compute", "owner": "AWS", "provider": "Commands", "version": "1"}
@@ -369,7 +370,7 @@ def test_start_is_idempotent_and_executions_paginate(cp: Any) -> None:
     assert pages == 3
     assert listed == list(reversed(ids))  # newest first, each once
     summary = cp.list_pipeline_executions(pipelineName=name)["pipelineExecutionSummaries"][-1]
-    assert summary["trigger"]["triggerDetail"] == AKID
+    assert summary["trigger"]["triggerDetail"] == ACTOR
     assert summary["executionMode"] == "PARALLEL"
     filtered = cp.list_pipeline_executions(
         pipelineName=name, filter={"succeededInStage": {"stageName": "Build"}}
@@ -706,7 +707,7 @@ def test_auth_and_actor_in_event_log(live: Stageline, live_url: str, cp: Any) ->
         '"retryMode":"FAILED_ACTIONS"}'
     ).encode()
     status, headers, out = raw(live.url, body=body, headers=target("RetryStageExecution"))
-    assert_aws_error(status, headers, out, "UnrecognizedClientException")
+    assert_aws_error(status, headers, out, "UnrecognizedClientException", 403)
     status, _, out = raw(live.url, "GET", "/health")
     assert status == 200
 
@@ -714,11 +715,11 @@ def test_auth_and_actor_in_event_log(live: Stageline, live_url: str, cp: Any) ->
     by_type: dict[str, list[ev.Envelope]] = {}
     for e in events:
         by_type.setdefault(type(e.event).__name__, []).append(e)
-    assert [e.actor for e in by_type["PipelineCreated"]] == [AKID]
-    assert [e.actor for e in by_type["ExecutionStarted"]] == [AKID]
+    assert [e.actor for e in by_type["PipelineCreated"]] == [ACTOR]
+    assert [e.actor for e in by_type["ExecutionStarted"]] == [ACTOR]
     requested = by_type["StageRetryRequested"]
     assert len(requested) == 1  # the refused requests left no trace
-    assert requested[0].actor == AKID
+    assert requested[0].actor == ACTOR
     assert requested[0].requestId == request_id
     assert requested[0].source is not None and requested[0].source.startswith("127.0.0.1:")
     assert requested[0].event.executionId == eid  # type: ignore[union-attr]

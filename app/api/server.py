@@ -15,7 +15,9 @@ import uvicorn
 from redis.asyncio import Redis
 
 from app.api.handlers import build_handlers
-from app.api.wire import ASGIApp, build_app
+from app.api.replay import RedisReplayCache
+from app.api.sigv4 import DEFAULT_MAX_SKEW_SECONDS, DEFAULT_REGION
+from app.api.wire import DEFAULT_ACCOUNT, ASGIApp, build_app, principal_arn
 from app.engine import Engine
 from app.store.connection import connect, describe
 from app.store.keys import Keys
@@ -31,7 +33,11 @@ class ServeConfig:
     port: int = 8080
     redis_url: str | None = None
     workers: bool = True
-    credentials: Mapping[str, str] = field(default_factory=dict)
+    credentials: Mapping[str, str] = field(default_factory=dict)  # access key id -> secret
+    principals: Mapping[str, str] = field(default_factory=dict)  # access key id -> user name
+    region: str = DEFAULT_REGION
+    account_id: str = DEFAULT_ACCOUNT
+    max_clock_skew_s: float = DEFAULT_MAX_SKEW_SECONDS
     insecure: bool = False
     partitions: int = 16
     max_body_bytes: int = 1_048_576
@@ -66,9 +72,17 @@ def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
         except Exception:
             return False
 
+    principals = {
+        akid: principal_arn(cfg.principals.get(akid) or akid, cfg.account_id)
+        for akid in cfg.credentials
+    }
     return build_app(
         build_handlers(engine),
         credentials=dict(cfg.credentials) or None,
+        principals=principals,
+        region=cfg.region,
+        max_clock_skew=cfg.max_clock_skew_s,
+        replay_cache=RedisReplayCache(redis),
         health=healthy,
         max_body_bytes=cfg.max_body_bytes,
     )

@@ -7,13 +7,16 @@ handler registered for the operation. What the handler returns is sent back as J
 ``x-amzn-ErrorType`` header, which botocore turns into ``client.exceptions.<Name>``.
 
 Order of checks for ``POST /``: body size -> authentication (when credentials are
-configured) -> target -> content type -> body shape -> handler. ``GET /health`` is never
-authenticated.
+configured) -> target -> replay (mutating operations, when authenticated) -> content type
+-> body shape -> handler. ``GET /health`` is never authenticated.
 
 Authentication: with ``credentials`` (access key id -> secret) every ``POST`` must carry a
-valid SigV4 signature and the request's actor is the access key id. Without credentials
-nothing is verified; the actor is then the access key id *claimed* in an ``Authorization``
-header if there is one (unverified, for attribution only), else ``"anonymous"``.
+valid SigV4 signature (:func:`app.api.sigv4.verify_sigv4`: scope, signed headers, payload
+hash, clock skew) whose signature was not accepted before for a mutating operation
+(:mod:`app.api.replay`); the request's actor is the key's principal, an IAM-user-like ARN
+(``arn:aws:iam::<account>:user/<name>``). Without credentials nothing is verified and the
+actor is ``"anonymous"``; an access key id *claimed* in an ``Authorization`` header is kept
+apart in :attr:`RequestContext.claimed_key`, unverified, and is never the actor.
 """
 
 from __future__ import annotations
@@ -33,22 +36,40 @@ import msgspec
 import msgspec.inspect as mi
 
 from app.api.errors import AwsError
+from app.api.replay import MemoryReplayCache, ReplayCache
 from app.api.shapes import OPERATIONS
-from app.api.sigv4 import parse_authorization, verify_sigv4
+from app.api.sigv4 import (
+    DEFAULT_MAX_SKEW_SECONDS,
+    DEFAULT_REGION,
+    verify_sigv4,
+)
 
 __all__ = [
+    "ANONYMOUS",
+    "DEFAULT_ACCOUNT",
     "TARGET_PREFIX",
     "ASGIApp",
     "AwsError",
     "Handler",
     "RequestContext",
     "build_app",
+    "is_read_only",
+    "principal_arn",
     "validation_message",
 ]
 
 logger = logging.getLogger("stageline.api")
 
 TARGET_PREFIX = "CodePipeline_20150709."
+# X-Amz-Target prefix -> the service a credential scope must name for it.
+SERVICE_BY_TARGET_PREFIX = {TARGET_PREFIX: "codepipeline", "Logs_20140328.": "logs"}
+DEFAULT_SERVICE = "codepipeline"
+# Operations that change nothing: their signatures may be repeated (an SDK polling twice in
+# one second signs identical requests identically).
+READ_ONLY_PREFIXES = ("Get", "List", "Describe", "Filter", "BatchGet")
+READ_ONLY_OPERATIONS = frozenset({"PollForJobs", "PollForThirdPartyJobs"})
+ANONYMOUS = "anonymous"
+DEFAULT_ACCOUNT = "000000000000"
 ACCEPTED_CONTENT_TYPES = frozenset(
     {"application/x-amz-json-1.1", "application/x-amz-json-1.0", "application/json"}
 )
@@ -73,11 +94,32 @@ class RequestContext:
     """Who asked, when, and under which request id (recorded with every command)."""
 
     request_id: str
-    actor: str  # access key id; "anonymous" when auth is off and no Authorization header
+    # The verified principal (``arn:aws:iam::<account>:user/<name>``), or "anonymous" when
+    # auth is off: then nothing about the caller is verified.
+    actor: str
     source: str  # peer address "host:port" as seen by the server, or "unknown"
     received_at: float  # epoch seconds, from the app's clock
     # The SDK's ``amz-sdk-invocation-id``: one per call, the same on every retry of it.
     invocation_id: str | None = None
+    # Auth off only: the access key id an Authorization header *claims*. UNVERIFIED: anyone
+    # can write anything there; never use it as an identity.
+    claimed_key: str | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.actor != ANONYMOUS
+
+
+def principal_arn(name: str, account: str = DEFAULT_ACCOUNT) -> str:
+    """The actor recorded for an access key: an IAM-user-like ARN (``name`` may be one)."""
+    if name.startswith("arn:"):
+        return name
+    return f"arn:aws:iam::{account}:user/{name}"
+
+
+def is_read_only(operation: str) -> bool:
+    """True for operations that record nothing (exempt from the replay check)."""
+    return operation in READ_ONLY_OPERATIONS or operation.startswith(READ_ONLY_PREFIXES)
 
 
 Handler = Callable[[Any, RequestContext], Awaitable[Any]]
@@ -332,11 +374,30 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
+# The access key id an Authorization header claims (auth off: read, never believed).
+_CLAIMED_KEY = re.compile(r"\bCredential=([A-Za-z0-9._:+=@-]{1,128})/")
+
+
+def _expected_service(target: str | None) -> str:
+    for prefix, service in SERVICE_BY_TARGET_PREFIX.items():
+        if target is not None and target.startswith(prefix):
+            return service
+    return DEFAULT_SERVICE
+
+
 def _source(scope: Scope) -> str:
     client = scope.get("client")
     if client:
         return f"{client[0]}:{client[1]}"
     return "unknown"
+
+
+@dataclass(frozen=True)
+class _Caller:
+    actor: str
+    claimed_key: str | None = None
+    signature: str | None = None  # verified SigV4 signature
+    signed_at: float = 0.0
 
 
 class _App:
@@ -347,12 +408,21 @@ class _App:
         health: Callable[[], Awaitable[bool]] | None,
         max_body_bytes: int,
         clock: Callable[[], float],
+        *,
+        principals: Mapping[str, str] | None = None,
+        region: str = DEFAULT_REGION,
+        max_clock_skew: float = DEFAULT_MAX_SKEW_SECONDS,
+        replay_cache: ReplayCache | None = None,
     ) -> None:
         unknown = sorted(set(handlers) - set(OPERATIONS))
         if unknown:
             raise ValueError(f"handlers for operations without an input shape: {unknown}")
         self.handlers = dict(handlers)
-        self.credentials = None if credentials is None else dict(credentials)
+        self.credentials = None if not credentials else dict(credentials)
+        self.principals = dict(principals or {})
+        self.region = region
+        self.max_clock_skew = max_clock_skew
+        self.replay_cache: ReplayCache = replay_cache or MemoryReplayCache()
         self.health = health
         self.max_body_bytes = max_body_bytes
         self.clock = clock
@@ -404,12 +474,20 @@ class _App:
                 f"request body too large (limit {self.max_body_bytes} bytes)",
             )
         headers = _headers(scope)
-        actor = self._authenticate(scope, headers, body)
+        caller = self._authenticate(scope, headers, body)
         op = self._operation(headers)
+        invocation_id = _invocation_id(headers)
+        if caller.signature is not None and not is_read_only(op):
+            await self._check_replay(caller, invocation_id)
         self._check_content_type(headers)
         request = self._decode(op, body)
         ctx = RequestContext(
-            request_id, actor, _source(scope), received_at, _invocation_id(headers)
+            request_id,
+            caller.actor,
+            _source(scope),
+            received_at,
+            invocation_id,
+            claimed_key=caller.claimed_key,
         )
         try:
             result = await self.handlers[op](request, ctx)
@@ -436,21 +514,42 @@ class _App:
         body = b'{"status":"ok"}' if ok else b'{"status":"unavailable"}'
         await _send(send, 200 if ok else 503, body, request_id)
 
-    def _authenticate(self, scope: Scope, headers: list[tuple[str, str]], body: bytes) -> str:
+    def _authenticate(
+        self, scope: Scope, headers: list[tuple[str, str]], body: bytes
+    ) -> _Caller:
         if self.credentials is None:
             value = _header(headers, "authorization")
-            if value is None:
-                return "anonymous"
-            try:
-                return parse_authorization(value).access_key
-            except AwsError:
-                return "anonymous"
+            m = _CLAIMED_KEY.search(value) if value is not None else None
+            return _Caller(ANONYMOUS, claimed_key=m[1] if m else None)
         raw_path: bytes | None = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
         query = scope.get("query_string", b"").decode("latin-1")
-        return verify_sigv4(
-            scope["method"], path, query, headers, body, self.credentials, now=self.clock()
+        verified = verify_sigv4(
+            scope["method"],
+            path,
+            query,
+            headers,
+            body,
+            self.credentials,
+            now=self.clock(),
+            service=_expected_service(_header(headers, "x-amz-target")),
+            region=self.region,
+            max_skew_seconds=self.max_clock_skew,
         )
+        actor = self.principals.get(verified.access_key) or principal_arn(verified.access_key)
+        return _Caller(actor, signature=verified.signature, signed_at=verified.signed_at)
+
+    async def _check_replay(self, caller: _Caller, invocation_id: str | None) -> None:
+        assert caller.signature is not None
+        # Remember it until its X-Amz-Date leaves the window (plus a second of rounding).
+        ttl = caller.signed_at + self.max_clock_skew - self.clock() + 1
+        if not await self.replay_cache.first_use(caller.signature, invocation_id, ttl):
+            raise AwsError(
+                "InvalidSignatureException",
+                "Signature already used: a request with this signature was accepted before; "
+                "sign every request afresh",
+                403,
+            )
 
     def _operation(self, headers: list[tuple[str, str]]) -> str:
         target = _header(headers, "x-amz-target")
@@ -519,6 +618,10 @@ def build_app(
     handlers: Mapping[str, Handler],
     *,
     credentials: Mapping[str, str] | None = None,
+    principals: Mapping[str, str] | None = None,
+    region: str = DEFAULT_REGION,
+    max_clock_skew: float = DEFAULT_MAX_SKEW_SECONDS,
+    replay_cache: ReplayCache | None = None,
     health: Callable[[], Awaitable[bool]] | None = None,
     max_body_bytes: int = 1_048_576,
     clock: Callable[[], float] = time.time,
@@ -527,7 +630,21 @@ def build_app(
 
     ``handlers`` keys must be operations of :data:`app.api.shapes.OPERATIONS`. CodePipeline
     operations without a handler answer ``UnsupportedOperationException``; other targets
-    ``UnknownOperationException``. ``credentials`` switches SigV4 verification on.
+    ``UnknownOperationException``. ``credentials`` (access key id -> secret) switches SigV4
+    verification on; ``principals`` maps an access key id to the actor recorded for it
+    (default :func:`principal_arn` of the key id); a credential scope must name ``region``;
+    ``max_clock_skew`` is the signing-time window in seconds; ``replay_cache`` remembers the
+    signatures accepted for mutating operations (default: in this process's memory).
     ``health`` backs ``GET /health`` (200 when it returns True, else 503).
     """
-    return _App(handlers, credentials, health, max_body_bytes, clock)
+    return _App(
+        handlers,
+        credentials,
+        health,
+        max_body_bytes,
+        clock,
+        principals=principals,
+        region=region,
+        max_clock_skew=max_clock_skew,
+        replay_cache=replay_cache,
+    )
