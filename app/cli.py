@@ -161,6 +161,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback host without access keys"
     )
+    s.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="open connections at most (default 1000, and always below the descriptor limit); "
+        "over it the oldest idle or half-sent connection is closed",
+    )
+    s.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=256,
+        metavar="N",
+        help="requests handled at once (default 256); over it: 503 ThrottlingException",
+    )
+    s.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time to send a request's headers (default 10)",
+    )
+    s.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="time to send a request's body after its headers (default 30)",
+    )
+    s.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="idle time allowed between requests on one connection (default 5)",
+    )
     s.add_argument("--concurrency", type=int, default=8, help="actions run at once")
     s.add_argument(
         "--max-concurrent-executions",
@@ -238,11 +274,21 @@ async def _worker(a: argparse.Namespace) -> None:
 
 
 async def _serve(a: argparse.Namespace) -> None:
+    from app.api.limits import ConnectionLimits
     from app.api.server import ServeConfig, serve
 
     creds, names = _parse_access_keys(a.access_key, a.access_keys_file)
-    if a.max_clock_skew <= 0:
-        raise CliError("--max-clock-skew must be positive", EXIT_USAGE)
+    for flag in ("max_clock_skew", "header_timeout", "body_timeout", "keep_alive_timeout",
+                 "max_connections", "max_in_flight"):  # fmt: skip
+        if getattr(a, flag) <= 0:
+            raise CliError(f"--{flag.replace('_', '-')} must be positive", EXIT_USAGE)
+    limits = ConnectionLimits(
+        header_timeout_s=a.header_timeout,
+        body_timeout_s=a.body_timeout,
+        keep_alive_s=a.keep_alive_timeout,
+        max_connections=a.max_connections,
+        max_in_flight=a.max_in_flight,
+    )
     await serve(
         ServeConfig(
             host=a.host,
@@ -254,6 +300,7 @@ async def _serve(a: argparse.Namespace) -> None:
             region=a.region,
             account_id=a.account_id,
             max_clock_skew_s=a.max_clock_skew,
+            limits=limits,
             insecure=a.insecure,
             partitions=a.partitions,
             max_concurrent_executions=a.max_concurrent_executions,

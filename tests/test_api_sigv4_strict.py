@@ -345,7 +345,7 @@ async def test_replay_with_another_invocation_id_is_refused(
 ) -> None:
     """Issue 12: one signed StartPipelineExecution replayed with new invocation ids."""
     engine, app = world
-    body = {"name": "sig", "clientRequestToken": "tok-1"}
+    body = {"name": "sig"}  # signed by hand, without the token the SDKs fill in
     headers = sign("StartPipelineExecution", body)
     first = await call(app, [*headers, ("amz-sdk-invocation-id", "inv-1")], body)
     assert first[0] == 200, first
@@ -375,6 +375,26 @@ async def test_same_sdk_call_again_is_its_first_answer(world: tuple[Engine, ASGI
     assert len((await engine.pipeline("sig")).executions) == 1
 
 
+async def test_replayed_start_with_a_token_is_the_first_execution(
+    world: tuple[Engine, ASGIApp],
+) -> None:
+    """With a signed clientRequestToken a repeat is AWS's idempotent retry: same execution.
+
+    (boto3 and aws-cli always send one; two identical calls within one second carry the
+    same signature, and AWS answers the second with the first's execution.)
+    """
+    engine, app = world
+    body = {"name": "sig", "clientRequestToken": "tok-same"}
+    headers = sign("StartPipelineExecution", body)
+    answers = [
+        await call(app, [*headers, ("amz-sdk-invocation-id", inv)], body)
+        for inv in ("a", "b", "c")
+    ]
+    assert {a[0] for a in answers} == {200}
+    assert len({a[2]["pipelineExecutionId"] for a in answers}) == 1
+    assert len((await engine.pipeline("sig")).executions) == 1
+
+
 async def test_read_only_operations_may_repeat(world: tuple[Engine, ASGIApp]) -> None:
     _, app = world
     body = {"name": "sig"}
@@ -398,24 +418,47 @@ async def test_a_refused_request_does_not_burn_its_signature(
 async def test_memory_replay_cache_forgets_after_the_window() -> None:
     now = [1000.0]
     cache = MemoryReplayCache(clock=lambda: now[0])
-    assert await cache.first_use("s1", "i1", 10)
-    assert not await cache.first_use("s1", "i2", 10)
-    assert not await cache.first_use("s1", None, 10)
-    assert await cache.first_use("s1", "i1", 10)  # the same call again
+    assert await cache.use("s1", "i1", 10) == "new"
+    assert await cache.use("s1", "i2", 10) == "replay"
+    assert await cache.use("s1", None, 10) == "replay"
+    assert await cache.use("s1", "i1", 10) == "repeat"  # the same call again
     now[0] += 11
-    assert await cache.first_use("s1", "i2", 10)
+    assert await cache.use("s1", "i2", 10) == "new"
     assert len(cache) == 1
+    await cache.release("s1", "other")  # only the call that recorded it may release it
+    assert await cache.use("s1", "i3", 10) == "replay"
+    await cache.release("s1", "i2")
+    assert await cache.use("s1", "i3", 10) == "new"
 
 
 async def test_redis_replay_cache(redis: Redis) -> None:
     cache = RedisReplayCache(redis)
-    assert await cache.first_use("sig-a", None, 5)
-    assert not await cache.first_use("sig-a", None, 5)  # no invocation id: never the same call
-    assert await cache.first_use("sig-b", "i", 5)
-    assert await cache.first_use("sig-b", "i", 5)
-    assert not await cache.first_use("sig-b", "j", 5)
+    assert await cache.use("sig-a", None, 5) == "new"
+    assert await cache.use("sig-a", None, 5) == "replay"  # no invocation id: never a repeat
+    assert await cache.use("sig-b", "i", 5) == "new"
+    assert await cache.use("sig-b", "i", 5) == "repeat"
+    assert await cache.use("sig-b", "j", 5) == "replay"
     await redis.delete(KEY_PREFIX + "sig-a")  # as if expired
-    assert await cache.first_use("sig-a", "k", 5)
+    assert await cache.use("sig-a", "k", 5) == "new"
+    await cache.release("sig-a", "x")
+    assert await cache.use("sig-a", "y", 5) == "replay"
+    await cache.release("sig-a", "k")
+    assert await redis.exists(KEY_PREFIX + "sig-a") == 0
+
+
+async def test_a_refused_call_may_be_repeated(world: tuple[Engine, ASGIApp]) -> None:
+    """A 4xx answer records nothing, so the same signed call is not a replay afterwards."""
+    _, app = world
+    body = {
+        "pipelineName": "sig",
+        "stageName": "Build",
+        "pipelineExecutionId": "0f4a1b2c-3d4e-4f50-8a6b-7c8d9e0f1a2b",
+        "retryMode": "FAILED_ACTIONS",
+    }
+    headers = sign("RetryStageExecution", body)
+    for inv in ("x-1", "x-2"):
+        status, _, out = await call(app, [*headers, ("amz-sdk-invocation-id", inv)], body)
+        assert (status, out["__type"]) == (400, "PipelineExecutionNotFoundException"), out
 
 
 # --- who is recorded -----------------------------------------------------------------------

@@ -15,6 +15,7 @@ import uvicorn
 from redis.asyncio import Redis
 
 from app.api.handlers import build_handlers
+from app.api.limits import ConnectionLimits, protocol_class, quiet_accept_errors
 from app.api.replay import RedisReplayCache
 from app.api.sigv4 import DEFAULT_MAX_SKEW_SECONDS, DEFAULT_REGION
 from app.api.wire import DEFAULT_ACCOUNT, ASGIApp, build_app, principal_arn
@@ -44,6 +45,7 @@ class ServeConfig:
     max_concurrent_executions: int = 50  # per pipeline, fixed when it is created
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     log_level: str = "info"
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 def is_loopback(host: str) -> bool:
@@ -83,6 +85,7 @@ def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
         region=cfg.region,
         max_clock_skew=cfg.max_clock_skew_s,
         replay_cache=RedisReplayCache(redis),
+        max_in_flight=cfg.limits.max_in_flight,
         health=healthy,
         max_body_bytes=cfg.max_body_bytes,
     )
@@ -114,6 +117,9 @@ async def serve(
     )
     await engine.start()
     app = make_app(engine, cfg)
+    import asyncio
+
+    quiet_accept_errors(asyncio.get_running_loop())
     server = _Server(
         uvicorn.Config(
             app,
@@ -122,6 +128,9 @@ async def serve(
             lifespan="on",
             log_level=cfg.log_level,
             access_log=False,
+            http=protocol_class(cfg.limits),
+            backlog=cfg.limits.backlog,
+            timeout_keep_alive=max(1, round(cfg.limits.keep_alive_s)),
         )
     )
     worker = Worker(engine, worker_cfg) if cfg.workers else None

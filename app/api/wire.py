@@ -7,8 +7,8 @@ handler registered for the operation. What the handler returns is sent back as J
 ``x-amzn-ErrorType`` header, which botocore turns into ``client.exceptions.<Name>``.
 
 Order of checks for ``POST /``: body size -> authentication (when credentials are
-configured) -> target -> replay (mutating operations, when authenticated) -> content type
--> body shape -> handler. ``GET /health`` is never authenticated.
+configured) -> target -> content type -> body shape -> replay (mutating operations, when
+authenticated) -> handler. ``GET /health`` is never authenticated.
 
 Authentication: with ``credentials`` (access key id -> secret) every ``POST`` must carry a
 valid SigV4 signature (:func:`app.api.sigv4.verify_sigv4`: scope, signed headers, payload
@@ -427,6 +427,7 @@ class _App:
         region: str = DEFAULT_REGION,
         max_clock_skew: float = DEFAULT_MAX_SKEW_SECONDS,
         replay_cache: ReplayCache | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         unknown = sorted(set(handlers) - set(OPERATIONS))
         if unknown:
@@ -437,6 +438,8 @@ class _App:
         self.region = region
         self.max_clock_skew = max_clock_skew
         self.replay_cache: ReplayCache = replay_cache or MemoryReplayCache()
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
         self.health = health
         self.max_body_bytes = max_body_bytes
         self.clock = clock
@@ -453,6 +456,24 @@ class _App:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.max_in_flight is None or scope["path"] == "/health":
+            await self._http_request(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            err = AwsError(
+                "ThrottlingException",
+                f"too many requests in flight (limit {self.max_in_flight}); retry shortly",
+                503,
+            )
+            await _send_error(send, err, str(uuid.uuid4()))
+            return
+        self.in_flight += 1
+        try:
+            await self._http_request(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _http_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = str(uuid.uuid4())
         received_at = self.clock()
         try:
@@ -495,13 +516,14 @@ class _App:
             caller = self._authenticate(scope, headers, body)
         op = self._operation(headers)
         invocation_id = _invocation_id(headers)
-        if caller.signature is not None and not is_read_only(op):
-            await self._check_replay(caller, invocation_id)
         self._check_content_type(headers)
         if big:
             request = await anyio.to_thread.run_sync(self._decode, op, body)
         else:
             request = self._decode(op, body)
+        reserved = False  # this request recorded its signature as used
+        if caller.signature is not None and not is_read_only(op):
+            reserved = await self._check_replay(caller, invocation_id, request)
         ctx = RequestContext(
             request_id,
             caller.actor,
@@ -513,7 +535,10 @@ class _App:
         try:
             result = await self.handlers[op](request, ctx)
             payload = encode_result(result)
-        except AwsError:
+        except AwsError as err:
+            if reserved and err.status < 500 and caller.signature is not None:
+                # refused: nothing was accepted, so a repeat of the call may try again
+                await self.replay_cache.release(caller.signature, invocation_id)
             raise
         except Exception:
             logger.exception("%s failed (request %s)", op, request_id)
@@ -560,17 +585,27 @@ class _App:
         actor = self.principals.get(verified.access_key) or principal_arn(verified.access_key)
         return _Caller(actor, signature=verified.signature, signed_at=verified.signed_at)
 
-    async def _check_replay(self, caller: _Caller, invocation_id: str | None) -> None:
+    async def _check_replay(
+        self, caller: _Caller, invocation_id: str | None, request: Any
+    ) -> bool:
+        """Refuse a reused signature; True when this request is its first use."""
         assert caller.signature is not None
         # Remember it until its X-Amz-Date leaves the window (plus a second of rounding).
         ttl = caller.signed_at + self.max_clock_skew - self.clock() + 1
-        if not await self.replay_cache.first_use(caller.signature, invocation_id, ttl):
-            raise AwsError(
-                "InvalidSignatureException",
-                "Signature already used: a request with this signature was accepted before; "
-                "sign every request afresh",
-                403,
-            )
+        use = await self.replay_cache.use(caller.signature, invocation_id, ttl)
+        if use == "new":
+            return True
+        # The same SDK call again (a same-second retry): the command id makes it harmless. A
+        # signed idempotency token likewise: the engine answers it with the first call's
+        # result (AWS semantics for a client retrying with the same token).
+        if use == "repeat" or getattr(request, "clientRequestToken", None):
+            return False
+        raise AwsError(
+            "InvalidSignatureException",
+            "Signature already used: a request with this signature was accepted before; "
+            "sign every request afresh",
+            403,
+        )
 
     def _operation(self, headers: list[tuple[str, str]]) -> str:
         target = _header(headers, "x-amz-target")
@@ -643,6 +678,7 @@ def build_app(
     region: str = DEFAULT_REGION,
     max_clock_skew: float = DEFAULT_MAX_SKEW_SECONDS,
     replay_cache: ReplayCache | None = None,
+    max_in_flight: int | None = None,
     health: Callable[[], Awaitable[bool]] | None = None,
     max_body_bytes: int = 1_048_576,
     clock: Callable[[], float] = time.time,
@@ -656,7 +692,9 @@ def build_app(
     (default :func:`principal_arn` of the key id); a credential scope must name ``region``;
     ``max_clock_skew`` is the signing-time window in seconds; ``replay_cache`` remembers the
     signatures accepted for mutating operations (default: in this process's memory).
-    ``health`` backs ``GET /health`` (200 when it returns True, else 503).
+    ``max_in_flight`` caps the requests handled at once (over it: ``503 ThrottlingException``,
+    which the SDKs retry; ``/health`` is exempt). ``health`` backs ``GET /health`` (200 when
+    it returns True, else 503).
     """
     return _App(
         handlers,
@@ -668,4 +706,5 @@ def build_app(
         region=region,
         max_clock_skew=max_clock_skew,
         replay_cache=replay_cache,
+        max_in_flight=max_in_flight,
     )
