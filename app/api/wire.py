@@ -37,6 +37,9 @@ import botocore.session
 import msgspec
 import msgspec.inspect as mi
 import numpy as np
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.api.errors import AwsError
 from app.api.replay import MemoryReplayCache, ReplayCache
@@ -333,6 +336,28 @@ async def _send_error(send: Send, err: AwsError, request_id: str) -> None:
     await _send(send, err.status, body, request_id, extra)
 
 
+# --- event store faults -------------------------------------------------------------------
+
+STORE_OUT_OF_MEMORY = "event store is out of memory"
+STORE_UNREACHABLE = "event store unreachable"
+
+
+def store_error(exc: BaseException) -> AwsError | None:
+    """The 503 for a Redis fault (SDKs retry 503 by themselves), or None for anything else.
+
+    Full: ``OOM command not allowed`` (redis-py's ``OutOfMemoryError``, or the same reply
+    from inside a Lua script). Unreachable: connection refused/reset/timed out, or a server
+    still loading its data set.
+    """
+    if isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc)
+    ):
+        return AwsError("ServiceUnavailableException", STORE_OUT_OF_MEMORY, 503)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return AwsError("ServiceUnavailableException", STORE_UNREACHABLE, 503)
+    return None
+
+
 # --- request plumbing ---------------------------------------------------------------------
 
 
@@ -484,7 +509,12 @@ class _App:
             await self._route(scope, body, request_id, received_at, send)
         except AwsError as err:
             await _send_error(send, err, request_id)
-        except Exception:  # a bug outside the handler: still an AWS-shaped answer, no page
+        except Exception as exc:  # a bug outside the handler: still an AWS-shaped answer
+            fault = store_error(exc)
+            if fault is not None:  # e.g. the replay cache's Redis
+                logger.warning("request %s: %s: %s", request_id, fault.message, exc)
+                await _send_error(send, fault, request_id)
+                return
             logger.exception("request %s failed", request_id)
             failure = AwsError("InternalFailure", f"internal error; request id {request_id}", 500)
             await _send_error(send, failure, request_id)
@@ -540,7 +570,11 @@ class _App:
                 # refused: nothing was accepted, so a repeat of the call may try again
                 await self.replay_cache.release(caller.signature, invocation_id)
             raise
-        except Exception:
+        except Exception as exc:
+            fault = store_error(exc)
+            if fault is not None:
+                logger.warning("%s (request %s): %s: %s", op, request_id, fault.message, exc)
+                raise fault from None
             logger.exception("%s failed (request %s)", op, request_id)
             raise AwsError(
                 "InternalFailure",
