@@ -270,7 +270,38 @@ async def _worker(a: argparse.Namespace) -> None:
     logging.getLogger("stageline").warning(
         "worker %s on %s", worker.config.name, a.redis_url.split("@")[-1]
     )
+    if not await _until_redis_answers(engine):
+        await redis.aclose()
+        return
     await worker.run_until_signalled()
+
+
+async def _until_redis_answers(engine: Any) -> bool:
+    """Start the engine once Redis answers (backing off, quietly); False on SIGINT/SIGTERM.
+
+    A worker started before its Redis (or pointed at a wrong URL) waits here, logging at a
+    bounded rate, and the first signal ends it at once.
+    """
+    import signal
+
+    from workers.backoff import retry_until
+
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+
+        async def signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                async for sig in received:
+                    logging.getLogger("stageline.worker").warning(
+                        "%s while waiting for Redis: stopping", signal.Signals(sig).name
+                    )
+                    stop.set()
+                    return
+
+        tg.start_soon(signals)
+        ok = await retry_until(engine.start, "start", stop)
+        tg.cancel_scope.cancel()
+    return ok
 
 
 async def _serve(a: argparse.Namespace) -> None:
