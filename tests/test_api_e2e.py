@@ -635,6 +635,17 @@ def test_manual_approval(cp: Any) -> None:
     wait_status(cp, name, eid, "Succeeded")
     done = action(cp, name, "Approve", "ship-it")
     assert (done["status"], done["summary"]) == ("Succeeded", "lgtm")
+    # the approver is the signing key's principal
+    [approve_stage] = [
+        st for st in cp.get_pipeline_state(name=name)["stageStates"] if st["stageName"] == "Approve"
+    ]
+    assert approve_stage["actionStates"][0]["latestExecution"]["lastUpdatedBy"] == ACTOR
+    [approved] = [
+        d
+        for d in cp.list_action_executions(pipelineName=name)["actionExecutionDetails"]
+        if d["actionName"] == "ship-it"
+    ]
+    assert approved["updatedBy"] == ACTOR
     with pytest.raises(cp.exceptions.ApprovalAlreadyCompletedException):
         cp.put_approval_result(
             pipelineName=name,
