@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import string
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -49,18 +50,61 @@ def _redis_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _parse_keys(values: Sequence[str]) -> dict[str, str]:
+_USER_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "+=,.@_-")
+
+
+def _parse_key(entry: str, where: str) -> tuple[str, str, str | None]:
+    """``AKID:SECRET[:NAME]`` -> (akid, secret, name)."""
+    parts = entry.split(":")
+    if len(parts) not in (2, 3) or not all(parts):
+        shown = parts[0] if parts and parts[0] else "?"
+        raise CliError(
+            f"{where}: access key {shown!r}: expected ACCESS_KEY_ID:SECRET[:NAME]", EXIT_USAGE
+        )
+    name = parts[2] if len(parts) == 3 else None
+    if name is not None and not set(name) <= _USER_NAME_CHARS:
+        raise CliError(
+            f"{where}: access key {parts[0]!r}: user name {name!r} may only use letters, "
+            "digits and +=,.@_-",
+            EXIT_USAGE,
+        )
+    return parts[0], parts[1], name
+
+
+def _parse_access_keys(
+    values: Sequence[str], files: Sequence[str] = ()
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Access keys from ``--access-key`` values and keys files: (akid -> secret, akid -> name).
+
+    A keys file has one ``ACCESS_KEY_ID:SECRET[:NAME]`` per line; blank lines and lines
+    starting with ``#`` are ignored. A key without a name is recorded under its key id.
+    """
     creds: dict[str, str] = {}
+    names: dict[str, str] = {}
+
+    def add(entry: str, where: str) -> None:
+        akid, secret, name = _parse_key(entry, where)
+        if akid in creds and creds[akid] != secret:
+            raise CliError(f"{where}: access key {akid!r} is given twice", EXIT_USAGE)
+        creds[akid] = secret
+        if name is not None:
+            names[akid] = name
+
     for v in values:
         for pair in v.split(","):
-            pair = pair.strip()
-            if not pair:
-                continue
-            akid, sep, secret = pair.partition(":")
-            if not sep or not akid or not secret:
-                raise CliError(f"access key {akid or pair!r}: expected ACCESS_KEY_ID:SECRET")
-            creds[akid] = secret
-    return creds
+            if pair.strip():
+                add(pair.strip(), "--access-key")
+    for path in files:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as err:
+            raise CliError(f"--access-keys-file {path}: {err.strerror}", EXIT_USAGE) from None
+        for n, line in enumerate(lines, 1):
+            line = line.strip()
+            if line and not line.startswith("#"):
+                add(line, f"{path}:{n}")
+    return creds, names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,12 +126,76 @@ def build_parser() -> argparse.ArgumentParser:
         default=[os.environ["STAGELINE_ACCESS_KEYS"]]
         if os.environ.get("STAGELINE_ACCESS_KEYS")
         else [],
-        metavar="AKID:SECRET",
-        help="accept SigV4 requests signed with this key (repeatable; "
-        "or STAGELINE_ACCESS_KEYS=AKID:SECRET,...); with none, auth is off",
+        metavar="AKID:SECRET[:NAME]",
+        help="accept SigV4 requests signed with this key, recorded as user NAME (repeatable; "
+        "or STAGELINE_ACCESS_KEYS=AKID:SECRET,...; visible in ps: prefer "
+        "--access-keys-file); with no key at all, auth is off",
+    )
+    s.add_argument(
+        "--access-keys-file",
+        action="append",
+        default=[os.environ["STAGELINE_ACCESS_KEYS_FILE"]]
+        if os.environ.get("STAGELINE_ACCESS_KEYS_FILE")
+        else [],
+        metavar="FILE",
+        help="file of ACCESS_KEY_ID:SECRET[:NAME] lines (repeatable; "
+        "or STAGELINE_ACCESS_KEYS_FILE)",
+    )
+    s.add_argument(
+        "--region",
+        default=os.environ.get("STAGELINE_REGION", "us-east-1"),
+        help="the region signatures must be scoped to (default us-east-1)",
+    )
+    s.add_argument(
+        "--account-id",
+        default=os.environ.get("STAGELINE_ACCOUNT_ID", "000000000000"),
+        help="account id in the principals' ARNs (default 000000000000)",
+    )
+    s.add_argument(
+        "--max-clock-skew",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how far a request's X-Amz-Date may be from the server clock (default 300)",
     )
     s.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback host without access keys"
+    )
+    s.add_argument(
+        "--max-connections",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="open connections at most (default 1000, and always below the descriptor limit); "
+        "over it the oldest idle or half-sent connection is closed",
+    )
+    s.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=256,
+        metavar="N",
+        help="requests handled at once (default 256); over it: 503 ThrottlingException",
+    )
+    s.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time to send a request's headers (default 10)",
+    )
+    s.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="time to send a request's body after its headers (default 30)",
+    )
+    s.add_argument(
+        "--keep-alive-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="idle time allowed between requests on one connection (default 5)",
     )
     s.add_argument("--concurrency", type=int, default=8, help="actions run at once")
     s.add_argument(
@@ -180,19 +288,68 @@ async def _worker(a: argparse.Namespace) -> None:
     logging.getLogger("stageline").warning(
         "worker %s on %s", worker.config.name, a.redis_url.split("@")[-1]
     )
+    if not await _until_redis_answers(engine):
+        await redis.aclose()
+        return
     await worker.run_until_signalled()
 
 
+async def _until_redis_answers(engine: Any) -> bool:
+    """Start the engine once Redis answers (backing off, quietly); False on SIGINT/SIGTERM.
+
+    A worker started before its Redis (or pointed at a wrong URL) waits here, logging at a
+    bounded rate, and the first signal ends it at once.
+    """
+    import signal
+
+    from workers.backoff import retry_until
+
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+
+        async def signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as received:
+                async for sig in received:
+                    logging.getLogger("stageline.worker").warning(
+                        "%s while waiting for Redis: stopping", signal.Signals(sig).name
+                    )
+                    stop.set()
+                    return
+
+        tg.start_soon(signals)
+        ok = await retry_until(engine.start, "start", stop)
+        tg.cancel_scope.cancel()
+    return ok
+
+
 async def _serve(a: argparse.Namespace) -> None:
+    from app.api.limits import ConnectionLimits
     from app.api.server import ServeConfig, serve
 
+    creds, names = _parse_access_keys(a.access_key, a.access_keys_file)
+    for flag in ("max_clock_skew", "header_timeout", "body_timeout", "keep_alive_timeout",
+                 "max_connections", "max_in_flight"):  # fmt: skip
+        if getattr(a, flag) <= 0:
+            raise CliError(f"--{flag.replace('_', '-')} must be positive", EXIT_USAGE)
+    limits = ConnectionLimits(
+        header_timeout_s=a.header_timeout,
+        body_timeout_s=a.body_timeout,
+        keep_alive_s=a.keep_alive_timeout,
+        max_connections=a.max_connections,
+        max_in_flight=a.max_in_flight,
+    )
     await serve(
         ServeConfig(
             host=a.host,
             port=a.port,
             redis_url=a.redis_url,
             workers=not a.no_workers,
-            credentials=_parse_keys(a.access_key),
+            credentials=creds,
+            principals=names,
+            region=a.region,
+            account_id=a.account_id,
+            max_clock_skew_s=a.max_clock_skew,
+            limits=limits,
             insecure=a.insecure,
             partitions=a.partitions,
             max_concurrent_executions=a.max_concurrent_executions,

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,6 +50,7 @@ from tests.redis_server import RedisServer, redis_binary
 from workers.config import WorkerConfig
 
 REPO = Path(__file__).resolve().parent.parent
+ACTOR = f"arn:aws:iam::000000000000:user/{AKID}"  # the principal of an unnamed key
 ROLE = "arn:aws:iam::123456789012:role/stageline-e2e"
 PARTITIONS = 4
 COMMANDS = {"category": "Compute", "owner": "AWS", "provider": "Commands", "version": "1"}
@@ -257,6 +259,11 @@ def marks(tmp_path: Path) -> Path:
     return tmp_path
 
 
+def next_second() -> None:
+    """Sleep into the next wall-clock second (a new X-Amz-Date, so a new signature)."""
+    time.sleep(1.01 - time.time() % 1)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
@@ -369,7 +376,7 @@ def test_start_is_idempotent_and_executions_paginate(cp: Any) -> None:
     assert pages == 3
     assert listed == list(reversed(ids))  # newest first, each once
     summary = cp.list_pipeline_executions(pipelineName=name)["pipelineExecutionSummaries"][-1]
-    assert summary["trigger"]["triggerDetail"] == AKID
+    assert summary["trigger"]["triggerDetail"] == ACTOR
     assert summary["executionMode"] == "PARALLEL"
     filtered = cp.list_pipeline_executions(
         pipelineName=name, filter={"succeededInStage": {"stageName": "Build"}}
@@ -430,7 +437,10 @@ def test_retry_failed_actions_while_sibling_runs_then_all_actions(cp: Any, marks
     assert view["actions"]["slow"]["status"] == "InProgress"
     assert view["retry"] == {"manualStageRetryAttempt": 1, "latestRetryTrigger": "ManualStageRetry"}
     assert execution_status(cp, name, eid) == "InProgress"
-    # nothing failed any more: not retryable
+    # nothing failed any more: not retryable. The same call as the accepted one above, so
+    # sent in a later second: within one second it has the same SigV4 signature, which the
+    # API refuses as a replay (docs/security.md)
+    next_second()
     with pytest.raises(cp.exceptions.StageNotRetryableException):
         retry(cp, name, "Build", eid)
 
@@ -625,6 +635,17 @@ def test_manual_approval(cp: Any) -> None:
     wait_status(cp, name, eid, "Succeeded")
     done = action(cp, name, "Approve", "ship-it")
     assert (done["status"], done["summary"]) == ("Succeeded", "lgtm")
+    # the approver is the signing key's principal
+    [approve_stage] = [
+        st for st in cp.get_pipeline_state(name=name)["stageStates"] if st["stageName"] == "Approve"
+    ]
+    assert approve_stage["actionStates"][0]["latestExecution"]["lastUpdatedBy"] == ACTOR
+    [approved] = [
+        d
+        for d in cp.list_action_executions(pipelineName=name)["actionExecutionDetails"]
+        if d["actionName"] == "ship-it"
+    ]
+    assert approved["updatedBy"] == ACTOR
     with pytest.raises(cp.exceptions.ApprovalAlreadyCompletedException):
         cp.put_approval_result(
             pipelineName=name,
@@ -706,7 +727,7 @@ def test_auth_and_actor_in_event_log(live: Stageline, live_url: str, cp: Any) ->
         '"retryMode":"FAILED_ACTIONS"}'
     ).encode()
     status, headers, out = raw(live.url, body=body, headers=target("RetryStageExecution"))
-    assert_aws_error(status, headers, out, "UnrecognizedClientException")
+    assert_aws_error(status, headers, out, "UnrecognizedClientException", 403)
     status, _, out = raw(live.url, "GET", "/health")
     assert status == 200
 
@@ -714,11 +735,11 @@ def test_auth_and_actor_in_event_log(live: Stageline, live_url: str, cp: Any) ->
     by_type: dict[str, list[ev.Envelope]] = {}
     for e in events:
         by_type.setdefault(type(e.event).__name__, []).append(e)
-    assert [e.actor for e in by_type["PipelineCreated"]] == [AKID]
-    assert [e.actor for e in by_type["ExecutionStarted"]] == [AKID]
+    assert [e.actor for e in by_type["PipelineCreated"]] == [ACTOR]
+    assert [e.actor for e in by_type["ExecutionStarted"]] == [ACTOR]
     requested = by_type["StageRetryRequested"]
     assert len(requested) == 1  # the refused requests left no trace
-    assert requested[0].actor == AKID
+    assert requested[0].actor == ACTOR
     assert requested[0].requestId == request_id
     assert requested[0].source is not None and requested[0].source.startswith("127.0.0.1:")
     assert requested[0].event.executionId == eid  # type: ignore[union-attr]

@@ -59,6 +59,7 @@ PROTOCOL_ERRORS = frozenset(
         "UnsupportedOperationException",
         "UnrecognizedClientException",
         "InvalidSignatureException",
+        "IncompleteSignatureException",
         "PipelineExecutionNotFoundException",
         "ConflictException",
     }

@@ -56,6 +56,7 @@ from tests.api_helpers import (
 )
 
 EXEC_ID = "0f4a1b2c-3d4e-4f50-8a6b-7c8d9e0f1a2b"
+ACTOR = f"arn:aws:iam::000000000000:user/{AKID}"
 
 
 # --- dummy handlers -----------------------------------------------------------------------
@@ -138,8 +139,10 @@ def test_retry_success_echoes_execution_id(open_url: str) -> None:
     assert isinstance(req, RetryStageExecutionInput)
     assert req.retryMode == "FAILED_ACTIONS"
     assert ctx.request_id == request_id
-    # auth off: the claimed key id is recorded, unverified
-    assert ctx.actor == AKID
+    # auth off: the actor is anonymous; the claimed key id is kept apart, unverified
+    assert ctx.actor == "anonymous"
+    assert ctx.claimed_key == AKID
+    assert not ctx.authenticated
     assert ctx.source.startswith("127.0.0.1:")
     assert abs(ctx.received_at - time.time()) < 60
 
@@ -210,7 +213,7 @@ def test_handler_crash_is_internal_failure_without_traceback(open_url: str) -> N
 def test_output_timestamps_and_none_fields(open_url: str) -> None:
     resp = client(open_url).get_pipeline_state(name="demo")
     assert resp["created"] == dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
-    assert resp["pipelineName"] == AKID
+    assert resp["pipelineName"] == "anonymous"  # auth off
     status, _, body = raw(open_url, body=b'{"name":"demo"}', headers=target("GetPipelineState"))
     assert status == 200
     assert body["created"] == dt.datetime(2024, 1, 2, 3, 4, 5, tzinfo=dt.UTC).timestamp()
@@ -228,7 +231,7 @@ def test_actor_is_anonymous_without_authorization(open_url: str) -> None:
 
 def test_auth_correct_signature_passes_and_actor_is_key(auth_url: str) -> None:
     resp = client(auth_url).get_pipeline_state(name="demo")
-    assert resp["pipelineName"] == AKID
+    assert resp["pipelineName"] == ACTOR
     assert client(auth_url).retry_stage_execution(**retry_args())["pipelineExecutionId"] == EXEC_ID
 
 
@@ -248,14 +251,14 @@ def test_auth_unsigned_request_and_open_health(auth_url: str) -> None:
     status, headers, body = raw(
         auth_url, body=b'{"name":"demo"}', headers=target("GetPipelineState")
     )
-    assert_aws_error(status, headers, body, "UnrecognizedClientException")
+    assert_aws_error(status, headers, body, "UnrecognizedClientException", 403)
     status, _, body = raw(auth_url, "GET", "/health")
     assert (status, body) == (200, {"status": "ok"})
 
 
 def test_auth_comes_before_target_checks(auth_url: str) -> None:
     status, headers, body = raw(auth_url, body=b"{}", headers=target("NoSuchOperation"))
-    assert_aws_error(status, headers, body, "UnrecognizedClientException")
+    assert_aws_error(status, headers, body, "UnrecognizedClientException", 403)
 
 
 # --- raw HTTP: malformed requests never 5xx -----------------------------------------------
@@ -375,7 +378,7 @@ def signed(
 
 def verify(headers: Headers, body: bytes = b'{"name":"demo"}', **kw: Any) -> str:
     kw.setdefault("now", time.time())
-    return verify_sigv4("POST", "/", "", headers, body, {AKID: SECRET}, **kw)
+    return verify_sigv4("POST", "/", "", headers, body, {AKID: SECRET}, **kw).access_key
 
 
 def sig_error(headers: Headers, body: bytes = b'{"name":"demo"}', **kw: Any) -> str:
@@ -416,7 +419,7 @@ def test_sigv4_expired_and_malformed() -> None:
     assert sig_error(signed(), now=time.time() - 3600) == "InvalidSignatureException"
     for bad in ["Basic abc", "AWS4-HMAC-SHA256 Credential=x", "AWS4-HMAC-SHA256 garbage"]:
         headers = [(k, bad) if k == "Authorization" else (k, v) for k, v in signed()]
-        assert sig_error(headers) == "InvalidSignatureException"
+        assert sig_error(headers) == "IncompleteSignatureException"
     no_host = [(k, v) for k, v in signed() if k != "Host"]
     assert sig_error(no_host) == "InvalidSignatureException"
 
@@ -554,12 +557,12 @@ async def test_auth_with_fixed_clock_via_asgi() -> None:
         [(k, v) for k, v in headers if k != "Host"] + [("host", "localhost:8080")],
         [b'{"name":"demo"}'],
     )
-    assert_aws_error(status, hdrs, json.loads(out), "InvalidSignatureException")
+    assert_aws_error(status, hdrs, json.loads(out), "InvalidSignatureException", 403)
     assert "expired" in json.loads(out)["message"]
     app = build_app(HANDLERS, credentials={AKID: SECRET})
     status, _, out = await asgi_call(app, "POST", "/", headers, [b'{"name":"demo"}'])
     assert status == 200
-    assert json.loads(out)["pipelineName"] == AKID
+    assert json.loads(out)["pipelineName"] == ACTOR
 
 
 def test_build_app_rejects_unknown_handler_names() -> None:

@@ -25,10 +25,18 @@ JSON = dict[str, Any]
 
 
 def _origin(ctx: RequestContext) -> Origin:
-    """Who asked; an SDK retry of the same call (same invocation id) is the same command."""
+    """Who asked; an SDK retry of the same call (same invocation id) is the same command.
+
+    The command id is namespaced by the verified actor. With auth off the actor is always
+    ``anonymous``; the claimed (unverified) key id then only keeps two clients' invocation
+    ids apart, which is all an idempotency key needs: it grants nothing.
+    """
     command_id = None
     if ctx.invocation_id is not None:
-        command_id = f"sdk:{ctx.actor}:{ctx.invocation_id}"
+        caller = ctx.actor
+        if not ctx.authenticated and ctx.claimed_key is not None:
+            caller = f"{ctx.actor}/{ctx.claimed_key}"
+        command_id = f"sdk:{caller}:{ctx.invocation_id}"
     return Origin(
         actor=ctx.actor,
         requestId=ctx.request_id,

@@ -15,7 +15,10 @@ import uvicorn
 from redis.asyncio import Redis
 
 from app.api.handlers import build_handlers
-from app.api.wire import ASGIApp, build_app
+from app.api.limits import ConnectionLimits, protocol_class, quiet_accept_errors
+from app.api.replay import RedisReplayCache
+from app.api.sigv4 import DEFAULT_MAX_SKEW_SECONDS, DEFAULT_REGION
+from app.api.wire import DEFAULT_ACCOUNT, ASGIApp, build_app, principal_arn
 from app.engine import Engine
 from app.store.connection import connect, describe
 from app.store.keys import Keys
@@ -31,13 +34,18 @@ class ServeConfig:
     port: int = 8080
     redis_url: str | None = None
     workers: bool = True
-    credentials: Mapping[str, str] = field(default_factory=dict)
+    credentials: Mapping[str, str] = field(default_factory=dict)  # access key id -> secret
+    principals: Mapping[str, str] = field(default_factory=dict)  # access key id -> user name
+    region: str = DEFAULT_REGION
+    account_id: str = DEFAULT_ACCOUNT
+    max_clock_skew_s: float = DEFAULT_MAX_SKEW_SECONDS
     insecure: bool = False
     partitions: int = 16
     max_body_bytes: int = 1_048_576
     max_concurrent_executions: int = 50  # per pipeline, fixed when it is created
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     log_level: str = "info"
+    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
 
 
 def is_loopback(host: str) -> bool:
@@ -66,9 +74,18 @@ def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
         except Exception:
             return False
 
+    principals = {
+        akid: principal_arn(cfg.principals.get(akid) or akid, cfg.account_id)
+        for akid in cfg.credentials
+    }
     return build_app(
         build_handlers(engine),
         credentials=dict(cfg.credentials) or None,
+        principals=principals,
+        region=cfg.region,
+        max_clock_skew=cfg.max_clock_skew_s,
+        replay_cache=RedisReplayCache(redis),
+        max_in_flight=cfg.limits.max_in_flight,
         health=healthy,
         max_body_bytes=cfg.max_body_bytes,
     )
@@ -100,6 +117,9 @@ async def serve(
     )
     await engine.start()
     app = make_app(engine, cfg)
+    import asyncio
+
+    quiet_accept_errors(asyncio.get_running_loop())
     server = _Server(
         uvicorn.Config(
             app,
@@ -108,6 +128,9 @@ async def serve(
             lifespan="on",
             log_level=cfg.log_level,
             access_log=False,
+            http=protocol_class(cfg.limits),
+            backlog=cfg.limits.backlog,
+            timeout_keep_alive=max(1, round(cfg.limits.keep_alive_s)),
         )
     )
     worker = Worker(engine, worker_cfg) if cfg.workers else None

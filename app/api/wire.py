@@ -7,13 +7,16 @@ handler registered for the operation. What the handler returns is sent back as J
 ``x-amzn-ErrorType`` header, which botocore turns into ``client.exceptions.<Name>``.
 
 Order of checks for ``POST /``: body size -> authentication (when credentials are
-configured) -> target -> content type -> body shape -> handler. ``GET /health`` is never
-authenticated.
+configured) -> target -> content type -> body shape -> replay (mutating operations, when
+authenticated) -> handler. ``GET /health`` is never authenticated.
 
 Authentication: with ``credentials`` (access key id -> secret) every ``POST`` must carry a
-valid SigV4 signature and the request's actor is the access key id. Without credentials
-nothing is verified; the actor is then the access key id *claimed* in an ``Authorization``
-header if there is one (unverified, for attribution only), else ``"anonymous"``.
+valid SigV4 signature (:func:`app.api.sigv4.verify_sigv4`: scope, signed headers, payload
+hash, clock skew) whose signature was not accepted before for a mutating operation
+(:mod:`app.api.replay`); the request's actor is the key's principal, an IAM-user-like ARN
+(``arn:aws:iam::<account>:user/<name>``). Without credentials nothing is verified and the
+actor is ``"anonymous"``; an access key id *claimed* in an ``Authorization`` header is kept
+apart in :attr:`RequestContext.claimed_key`, unverified, and is never the actor.
 """
 
 from __future__ import annotations
@@ -28,27 +31,51 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import anyio.to_thread
 import botocore.session
 import msgspec
 import msgspec.inspect as mi
+import numpy as np
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.api.errors import AwsError
+from app.api.replay import MemoryReplayCache, ReplayCache
 from app.api.shapes import OPERATIONS
-from app.api.sigv4 import parse_authorization, verify_sigv4
+from app.api.sigv4 import (
+    DEFAULT_MAX_SKEW_SECONDS,
+    DEFAULT_REGION,
+    verify_sigv4,
+)
 
 __all__ = [
+    "ANONYMOUS",
+    "DEFAULT_ACCOUNT",
     "TARGET_PREFIX",
     "ASGIApp",
     "AwsError",
     "Handler",
     "RequestContext",
     "build_app",
+    "is_read_only",
+    "principal_arn",
     "validation_message",
 ]
 
 logger = logging.getLogger("stageline.api")
 
 TARGET_PREFIX = "CodePipeline_20150709."
+# X-Amz-Target prefix -> the service a credential scope must name for it.
+SERVICE_BY_TARGET_PREFIX = {TARGET_PREFIX: "codepipeline", "Logs_20140328.": "logs"}
+DEFAULT_SERVICE = "codepipeline"
+# Operations that change nothing: their signatures may be repeated (an SDK polling twice in
+# one second signs identical requests identically).
+READ_ONLY_PREFIXES = ("Get", "List", "Describe", "Filter", "BatchGet")
+READ_ONLY_OPERATIONS = frozenset({"PollForJobs", "PollForThirdPartyJobs"})
+ANONYMOUS = "anonymous"
+DEFAULT_ACCOUNT = "000000000000"
 ACCEPTED_CONTENT_TYPES = frozenset(
     {"application/x-amz-json-1.1", "application/x-amz-json-1.0", "application/json"}
 )
@@ -73,11 +100,32 @@ class RequestContext:
     """Who asked, when, and under which request id (recorded with every command)."""
 
     request_id: str
-    actor: str  # access key id; "anonymous" when auth is off and no Authorization header
+    # The verified principal (``arn:aws:iam::<account>:user/<name>``), or "anonymous" when
+    # auth is off: then nothing about the caller is verified.
+    actor: str
     source: str  # peer address "host:port" as seen by the server, or "unknown"
     received_at: float  # epoch seconds, from the app's clock
     # The SDK's ``amz-sdk-invocation-id``: one per call, the same on every retry of it.
     invocation_id: str | None = None
+    # Auth off only: the access key id an Authorization header *claims*. UNVERIFIED: anyone
+    # can write anything there; never use it as an identity.
+    claimed_key: str | None = None
+
+    @property
+    def authenticated(self) -> bool:
+        return self.actor != ANONYMOUS
+
+
+def principal_arn(name: str, account: str = DEFAULT_ACCOUNT) -> str:
+    """The actor recorded for an access key: an IAM-user-like ARN (``name`` may be one)."""
+    if name.startswith("arn:"):
+        return name
+    return f"arn:aws:iam::{account}:user/{name}"
+
+
+def is_read_only(operation: str) -> bool:
+    """True for operations that record nothing (exempt from the replay check)."""
+    return operation in READ_ONLY_OPERATIONS or operation.startswith(READ_ONLY_PREFIXES)
 
 
 Handler = Callable[[Any, RequestContext], Awaitable[Any]]
@@ -207,23 +255,34 @@ def validation_message(
 
 # --- nesting depth ------------------------------------------------------------------------
 
-_JSON_STRING_RE = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_QUOTE, _OPENS, _CLOSES = ord('"'), (ord("["), ord("{")), (ord("]"), ord("}"))
+# Above this size, validating a body is handed to a worker thread (off the event loop).
+OFFLOAD_BYTES = 64 * 1024
 
 
 def json_depth_exceeds(body: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """True when ``body`` nests arrays/objects more than ``limit`` deep (strings ignored)."""
+    """True when ``body`` nests arrays/objects more than ``limit`` deep (strings ignored).
+
+    Linear time, a handful of passes over the bytes, none in Python: escaped backslashes
+    and then escaped quotes are dropped (``bytes.replace``, left to right: exactly how JSON
+    pairs them), so the quotes left alternate open/close; a byte is inside a string when an
+    odd number of quotes precedes it; the depth is the running sum of the bracket steps
+    outside strings (numpy comparisons, ``xor.accumulate`` and ``cumsum``). Exact for valid
+    JSON; for anything else the answer only decides which 400 the caller gets, since the
+    JSON decoder refuses it anyway.
+    """
     if body.count(b"[") + body.count(b"{") <= limit:
         return False
-    depth = 0
-    for c in _JSON_STRING_RE.sub(b"", body).translate(None, _NOT_BRACKETS):
-        if c in b"[{":
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False
+    text = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    raw = np.frombuffer(text, dtype=np.uint8)
+    opens = (raw == _OPENS[0]) | (raw == _OPENS[1])
+    closes = (raw == _CLOSES[0]) | (raw == _CLOSES[1])
+    steps = opens.view(np.int8) - closes.view(np.int8)  # +1, -1 or 0 per byte
+    quotes = raw == _QUOTE
+    if quotes.any():
+        inside = np.bitwise_xor.accumulate(quotes.view(np.uint8))  # odd number of quotes
+        steps *= (inside ^ 1).view(np.int8)
+    return bool(np.cumsum(steps, dtype=np.int32).max() > limit)
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -275,6 +334,28 @@ async def _send_error(send: Send, err: AwsError, request_id: str) -> None:
     if isinstance(err, _MethodNotAllowed):
         extra.append((b"allow", err.allow.encode()))
     await _send(send, err.status, body, request_id, extra)
+
+
+# --- event store faults -------------------------------------------------------------------
+
+STORE_OUT_OF_MEMORY = "event store is out of memory"
+STORE_UNREACHABLE = "event store unreachable"
+
+
+def store_error(exc: BaseException) -> AwsError | None:
+    """The 503 for a Redis fault (SDKs retry 503 by themselves), or None for anything else.
+
+    Full: ``OOM command not allowed`` (redis-py's ``OutOfMemoryError``, or the same reply
+    from inside a Lua script). Unreachable: connection refused/reset/timed out, or a server
+    still loading its data set.
+    """
+    if isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc)
+    ):
+        return AwsError("ServiceUnavailableException", STORE_OUT_OF_MEMORY, 503)
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return AwsError("ServiceUnavailableException", STORE_UNREACHABLE, 503)
+    return None
 
 
 # --- request plumbing ---------------------------------------------------------------------
@@ -332,11 +413,30 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
+# The access key id an Authorization header claims (auth off: read, never believed).
+_CLAIMED_KEY = re.compile(r"\bCredential=([A-Za-z0-9._:+=@-]{1,128})/")
+
+
+def _expected_service(target: str | None) -> str:
+    for prefix, service in SERVICE_BY_TARGET_PREFIX.items():
+        if target is not None and target.startswith(prefix):
+            return service
+    return DEFAULT_SERVICE
+
+
 def _source(scope: Scope) -> str:
     client = scope.get("client")
     if client:
         return f"{client[0]}:{client[1]}"
     return "unknown"
+
+
+@dataclass(frozen=True)
+class _Caller:
+    actor: str
+    claimed_key: str | None = None
+    signature: str | None = None  # verified SigV4 signature
+    signed_at: float = 0.0
 
 
 class _App:
@@ -347,12 +447,24 @@ class _App:
         health: Callable[[], Awaitable[bool]] | None,
         max_body_bytes: int,
         clock: Callable[[], float],
+        *,
+        principals: Mapping[str, str] | None = None,
+        region: str = DEFAULT_REGION,
+        max_clock_skew: float = DEFAULT_MAX_SKEW_SECONDS,
+        replay_cache: ReplayCache | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
         unknown = sorted(set(handlers) - set(OPERATIONS))
         if unknown:
             raise ValueError(f"handlers for operations without an input shape: {unknown}")
         self.handlers = dict(handlers)
-        self.credentials = None if credentials is None else dict(credentials)
+        self.credentials = None if not credentials else dict(credentials)
+        self.principals = dict(principals or {})
+        self.region = region
+        self.max_clock_skew = max_clock_skew
+        self.replay_cache: ReplayCache = replay_cache or MemoryReplayCache()
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
         self.health = health
         self.max_body_bytes = max_body_bytes
         self.clock = clock
@@ -369,6 +481,24 @@ class _App:
             await send({"type": "websocket.close", "code": 1003})
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.max_in_flight is None or scope["path"] == "/health":
+            await self._http_request(scope, receive, send)
+            return
+        if self.in_flight >= self.max_in_flight:
+            err = AwsError(
+                "ThrottlingException",
+                f"too many requests in flight (limit {self.max_in_flight}); retry shortly",
+                503,
+            )
+            await _send_error(send, err, str(uuid.uuid4()))
+            return
+        self.in_flight += 1
+        try:
+            await self._http_request(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _http_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = str(uuid.uuid4())
         received_at = self.clock()
         try:
@@ -379,7 +509,12 @@ class _App:
             await self._route(scope, body, request_id, received_at, send)
         except AwsError as err:
             await _send_error(send, err, request_id)
-        except Exception:  # a bug outside the handler: still an AWS-shaped answer, no page
+        except Exception as exc:  # a bug outside the handler: still an AWS-shaped answer
+            fault = store_error(exc)
+            if fault is not None:  # e.g. the replay cache's Redis
+                logger.warning("request %s: %s: %s", request_id, fault.message, exc)
+                await _send_error(send, fault, request_id)
+                return
             logger.exception("request %s failed", request_id)
             failure = AwsError("InternalFailure", f"internal error; request id {request_id}", 500)
             await _send_error(send, failure, request_id)
@@ -404,19 +539,42 @@ class _App:
                 f"request body too large (limit {self.max_body_bytes} bytes)",
             )
         headers = _headers(scope)
-        actor = self._authenticate(scope, headers, body)
+        big = len(body) > OFFLOAD_BYTES  # hash, scan and decode it off the event loop
+        if big and self.credentials is not None:
+            caller = await anyio.to_thread.run_sync(self._authenticate, scope, headers, body)
+        else:
+            caller = self._authenticate(scope, headers, body)
         op = self._operation(headers)
+        invocation_id = _invocation_id(headers)
         self._check_content_type(headers)
-        request = self._decode(op, body)
+        if big:
+            request = await anyio.to_thread.run_sync(self._decode, op, body)
+        else:
+            request = self._decode(op, body)
+        reserved = False  # this request recorded its signature as used
+        if caller.signature is not None and not is_read_only(op):
+            reserved = await self._check_replay(caller, invocation_id, request)
         ctx = RequestContext(
-            request_id, actor, _source(scope), received_at, _invocation_id(headers)
+            request_id,
+            caller.actor,
+            _source(scope),
+            received_at,
+            invocation_id,
+            claimed_key=caller.claimed_key,
         )
         try:
             result = await self.handlers[op](request, ctx)
             payload = encode_result(result)
-        except AwsError:
+        except AwsError as err:
+            if reserved and err.status < 500 and caller.signature is not None:
+                # refused: nothing was accepted, so a repeat of the call may try again
+                await self.replay_cache.release(caller.signature, invocation_id)
             raise
-        except Exception:
+        except Exception as exc:
+            fault = store_error(exc)
+            if fault is not None:
+                logger.warning("%s (request %s): %s: %s", op, request_id, fault.message, exc)
+                raise fault from None
             logger.exception("%s failed (request %s)", op, request_id)
             raise AwsError(
                 "InternalFailure",
@@ -436,20 +594,51 @@ class _App:
         body = b'{"status":"ok"}' if ok else b'{"status":"unavailable"}'
         await _send(send, 200 if ok else 503, body, request_id)
 
-    def _authenticate(self, scope: Scope, headers: list[tuple[str, str]], body: bytes) -> str:
+    def _authenticate(
+        self, scope: Scope, headers: list[tuple[str, str]], body: bytes
+    ) -> _Caller:
         if self.credentials is None:
             value = _header(headers, "authorization")
-            if value is None:
-                return "anonymous"
-            try:
-                return parse_authorization(value).access_key
-            except AwsError:
-                return "anonymous"
+            m = _CLAIMED_KEY.search(value) if value is not None else None
+            return _Caller(ANONYMOUS, claimed_key=m[1] if m else None)
         raw_path: bytes | None = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
         query = scope.get("query_string", b"").decode("latin-1")
-        return verify_sigv4(
-            scope["method"], path, query, headers, body, self.credentials, now=self.clock()
+        verified = verify_sigv4(
+            scope["method"],
+            path,
+            query,
+            headers,
+            body,
+            self.credentials,
+            now=self.clock(),
+            service=_expected_service(_header(headers, "x-amz-target")),
+            region=self.region,
+            max_skew_seconds=self.max_clock_skew,
+        )
+        actor = self.principals.get(verified.access_key) or principal_arn(verified.access_key)
+        return _Caller(actor, signature=verified.signature, signed_at=verified.signed_at)
+
+    async def _check_replay(
+        self, caller: _Caller, invocation_id: str | None, request: Any
+    ) -> bool:
+        """Refuse a reused signature; True when this request is its first use."""
+        assert caller.signature is not None
+        # Remember it until its X-Amz-Date leaves the window (plus a second of rounding).
+        ttl = caller.signed_at + self.max_clock_skew - self.clock() + 1
+        use = await self.replay_cache.use(caller.signature, invocation_id, ttl)
+        if use == "new":
+            return True
+        # The same SDK call again (a same-second retry): the command id makes it harmless. A
+        # signed idempotency token likewise: the engine answers it with the first call's
+        # result (AWS semantics for a client retrying with the same token).
+        if use == "repeat" or getattr(request, "clientRequestToken", None):
+            return False
+        raise AwsError(
+            "InvalidSignatureException",
+            "Signature already used: a request with this signature was accepted before; "
+            "sign every request afresh",
+            403,
         )
 
     def _operation(self, headers: list[tuple[str, str]]) -> str:
@@ -519,6 +708,11 @@ def build_app(
     handlers: Mapping[str, Handler],
     *,
     credentials: Mapping[str, str] | None = None,
+    principals: Mapping[str, str] | None = None,
+    region: str = DEFAULT_REGION,
+    max_clock_skew: float = DEFAULT_MAX_SKEW_SECONDS,
+    replay_cache: ReplayCache | None = None,
+    max_in_flight: int | None = None,
     health: Callable[[], Awaitable[bool]] | None = None,
     max_body_bytes: int = 1_048_576,
     clock: Callable[[], float] = time.time,
@@ -527,7 +721,24 @@ def build_app(
 
     ``handlers`` keys must be operations of :data:`app.api.shapes.OPERATIONS`. CodePipeline
     operations without a handler answer ``UnsupportedOperationException``; other targets
-    ``UnknownOperationException``. ``credentials`` switches SigV4 verification on.
-    ``health`` backs ``GET /health`` (200 when it returns True, else 503).
+    ``UnknownOperationException``. ``credentials`` (access key id -> secret) switches SigV4
+    verification on; ``principals`` maps an access key id to the actor recorded for it
+    (default :func:`principal_arn` of the key id); a credential scope must name ``region``;
+    ``max_clock_skew`` is the signing-time window in seconds; ``replay_cache`` remembers the
+    signatures accepted for mutating operations (default: in this process's memory).
+    ``max_in_flight`` caps the requests handled at once (over it: ``503 ThrottlingException``,
+    which the SDKs retry; ``/health`` is exempt). ``health`` backs ``GET /health`` (200 when
+    it returns True, else 503).
     """
-    return _App(handlers, credentials, health, max_body_bytes, clock)
+    return _App(
+        handlers,
+        credentials,
+        health,
+        max_body_bytes,
+        clock,
+        principals=principals,
+        region=region,
+        max_clock_skew=max_clock_skew,
+        replay_cache=replay_cache,
+        max_in_flight=max_in_flight,
+    )
