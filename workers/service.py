@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -18,6 +18,7 @@ from anyio.abc import TaskStatus
 
 from app.engine import Engine
 from app.store.eventstore import Fenced
+from workers.backoff import Backoff, retry_until
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN, Entry, GroupConsumer
 from workers.leases import Leases
@@ -70,7 +71,8 @@ class Worker:
         self._slots = anyio.Semaphore(cfg.concurrency)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        await _retrying(self.engine.start, "start")
+        if not await retry_until(self.engine.start, "start", self._stopping, errors=REDIS_DOWN):
+            return  # stopped before Redis could be reached
         roles = self.config.roles
         async with anyio.create_task_group() as outer:
             # owners go on while this process's running actions finish (their results get
@@ -158,6 +160,7 @@ class Worker:
                 await anyio.sleep(0.01)  # a short wait: shutdown only
 
     async def _partition(self, p: int, fence: Fence, scope: anyio.CancelScope) -> None:
+        backoff = Backoff(f"partition {p}")
         with scope:
             while True:
                 owner = PartitionOwner(self.engine, p, fence, self.config, self.leases)
@@ -167,7 +170,7 @@ class Worker:
                 except Fenced:
                     return  # another process owns it now; ownership notices and stops us
                 except REDIS_DOWN as err:
-                    await _backoff(f"partition {p}", err)
+                    await backoff.wait(err)  # the lease lapses meanwhile: ownership stops us
                 except Exception:
                     log.exception("partition %d: owner loop failed; restarting it", p)
                     await anyio.sleep(0.5)
@@ -179,6 +182,7 @@ class Worker:
         consumer = self.run_queue
         next_claim = 0.0
         pending = True
+        backoff = Backoff("runner", stop=self._stopping)
         while True:
             try:
                 await self._slots.acquire()
@@ -195,19 +199,23 @@ class Worker:
                 for e in entries:
                     await self._slots.acquire()
                     actions.start_soon(self._one_action, e)
+                backoff.reset()
             except REDIS_DOWN as err:
-                await _backoff("runner", err)
+                if not await backoff.wait(err):
+                    return
 
     async def _one_action(self, e: Entry) -> None:
+        # not stopped by a graceful stop: a finished action's result is still written
+        backoff = Backoff(f"action {e.id}")
         try:
-            for attempt in range(100):
+            for _ in range(100):
                 try:
                     await self.run_queue.handle_one(
                         e, self.runner.handle, acked=self.runner.acked_early
                     )
                     return
                 except REDIS_DOWN as err:
-                    await _backoff(f"action {e.id} (attempt {attempt})", err)
+                    await backoff.wait(err)
         finally:
             self._slots.release()
 
@@ -215,17 +223,3 @@ def _entry_id(raw: Any) -> tuple[int, int]:
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     ms, _, n = text.partition("-")
     return int(ms or 0), int(n or 0)
-
-
-async def _backoff(what: str, err: BaseException) -> None:
-    log.warning("%s: Redis unavailable (%s); retrying", what, err)
-    await anyio.sleep(0.5)
-
-
-async def _retrying(fn: Callable[[], Awaitable[None]], what: str) -> None:
-    while True:
-        try:
-            await fn()
-            return
-        except REDIS_DOWN as err:
-            await _backoff(what, err)
