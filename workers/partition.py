@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from app.domain import commands as c
 from app.domain import events as ev
@@ -114,6 +115,11 @@ class PartitionOwner:
         self.keys = engine.keys
         self.position = "0"
         self.saved = "0"  # the checkpoint as last written
+        # With a shared reader (``Worker``: one XREAD over every partition this process
+        # owns), entries arrive here; ``read_pos`` is how far the reader got for us.
+        self.inbox: MemoryObjectReceiveStream[list[Any]] | None = None
+        self.inbox_send: MemoryObjectSendStream[list[Any]] | None = None
+        self.read_pos: str | None = None  # None until run() read the checkpoint
         self.dirty: set[str] = set()
         self.failures: dict[str, int] = {}  # entry id -> failed attempts (poison entries)
         self.commits = 0  # group-commit calls made
@@ -137,6 +143,7 @@ class PartitionOwner:
         raw: Any = await self.engine.redis.get(self.keys.checkpoint(self.partition))
         self.position = (raw.decode() if isinstance(raw, bytes) else raw) or "0"
         self.saved = self.position
+        self.read_pos = self.position
         log.info("partition %d: owner from %s", self.partition, self.position)
         try:
             await self._loop()
@@ -183,18 +190,39 @@ class PartitionOwner:
         )
         self.position = self.saved = position
 
-    async def _read(self) -> tuple[list[Entry], str | None]:
-        redis = self.engine.redis
-        key = self.keys.events(self.partition)
+    def shared(self, buffer: int = 64) -> None:
+        """Take entries from a shared reader instead of reading the stream itself."""
+        self.inbox_send, self.inbox = anyio.create_memory_object_stream[list[Any]](buffer)
+
+    async def _rows(self) -> list[Any]:
+        """The next rows of the partition's events stream (maybe none, after a wait)."""
         block = self.config.block_ms
-        resp: Any = await redis.xread({key: self.position}, count=self.config.batch, block=block)
+        if self.inbox is not None:
+            wait = (block or 0) / 1000 or self.config.poll_interval_s * 20
+            rows: list[Any] = []
+            with anyio.move_on_after(wait):
+                rows = list(await self.inbox.receive())
+            while len(rows) < self.config.batch:
+                try:
+                    rows += self.inbox.receive_nowait()
+                except anyio.WouldBlock:
+                    break
+            return rows
+        key = self.keys.events(self.partition)
+        resp: Any = await self.engine.redis.xread(
+            {key: self.position}, count=self.config.batch, block=block
+        )
         if not resp:
             if block is None:
                 await anyio.sleep(self.config.poll_interval_s)
-            return [], None
+            return []
+        return [row for _stream, stream_rows in resp for row in stream_rows]
+
+    async def _read(self) -> tuple[list[Entry], str | None]:
+        rows = await self._rows()
         out: list[Entry] = []
         last: str | None = None
-        for _stream, rows in resp:
+        if rows:
             for rid, fields in rows:
                 last = rid.decode() if isinstance(rid, bytes) else str(rid)
                 try:

@@ -49,6 +49,9 @@ class Worker:
             engine.redis, keys, incarnation(cfg.name), lease_ttl_s=cfg.partition_lease_s
         )
         self.owners: dict[int, PartitionOwner] = {}
+        # one XREAD for all owned partitions; a cluster client reads each on its own (the
+        # streams of several partitions live in different slots)
+        self.shared_reads = not hasattr(engine.redis, "nodes_manager")
 
         def dead(stream: str) -> str:
             return stream.rsplit(":", 1)[0] + ":dead"
@@ -135,6 +138,8 @@ class Worker:
         async with anyio.create_task_group() as tg:
             await tg.start(self.ownership.run)
             running: dict[int, tuple[Fence, anyio.CancelScope]] = {}
+            if self.shared_reads:
+                tg.start_soon(self._read_partitions)
             task_status.started()
             while True:
                 owned = self.ownership.owned()
@@ -148,6 +153,45 @@ class Worker:
                         running[p] = (fence, scope)
                         tg.start_soon(self._partition, p, fence, scope)
                 await self.ownership.wait_changed(owned)
+
+    async def _read_partitions(self) -> None:
+        """One XREAD over the events streams of every partition this process owns, handed
+        to each owner in order (instead of one blocking read per partition)."""
+        redis, keys, cfg = self.engine.redis, self.engine.keys, self.config
+        backoff = Backoff("partition reader")
+        while True:
+            owners = {
+                keys.events(p): o
+                for p, o in self.owners.items()
+                if o.inbox_send is not None and o.read_pos is not None
+            }
+            if not owners:
+                await anyio.sleep(0.02)
+                continue
+            try:
+                resp: Any = await redis.xread(
+                    {k: o.read_pos for k, o in owners.items()},
+                    count=cfg.batch,
+                    block=cfg.block_ms,
+                )
+            except REDIS_DOWN as err:
+                await backoff.wait(err)
+                continue
+            backoff.reset()
+            if not resp:
+                if cfg.block_ms is None:
+                    await anyio.sleep(cfg.poll_interval_s)
+                continue
+            for stream, rows in resp:
+                key = stream.decode() if isinstance(stream, bytes) else str(stream)
+                o = owners.get(key)
+                if o is None or not rows or o.inbox_send is None:
+                    continue
+                if self.owners.get(o.partition) is not o:
+                    continue  # that owner stopped meanwhile; its successor reads again
+                last = rows[-1][0]
+                o.read_pos = last.decode() if isinstance(last, bytes) else str(last)
+                await o.inbox_send.send(list(rows))
 
     async def _drain_owners(self) -> None:
         """Wait until each owner loop has read its partition's events up to now."""
@@ -164,6 +208,8 @@ class Worker:
         with scope:
             while True:
                 owner = PartitionOwner(self.engine, p, fence, self.config, self.leases)
+                if self.shared_reads:
+                    owner.shared()
                 self.owners[p] = owner
                 try:
                     await owner.run()
