@@ -27,6 +27,8 @@ from bench.context import Ctx
 BENCHMARKS = [
     "xadd_ceiling",
     "actions",
+    "scale",
+    "growth",
     "retry_api",
     "redispatch",
     "replay",
