@@ -29,6 +29,7 @@ async def run(ctx: Ctx) -> Record:
         "concurrency 16",
     )
     ours = await workload.run(ctx, workers=1, tag="act")
+    ctx.shared["workload:1"] = ours  # scale's 1-process run, when both run
     ctx.log(f"actions: stageline {ours['actions_per_s']:.0f} actions/s")
     others = await peers.run_all(ctx)
     fastest = max(others, key=lambda k: others[k]["best_jobs_per_s"])

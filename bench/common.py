@@ -47,6 +47,7 @@ class Settings:
     history: int  # ``growth``: past executions of the big pipeline
     history_lanes: int  # ``growth``: executions generated at once
     growth_new: int  # ``growth``: new executions started (timed) and run per pipeline
+    growth_budget_s: float  # ``growth``: at most this long for running them
     growth_cold_runs: int  # ``growth``: cold loads per pipeline (fresh processes)
     retry_requests: int  # RetryStageExecution requests (= failed executions prepared)
     retry_pipelines: int
@@ -74,6 +75,7 @@ QUICK = Settings(
     history=10_000,
     history_lanes=4,
     growth_new=300,
+    growth_budget_s=15.0,
     growth_cold_runs=3,
     retry_requests=6_000,
     retry_pipelines=64,
@@ -101,6 +103,7 @@ FULL = Settings(
     history=100_000,
     history_lanes=4,
     growth_new=600,
+    growth_budget_s=45.0,
     growth_cold_runs=3,
     retry_requests=30_000,
     retry_pipelines=128,

@@ -9,7 +9,9 @@ every Redis command per action, and CPU: the workers', Redis', the
 driver's and the whole machine's (busy cores over the run), so that a 2-core box's result
 can be read: past 2 busy cores more processes only share the same CPU.
 
-The ratio is actions/s with 2 processes over 1; the target also asks appends and reads per
+When ``actions`` ran just before in the same run, its 1-process figures are used (the same
+workload, same settings) instead of measuring them again. The ratio is actions/s with 2
+processes over 1; the target also asks appends and reads per
 action to stay flat (within 10 %) as processes are added.
 """
 
@@ -40,7 +42,11 @@ async def run(ctx: Ctx) -> Record:
     )
     runs: dict[int, dict[str, Any]] = {}
     for w in st.scale_workers:
-        r = await workload.run(ctx, workers=w, tag=f"scale{w}")
+        shared = ctx.shared.get(f"workload:{w}")
+        if shared is not None:  # the same run, measured by ``actions`` moments ago
+            r = {**shared, "from_actions_benchmark": True}
+        else:
+            r = await workload.run(ctx, workers=w, tag=f"scale{w}")
         runs[w] = r
         ctx.log(
             f"scale: {w} worker(s): {r['actions_per_s']:.0f} actions/s, "
