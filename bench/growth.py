@@ -6,7 +6,9 @@ every tenth of them failed and retried (FAILED_ACTIONS) once; ``growth-fresh`` n
 history is made in this process through the engine, without workers: ``Engine.start_execution``,
 the action completed directly with ``CompleteAction`` through ``engine.repo.execute``, the
 retry through ``Engine.retry_stage`` (applied with ``ApplyStageRetry`` when no worker does
-it), a few executions at a time. Then, for the fresh pipeline and then the big one:
+it), a few executions at a time. One worker process then reacts to that history once (until
+a probe execution on each pipeline has Succeeded; it writes its snapshots when it stops), as
+workers running all along would have. Then, for the fresh pipeline and then the big one:
 
 1. StartPipelineExecution latency: ``M`` executions started one at a time through
    ``Engine.start_execution`` (this process's engine, its cache warm), p50 / p99;
@@ -123,6 +125,37 @@ async def _snapshot_bytes(ctx: Ctx, name: str) -> dict[str, Any]:
     return {"keys": len(keys), "memory_usage_bytes": memory, "value_bytes": value}
 
 
+def _worker(ctx: Ctx, gate: str) -> Proc:
+    return Proc(
+        [
+            PY, "-m", "bench.procs", "worker", "--redis-url", ctx.redis_url,
+            "--concurrency", str(ctx.settings.concurrency), "--runner", "noop", "--gate", gate,
+        ]
+    )  # fmt: skip
+
+
+async def _settle(ctx: Ctx, engine: Engine) -> float:
+    """Let a worker react to the history once, as workers running all along would have.
+
+    The history was written without workers, so its events still wait for their reactions
+    in whatever queues the core keeps. One worker runs until a probe execution started on
+    each pipeline now has Succeeded (its events come after the history's), then stops
+    (writing its snapshots). Seconds taken."""
+    gate = f"bench:gate:{uuid.uuid4().hex}"
+    worker = _worker(ctx, gate)
+    await worker.start(word="GATE")
+    t0 = time.perf_counter()
+    try:
+        await ctx.redis.rpush(gate, "go")
+        probes = [
+            (n, await engine.start_execution(n, trigger_detail="probe")) for n in (BIG, FRESH)
+        ]
+        await workload._wait_all(engine, probes, limit_s=900)
+    finally:
+        await worker.stop(wait_s=120)
+    return time.perf_counter() - t0
+
+
 async def _phase(ctx: Ctx, engine: Engine, name: str) -> dict[str, Any]:
     """Start M executions (timed), then run them with one worker process."""
     st = ctx.settings
@@ -135,12 +168,7 @@ async def _phase(ctx: Ctx, engine: Engine, name: str) -> dict[str, Any]:
         started.append((name, eid))
 
     gate = f"bench:gate:{uuid.uuid4().hex}"
-    worker = Proc(
-        [
-            PY, "-m", "bench.procs", "worker", "--redis-url", ctx.redis_url,
-            "--concurrency", str(st.concurrency), "--runner", "noop", "--gate", gate,
-        ]
-    )  # fmt: skip
+    worker = _worker(ctx, gate)
     await worker.start(word="GATE")
     try:
         cpu0 = proc_cpu(worker.pid) or 0.0
@@ -225,6 +253,8 @@ async def run(ctx: Ctx) -> Record:
         for name in (BIG, FRESH):
             await engine.create_pipeline(workload.declaration(name, 1))
         gen_s = await generate(ctx, engine, BIG, st.history, st.history_lanes)
+        settle_s = await _settle(ctx, engine)
+        ctx.log(f"growth: a worker settled the history in {settle_s:.1f}s")
         big_state = await engine.pipeline(BIG)
         history_events = getattr(big_state, "version", None)
         past = len(getattr(big_state, "executions", None) or {}) or None
@@ -282,6 +312,7 @@ async def run(ctx: Ctx) -> Record:
             "generate_s": gen_s,
             "generate_executions_per_s": st.history / gen_s,
             "lanes": st.history_lanes,
+            "settle_s": settle_s,
         },
         "ratios_big_over_fresh": ratios,
         "fresh": {**f, "snapshot": snaps["fresh"], "cold": cold["fresh"]},
