@@ -48,6 +48,7 @@ class Settings:
     history_lanes: int  # ``growth``: executions generated at once
     growth_new: int  # ``growth``: new executions started (timed) and run per pipeline
     growth_budget_s: float  # ``growth``: at most this long for running them
+    growth_settle_s: float  # ``growth``: at most this long for a worker to work off the history
     growth_cold_runs: int  # ``growth``: cold loads per pipeline (fresh processes)
     retry_requests: int  # RetryStageExecution requests (= failed executions prepared)
     retry_pipelines: int
@@ -76,6 +77,7 @@ QUICK = Settings(
     history_lanes=4,
     growth_new=200,
     growth_budget_s=12.0,
+    growth_settle_s=120.0,
     growth_cold_runs=3,
     retry_requests=6_000,
     retry_pipelines=64,
@@ -104,6 +106,7 @@ FULL = Settings(
     history_lanes=4,
     growth_new=600,
     growth_budget_s=45.0,
+    growth_settle_s=300.0,
     growth_cold_runs=3,
     retry_requests=30_000,
     retry_pipelines=128,
