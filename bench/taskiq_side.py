@@ -86,13 +86,14 @@ async def work(port: int, concurrency: int, prefetch: int) -> None:
     try:
         await stop.wait()
     finally:
-        receiver.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await receiver
+        # the count first: the driver stops the worker once every job is done
         sys.stdout.write(f"EXECUTED {len(EXECUTED)} {len(set(EXECUTED))}\n")
         sys.stdout.flush()
+        receiver.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(receiver, 5)
         with contextlib.suppress(Exception):
-            await b.shutdown()
+            await asyncio.wait_for(b.shutdown(), 5)
 
 
 def main() -> None:
