@@ -31,7 +31,10 @@ async def run(ctx: Ctx) -> Record:
     ours = await workload.run(ctx, workers=1, tag="act")
     ctx.shared["workload:1"] = ours  # scale's 1-process run, when both run
     ctx.log(f"actions: stageline {ours['actions_per_s']:.0f} actions/s")
-    others = await peers.run_all(ctx)
+    results = await peers.run_all(ctx)
+    others = {k: v for k, v in results.items() if "error" not in v}
+    if not others:
+        raise RuntimeError("every peer failed: " + "; ".join(v["error"] for v in results.values()))
     fastest = max(others, key=lambda k: others[k]["best_jobs_per_s"])
     rec.value = ours["actions_per_s"]
     rec.baseline = others[fastest]["best_jobs_per_s"]
@@ -41,9 +44,12 @@ async def run(ctx: Ctx) -> Record:
         "stageline": ours,
         "fastest_peer": fastest,
         "ratio_per_peer": {k: rec.value / v["best_jobs_per_s"] for k, v in others.items()},
-        **others,
+        **results,
     }
     rec.notes.append(
         "peers: " + ", ".join(f"{k} {v['best_jobs_per_s']:.0f} jobs/s" for k, v in others.items())
     )
+    for k, v in results.items():
+        if "error" in v:
+            rec.notes.append(f"{k} failed and is not in the ratio: {v['error']}")
     return rec

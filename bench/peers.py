@@ -224,20 +224,26 @@ async def taskiq(ctx: Ctx, n: int, concurrency: int, prefetch: int) -> dict[str,
 
 
 async def run_all(ctx: Ctx) -> dict[str, Any]:
-    """Every peer, at the settings in docs/benchmarks.md; ``{"arq": {...}, ...}``."""
+    """Every peer, at the settings in docs/benchmarks.md; ``{"arq": {...}, ...}``. A peer
+    that fails is reported with its ``error`` (the others still count)."""
     st = ctx.settings
     out: dict[str, Any] = {}
     for peer in PEERS:
-        versions = await asyncio.to_thread(ensure, ctx, peer)
-        runs: list[dict[str, Any]] = []
-        if peer is ARQ:
-            runs.append(await arq(ctx, st.arq_default_n, 10, 0.5))  # arq's defaults
-            runs.append(await arq(ctx, st.peer_n, st.concurrency, 0.01))
-        elif peer is SAQ:
-            runs.append(await saq(ctx, st.peer_n, st.concurrency))
-        else:
-            runs.append(await taskiq(ctx, st.peer_n, st.concurrency, 0))
-            runs.append(await taskiq(ctx, st.peer_n, st.concurrency, st.concurrency))
+        try:
+            versions = await asyncio.to_thread(ensure, ctx, peer)
+            runs: list[dict[str, Any]] = []
+            if peer is ARQ:
+                runs.append(await arq(ctx, st.arq_default_n, 10, 0.5))  # arq's defaults
+                runs.append(await arq(ctx, st.peer_n, st.concurrency, 0.01))
+            elif peer is SAQ:
+                runs.append(await saq(ctx, st.peer_n, st.concurrency))
+            else:
+                runs.append(await taskiq(ctx, st.peer_n, st.concurrency, 0))
+                runs.append(await taskiq(ctx, st.peer_n, st.concurrency, st.concurrency))
+        except Exception as err:
+            ctx.log(f"actions: {peer.name} failed: {type(err).__name__}: {err}")
+            out[peer.name] = {"error": f"{type(err).__name__}: {err}"}
+            continue
         for r in runs:
             ctx.log(f"actions: {peer.name} {r['settings']}: {r['jobs_per_s']:.0f} jobs/s")
         best = max(runs, key=lambda r: r["jobs_per_s"])
