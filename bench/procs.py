@@ -54,7 +54,6 @@ async def _worker(a: argparse.Namespace) -> None:
     from redis.asyncio import Redis
 
     from app.engine import Engine
-    from app.store.keys import Keys
     from bench.common import counting_redis
     from workers.config import WorkerConfig
     from workers.runner import ActionJob, ActionResult
@@ -72,7 +71,12 @@ async def _worker(a: argparse.Namespace) -> None:
         await hook_redis.rpush("bench:starts", f"{job.actionExecutionId} {started:.6f}")
         return ActionResult(False, summary="hook", errorCode="BenchFailure", message="again")
 
-    engine = Engine(redis, Keys(partitions=a.partitions))
+    if a.partitions is None:
+        engine = Engine(redis)  # the engine's own default layout
+    else:
+        from app.store.keys import Keys
+
+        engine = Engine(redis, Keys(partitions=a.partitions))
     cfg = WorkerConfig(
         name=f"bench-{os.getpid()}",
         concurrency=a.concurrency,
@@ -150,7 +154,7 @@ def main() -> None:
     s.add_argument("--workers", action="store_true")
     w = sub.add_parser("worker")
     w.add_argument("--redis-url", required=True)
-    w.add_argument("--partitions", type=int, default=16)
+    w.add_argument("--partitions", type=int, default=None, help="default: the engine's")
     w.add_argument("--concurrency", type=int, default=16)
     w.add_argument("--runner", choices=["noop", "hook"], default="noop")
     w.add_argument("--gate", default=None, help="wait for an item on this Redis list first")
