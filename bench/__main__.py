@@ -1,4 +1,4 @@
-"""``python -m bench [--quick|--full] [--out FILE] [--only a,b] [--profile]``
+"""``python -m bench [--quick|--full] [--out FILE] [--only a,b] [--history N] [--profile]``
 
 Starts a private ``redis-server`` on a free port, runs every benchmark against it (each with
 its baseline, in the same run, on the same server), writes one JSON file and prints a table.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import datetime as dt
 import importlib
 import json
@@ -27,6 +28,8 @@ from bench.context import Ctx
 BENCHMARKS = [
     "xadd_ceiling",
     "actions",
+    "scale",
+    "growth",
     "retry_api",
     "redispatch",
     "replay",
@@ -90,6 +93,8 @@ async def main_async(a: argparse.Namespace) -> tuple[dict[str, Any], list[Record
     from tests.redis_server import RedisServer
 
     settings = FULL if a.full else QUICK
+    if a.history is not None:
+        settings = dataclasses.replace(settings, history=a.history)
     only = [x.strip() for x in a.only.split(",")] if a.only else BENCHMARKS
     started = time.monotonic()
     load_before = os.getloadavg()
@@ -138,6 +143,12 @@ def main() -> None:
     p.add_argument("--out", default=None, help="result JSON (default bench/results/<mode>.json)")
     p.add_argument("--only", default=None, help=f"comma-separated subset of {BENCHMARKS}")
     p.add_argument(
+        "--history",
+        type=int,
+        default=None,
+        help="past executions of growth's big pipeline (default 10,000; --full 100,000)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="sample the processes under test with py-spy (bench/results/profiles/)",
@@ -147,6 +158,8 @@ def main() -> None:
         a.out = str(ROOT / "bench" / "results" / f"{'full' if a.full else 'quick'}.json")
     only = [x.strip() for x in a.only.split(",")] if a.only else BENCHMARKS
     unknown = sorted(set(only) - set(BENCHMARKS))
+    if a.history is not None and a.history < 1:
+        p.error(f"--history must be at least 1 (got {a.history})")
     if unknown:
         p.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     doc, records = asyncio.run(main_async(a))

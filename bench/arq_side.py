@@ -5,7 +5,8 @@
     python arq_side.py work --port P --max-jobs C --poll-delay S
 
 ``work`` prints ``READY <epoch seconds>`` from arq's ``on_startup`` hook (just before arq's
-poll loop starts) and runs until SIGTERM.
+poll loop starts), runs until SIGTERM, then prints ``EXECUTED <runs> <distinct jobs>``: how
+often the job function itself ran in this process, and for how many different jobs.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from arq import create_pool
 from arq.connections import RedisSettings
 from arq.worker import Worker
 
+EXECUTED: list[str] = []  # the id of every job run, repeats included
+
 
 async def noop(ctx: dict[str, Any]) -> None:
-    return None
+    EXECUTED.append(ctx["job_id"])
 
 
 async def enqueue(port: int, n: int) -> None:
@@ -50,7 +53,11 @@ def work(port: int, max_jobs: int, poll_delay: float) -> None:
         handle_signals=True,
         keep_result=60,
     )
-    w.run()
+    try:
+        w.run()
+    finally:
+        sys.stdout.write(f"EXECUTED {len(EXECUTED)} {len(set(EXECUTED))}\n")
+        sys.stdout.flush()
 
 
 def main() -> None:

@@ -17,10 +17,14 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import Connection
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -36,9 +40,16 @@ class Settings:
     actions_n: int  # actions (and arq jobs) per throughput run
     actions_pipelines: int
     actions_per_execution: int
-    concurrency: int  # worker concurrency (ours) and max_jobs (arq)
-    arq_n: int
+    concurrency: int  # worker concurrency (ours) and the peers' (arq max_jobs ...)
+    peer_n: int  # jobs per run of arq / SAQ / taskiq
     arq_default_n: int  # arq at its default settings is slow: fewer jobs
+    scale_workers: tuple[int, ...]  # worker processes per ``scale`` run
+    history: int  # ``growth``: past executions of the big pipeline
+    history_lanes: int  # ``growth``: executions generated at once
+    growth_new: int  # ``growth``: new executions started (timed) and run per pipeline
+    growth_budget_s: float  # ``growth``: at most this long for running them
+    growth_settle_s: float  # ``growth``: at most this long for a worker to work off the history
+    growth_cold_runs: int  # ``growth``: cold loads per pipeline (fresh processes)
     retry_requests: int  # RetryStageExecution requests (= failed executions prepared)
     retry_pipelines: int
     http_connections: int
@@ -59,8 +70,15 @@ QUICK = Settings(
     actions_pipelines=16,
     actions_per_execution=5,
     concurrency=16,
-    arq_n=3_000,
+    peer_n=3_000,
     arq_default_n=1_000,
+    scale_workers=(1, 2, 4),
+    history=10_000,
+    history_lanes=4,
+    growth_new=200,
+    growth_budget_s=12.0,
+    growth_settle_s=120.0,
+    growth_cold_runs=3,
     retry_requests=6_000,
     retry_pipelines=64,
     http_connections=32,
@@ -81,8 +99,15 @@ FULL = Settings(
     actions_pipelines=16,
     actions_per_execution=5,
     concurrency=16,
-    arq_n=10_000,
+    peer_n=10_000,
     arq_default_n=3_000,
+    scale_workers=(1, 2, 4),
+    history=100_000,
+    history_lanes=4,
+    growth_new=600,
+    growth_budget_s=45.0,
+    growth_settle_s=300.0,
+    growth_cold_runs=3,
     retry_requests=30_000,
     retry_pipelines=128,
     http_connections=32,
@@ -220,9 +245,11 @@ class Proc:
         self.proc: asyncio.subprocess.Process | None = None
         self.ready_at: float | None = None
         self._stderr: list[str] = []
+        self.stdout_lines: list[str] = []  # what it printed after READY
         self._tasks: list[asyncio.Future[None]] = []
 
-    async def start(self, wait_s: float = 30.0) -> float:
+    async def start(self, wait_s: float = 30.0, word: str = "READY") -> float:
+        """Start it and wait for its line starting with ``word``; the time that line gives."""
         self.proc = await asyncio.create_subprocess_exec(
             *self.args,
             stdout=asyncio.subprocess.PIPE,
@@ -248,7 +275,7 @@ class Proc:
                     f"{self.args[:4]} exited with {self.proc.returncode}: {self.stderr_tail()}"
                 )
             text = line.decode().strip()
-            if text.startswith("READY"):
+            if text.startswith(word):
                 parts = text.split()
                 self.ready_at = float(parts[1]) if len(parts) > 1 else time.time()
                 self._tasks.append(asyncio.ensure_future(self._drain_stdout()))
@@ -256,8 +283,25 @@ class Proc:
 
     async def _drain_stdout(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        while await self.proc.stdout.readline():
-            pass
+        while line := await self.proc.stdout.readline():
+            self.stdout_lines.append(line.decode(errors="replace").strip())
+            del self.stdout_lines[:-100]
+
+    async def wait_printed(self, word: str, wait_s: float = 10.0) -> str:
+        """Wait for a line starting with ``word`` printed after READY; the rest of it."""
+        deadline = time.monotonic() + wait_s
+        while (found := self.printed(word)) is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.args[:4]} printed no {word}: {self.stderr_tail()}")
+            await asyncio.sleep(0.01)
+        return found
+
+    def printed(self, word: str) -> str | None:
+        """The rest of the last line it printed that starts with ``word`` (after stop())."""
+        for line in reversed(self.stdout_lines):
+            if line.startswith(word + " ") or line == word:
+                return line[len(word) :].strip()
+        return None
 
     async def _drain_stderr(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -285,6 +329,8 @@ class Proc:
         except TimeoutError:
             p.kill()
             await p.wait()
+        with contextlib.suppress(TimeoutError):  # read what it printed while stopping
+            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 2.0)
 
 
 async def run_cmd(args: Sequence[str], limit_s: float = 600.0) -> str:
@@ -309,6 +355,26 @@ def server_args(redis_url: str, port: int, *, workers: bool = False) -> list[str
     if workers:
         args.append("--workers")
     return args
+
+
+# --- counting Redis commands ---------------------------------------------------------------
+
+
+def counting_redis(url: str) -> tuple[Redis, Counter[str]]:
+    """A client that counts the commands it sends (pipelined ones included), by name.
+
+    Unlike ``INFO commandstats`` this sees only what the client sent: the commands a Lua
+    script runs inside Redis are not in it."""
+    counts: Counter[str] = Counter()
+
+    class CountingConnection(Connection):
+        def pack_command(self, *args: Any) -> list[bytes]:
+            name = args[0]
+            text = name.decode() if isinstance(name, bytes) else str(name)
+            counts[text.split(" ", 1)[0].lower()] += 1
+            return super().pack_command(*args)
+
+    return Redis.from_url(url, connection_class=CountingConnection), counts
 
 
 # --- HTTP --------------------------------------------------------------------------------------

@@ -6,13 +6,21 @@ Each prints ``READY <epoch seconds>`` on stdout once it is serving, and stops on
 - ``worker``: one worker process (``workers.service.Worker``) whose ``commands`` runner is an
   in-process trivial action instead of a shell: ``noop`` (succeeds at once) or ``hook``
   (records ``time.time()`` when the action starts into the Redis list ``bench:starts``,
-  then fails, so the same stage can be retried again).
+  then fails, so the same stage can be retried again). With ``--gate KEY`` it connects and
+  builds everything, then waits for an item on the Redis list ``KEY`` (BLPOP) before it starts
+  the worker: the driver releases several processes at one moment. Its Redis client counts
+  the commands it sends; on SIGUSR1 it prints ``COUNTS <json>`` (per command, since the gate
+  opened).
+- ``cold``: a fresh process loads one pipeline (``Engine.pipeline``) and answers
+  GetPipelineState (``app.queries.get_pipeline_state``); prints ``COLD <json>`` with both
+  times (imports and connecting excluded) and the process's peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -46,13 +54,14 @@ async def _worker(a: argparse.Namespace) -> None:
     from redis.asyncio import Redis
 
     from app.engine import Engine
-    from app.store.keys import Keys
+    from bench.common import counting_redis
     from workers.config import WorkerConfig
     from workers.runner import ActionJob, ActionResult
     from workers.service import Worker
 
-    redis = Redis.from_url(a.redis_url)
+    redis, counts = counting_redis(a.redis_url)  # the worker's commands, as it sends them
     hook_redis = Redis.from_url(a.redis_url)
+    since: dict[str, int] = {}
 
     async def noop(job: ActionJob) -> ActionResult:
         return ActionResult(True, summary="noop")
@@ -62,7 +71,12 @@ async def _worker(a: argparse.Namespace) -> None:
         await hook_redis.rpush("bench:starts", f"{job.actionExecutionId} {started:.6f}")
         return ActionResult(False, summary="hook", errorCode="BenchFailure", message="again")
 
-    engine = Engine(redis, Keys(partitions=a.partitions))
+    if a.partitions is None:
+        engine = Engine(redis)  # the engine's own default layout
+    else:
+        from app.store.keys import Keys
+
+        engine = Engine(redis, Keys(partitions=a.partitions))
     cfg = WorkerConfig(
         name=f"bench-{os.getpid()}",
         concurrency=a.concurrency,
@@ -70,19 +84,65 @@ async def _worker(a: argparse.Namespace) -> None:
     )
     worker = Worker(engine, cfg, runners={"commands": hook if a.runner == "hook" else noop})
 
+    gate = anyio.CancelScope()
     async with anyio.create_task_group() as tg:
 
         async def signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as received:
-                async for _ in received:
+            with anyio.open_signal_receiver(
+                signal.SIGTERM, signal.SIGINT, signal.SIGUSR1
+            ) as received:
+                async for sig in received:
+                    if sig == signal.SIGUSR1:  # the commands sent since the gate opened
+                        now = {k: v - since.get(k, 0) for k, v in counts.items()}
+                        sys.stdout.write(f"COUNTS {json.dumps(now)}\n")
+                        sys.stdout.flush()
+                        continue
+                    gate.cancel()
                     worker.stop(now=True)
                     return
 
         tg.start_soon(signals)
+        if a.gate:
+            with gate:
+                await redis.ping()
+                sys.stdout.write("GATE\n")
+                sys.stdout.flush()
+                await redis.blpop([a.gate], timeout=0)
+            if gate.cancel_called:
+                return
+        since.update(counts)
         await tg.start(worker.run)
         _ready()
     await redis.aclose()
     await hook_redis.aclose()
+
+
+async def _cold(a: argparse.Namespace) -> None:
+    import resource
+
+    from redis.asyncio import Redis
+
+    from app import queries as q
+    from app.engine import Engine
+
+    redis = Redis.from_url(a.redis_url)
+    await redis.ping()
+    engine = Engine(redis)
+    t0 = time.perf_counter()
+    state = await engine.pipeline(a.pipeline)
+    t1 = time.perf_counter()
+    answer = json.dumps(q.get_pipeline_state(state))
+    t2 = time.perf_counter()
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    out = {
+        "load_s": t1 - t0,
+        "state_s": t2 - t1,
+        "total_s": t2 - t0,
+        "answer_bytes": len(answer),
+        "peak_rss_bytes": rss,
+    }
+    sys.stdout.write(f"COLD {json.dumps(out)}\n")
+    await redis.aclose()
 
 
 def main() -> None:
@@ -94,15 +154,19 @@ def main() -> None:
     s.add_argument("--workers", action="store_true")
     w = sub.add_parser("worker")
     w.add_argument("--redis-url", required=True)
-    w.add_argument("--partitions", type=int, default=16)
+    w.add_argument("--partitions", type=int, default=None, help="default: the engine's")
     w.add_argument("--concurrency", type=int, default=16)
     w.add_argument("--runner", choices=["noop", "hook"], default="noop")
+    w.add_argument("--gate", default=None, help="wait for an item on this Redis list first")
+    k = sub.add_parser("cold")
+    k.add_argument("--redis-url", required=True)
+    k.add_argument("--pipeline", required=True)
     a = p.parse_args()
     logging.basicConfig(
         level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     with contextlib.suppress(KeyboardInterrupt):
-        anyio.run(_serve if a.what == "serve" else _worker, a)
+        anyio.run({"serve": _serve, "worker": _worker, "cold": _cold}[a.what], a)
 
 
 if __name__ == "__main__":
