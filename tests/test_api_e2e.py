@@ -747,7 +747,7 @@ def test_check_exposure(
     ):
         pass
     monkeypatch.delenv("STAGELINE_ACCESS_KEYS", raising=False)
-    assert cli_main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 1
+    assert cli_main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2  # usage (docs/cli.md)
     assert "refusing to listen on 0.0.0.0 without credentials" in capsys.readouterr().err
 
 

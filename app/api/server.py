@@ -38,6 +38,7 @@ class ServeConfig:
     max_concurrent_executions: int = 50  # per pipeline, fixed when it is created
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     log_level: str = "info"
+    access_log: str | None = "text"  # one line per request: "text", "json" or None (off)
 
 
 def is_loopback(host: str) -> bool:
@@ -66,11 +67,16 @@ def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
         except Exception:
             return False
 
-    return build_app(
+    api = build_app(
         build_handlers(engine),
         credentials=dict(cfg.credentials) or None,
         health=healthy,
         max_body_bytes=cfg.max_body_bytes,
+    )
+    from app.console.mount import mount  # /console, /metrics, /status, access log
+
+    return mount(
+        api, engine, credentials=dict(cfg.credentials) or None, access_log_format=cfg.access_log
     )
 
 
@@ -111,12 +117,7 @@ async def serve(
         )
     )
     worker = Worker(engine, worker_cfg) if cfg.workers else None
-    log.warning("stageline: Redis: %s", describe(cfg.redis_url))
-    if embedded:
-        log.warning(
-            "stageline: no --redis-url given: running on an embedded in-memory Redis; "
-            "everything is lost on exit"
-        )
+    log.warning("stageline: Redis: %s", describe(cfg.redis_url))  # says so when in-memory
     log.warning(
         "stageline: API on http://%s:%d (auth %s), workers %s",
         cfg.host,
