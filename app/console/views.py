@@ -158,6 +158,8 @@ async def execution(engine: Engine, name: str, eid: str) -> JSON:
         "executionId": eid,
         "execution": doc,
         "status": x.status,
+        "startTime": x.startTime,
+        "lastUpdateTime": x.lastUpdateTime,
         "canStop": x.status == "InProgress",
         "stages": stages,
         "streamVersion": s.version,

@@ -5,7 +5,10 @@
 "use strict";
 
 const TARGET = "CodePipeline_20150709.";
-const state = { auth: false, region: "us-east-1", creds: null, route: null, es: null, timer: null };
+const state = {
+  auth: false, region: "us-east-1", creds: null, route: null, es: null, timer: null,
+  open: new Set(), closed: new Set(), // attempts whose output the user opened or closed
+};
 const $main = () => document.getElementById("main");
 
 // --- small helpers ----------------------------------------------------------------------------
@@ -214,7 +217,7 @@ async function pipelineView(name) {
   ];
 }
 
-function attemptView(a, i) {
+function attemptView(a, i, latest) {
   const out = [];
   if (a.summary) out.push(`summary: ${a.summary}`);
   if (a.errorCode || a.errorMessage) out.push(`error: ${a.errorCode || ""} ${a.errorMessage || ""}`);
@@ -223,7 +226,14 @@ function attemptView(a, i) {
   return h("li", { class: `action s-${a.status}`, "data-attempt": i + 1, "data-status": a.status },
     h("span", { class: "name" }, `attempt ${i + 1}`), " ", badge(a.status),
     h("span", { class: "meta" }, ` ${short(a.actionExecutionId)} · ${when(a.startTime)} → ${when(a.lastUpdateTime)}${a.worker ? " · " + a.worker : ""}`),
-    h("details", { open: i === 0 ? null : true }, h("summary", {}, "Output"),
+    h("details", {
+      open: state.open.has(a.actionExecutionId) || (latest && !state.closed.has(a.actionExecutionId)),
+      ontoggle: (e) => {
+        const set = e.target.open ? state.open : state.closed;
+        (e.target.open ? state.closed : state.open).delete(a.actionExecutionId);
+        set.add(a.actionExecutionId);
+      },
+    }, h("summary", {}, `Output of attempt ${i + 1}`),
       h("pre", { "data-output": true }, out.join("\n") || "(no output recorded)")));
 }
 
@@ -237,7 +247,7 @@ async function executionView(name, eid) {
     retryMeta(s.retryStageMetadata && (s.retryStageMetadata.manualStageRetryAttempt || s.retryStageMetadata.autoStageRetryAttempt || s.retryStageMetadata.pendingRetry) ? s.retryStageMetadata : null),
     s.actions.map((a) => h("div", { "data-action": a.actionName },
       h("h4", {}, a.actionName, h("span", { class: "meta" }, ` ${a.attempts.length} attempt(s)`)),
-      h("ol", { class: "actions", reversed: true }, a.attempts.slice().reverse().map((x, i) => attemptView(x, a.attempts.length - 1 - i))))),
+      h("ol", { class: "actions", reversed: true }, a.attempts.slice().reverse().map((x, i) => attemptView(x, a.attempts.length - 1 - i, i === 0))))),
     s.status ? retryButtons(name, s.stageName, eid, s.retry) : null,
     approvalButtons(name, s.stageName, s.approvals)));
   const events = tl.events.map((e) => h("tr", {},
@@ -248,7 +258,7 @@ async function executionView(name, eid) {
   return [
     h("p", {}, h("a", { href: `#/p/${enc(name)}` }, `← ${name}`)),
     h("h1", {}, "Execution ", h("code", {}, eid), " ", badge(doc.status)),
-    h("p", { class: "meta" }, `started ${when(doc.execution.startTime || null)} · trigger ${(doc.execution.trigger || {}).triggerDetail || ""}`),
+    h("p", { class: "meta" }, `started ${when(doc.startTime)} · updated ${when(doc.lastUpdateTime)} · trigger ${(doc.execution.trigger || {}).triggerDetail || ""}`),
     doc.canStop ? h("div", { class: "buttons" }, stopButton(name, eid)) : null,
     h("div", { class: "stages" }, stages),
     h("h2", {}, "Audit timeline"),
@@ -277,7 +287,7 @@ async function render() {
     else if (r.view === "execution") nodes = await executionView(r.pipeline, r.eid);
     else nodes = await listView();
     const focused = document.activeElement && document.activeElement.getAttribute("data-retry");
-    $main().replaceChildren(...nodes);
+    $main().replaceChildren(...nodes.filter((n) => n));
     document.title = `${r.pipeline || "Pipelines"} · stageline`;
     if (focused) { const b = $main().querySelector(`[data-retry="${focused}"]`); if (b) b.focus(); }
   } catch (err) {
