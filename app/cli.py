@@ -54,7 +54,7 @@ EXIT_CODES: dict[int, str] = {
 DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
 ENV_ENDPOINT = "STAGELINE_ENDPOINT_URL"
 # The embedded fakeredis cannot block on XREADGROUP, so its workers poll: this often.
-EMBEDDED_POLL_INTERVAL_S = 0.1
+EMBEDDED_POLL_INTERVAL_S = 0.2
 
 
 class CliError(Exception):
@@ -112,6 +112,14 @@ def _port(text: str) -> int:
     return n
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``stageline: <problem> (see ... --help)``)."""
+
+    def error(self, message: str) -> Any:
+        print(f"stageline: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
 # --- option groups (shared by the subcommands) ---------------------------------------------
 
 
@@ -159,7 +167,7 @@ def _api_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="stageline",
         description="Event-sourced pipeline engine with CodePipeline's RetryStageExecution. "
         "Exit codes: " + "; ".join(f"{k} {v.split(':')[0]}" for k, v in EXIT_CODES.items()),
@@ -246,10 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = command("retry", "RetryStageExecution: retry a stage of an execution")
     _api_args(r)
-    r.add_argument("pipeline")
-    r.add_argument("stage")
-    r.add_argument("execution_id")
-    r.add_argument("--mode", choices=["FAILED_ACTIONS", "ALL_ACTIONS"], default="FAILED_ACTIONS")
+    r.add_argument("pipeline", help="pipeline name")
+    r.add_argument("stage", help="stage to retry")
+    r.add_argument("execution_id", help="the pipeline execution whose stage failed")
+    r.add_argument(
+        "--mode",
+        choices=["FAILED_ACTIONS", "ALL_ACTIONS"],
+        default="FAILED_ACTIONS",
+        help="retry the failed actions only, or the whole stage",
+    )
     r.add_argument(
         "--wait",
         action="store_true",
@@ -265,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     wa = command("watch", "live terminal view of a pipeline's stages and actions")
     _api_args(wa)
-    wa.add_argument("pipeline")
+    wa.add_argument("pipeline", help="pipeline name")
     wa.add_argument(
         "--once",
         "--no-live",
@@ -358,7 +371,13 @@ async def _serve(a: argparse.Namespace) -> None:
     credentials = _parse_keys(a.access_key)
     worker = _worker_config(a)
     if not a.redis_url:  # embedded fakeredis: workers poll, gently (idle < 2% of a core)
-        worker = replace(worker, block_ms=None, poll_interval_s=EMBEDDED_POLL_INTERVAL_S)
+        # (one process: a lost lease means this process died, so reaping can be lazy)
+        worker = replace(
+            worker,
+            block_ms=None,
+            poll_interval_s=EMBEDDED_POLL_INTERVAL_S,
+            reap_every_s=max(worker.reap_every_s, 5.0),
+        )
     cfg = ServeConfig(
         host=a.host,
         port=a.port,
@@ -492,9 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as err:  # argparse printed usage + one error line (or --help/--version)
         return int(err.code or 0) if not isinstance(err.code, str) else EXIT_USAGE
     logging.basicConfig(
-        level=logging.DEBUG if getattr(a, "verbose", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    verbose = getattr(a, "verbose", False)
+    logging.getLogger("stageline").setLevel(logging.DEBUG if verbose else logging.INFO)
     run: dict[str, Callable[[argparse.Namespace], Any]] = {
         "serve": _serve,
         "worker": _worker,
@@ -509,7 +529,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 return await run_audit(ns)
             except CliError as err:
-                raise CliError(str(err), _audit_code(str(err))) from None
+                message = str(err).removeprefix("stageline ")  # "stageline audit needs ..."
+                raise CliError(message, _audit_code(message)) from None
 
         run["audit"] = audit
     try:

@@ -238,12 +238,12 @@ def print_status(doc: JSON, *, as_json: bool) -> None:
 
     console = Console(highlight=False)
     console.print(
-        f"Redis: {doc.get('redis', '?')} (round trip {doc.get('redisRoundTripMs', 0):.1f} ms)"
-        f"  partitions: {doc.get('partitions')}"
+        f"partitions: {doc.get('partitions')}  "
+        f"Redis round trip: {doc.get('redisRoundTripMs', 0):.1f} ms"
     )
     workers = doc.get("workers", [])
-    alive = [w for w in workers if w.get("alive")]
-    console.print(f"workers alive: {len(alive)} of {len(workers)} known")
+    known = {w["name"] for w in workers}
+    console.print(f"workers alive: {doc.get('workersAlive', 0)} of {len(known)} known")
     wt = Table("worker", "group", "alive", "idle s", "pending")
     for w in workers:
         wt.add_row(

@@ -29,7 +29,7 @@ from app.store.keys import Keys
 log = logging.getLogger("stageline.feed")
 
 BLOCK_MS = 5000
-EMBEDDED_POLL_S = 0.25
+EMBEDDED_POLL_S = 0.5
 BATCH = 500
 
 
