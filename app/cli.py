@@ -370,7 +370,14 @@ async def _serve(a: argparse.Namespace) -> None:
 
     credentials = _parse_keys(a.access_key)
     worker = _worker_config(a)
-    if not a.redis_url:  # embedded fakeredis: workers poll, gently (idle < 2% of a core)
+    if not a.redis_url:
+        import importlib.util
+
+        if importlib.util.find_spec("fakeredis") is None:  # e.g. the container image
+            raise CliError(
+                f"no --redis-url (or ${ENV_URL}) and the embedded Redis is not installed "
+                "here (pip install 'fakeredis[lua]'): give a Redis URL"
+            )  # embedded fakeredis: workers poll, gently (idle < 2% of a core)
         # (one process: a lost lease means this process died, so reaping can be lazy)
         worker = replace(
             worker,
