@@ -36,12 +36,12 @@ def server() -> Iterator[Stageline]:
         yield s
 
 
-def demo(marks: Path) -> dict[str, Any]:
+def demo(marks: Path, name: str = "web") -> dict[str, Any]:
     def cmd(name: str, *lines: str) -> dict[str, Any]:
         return {"name": name, "actionTypeId": COMMANDS, "commands": list(lines)}
 
     return {
-        "name": "web",
+        "name": name,
         "roleArn": "arn:aws:iam::123456789012:role/console",
         "stages": [
             {
@@ -109,7 +109,8 @@ def test_console_retry_while_sibling_runs_approve_and_read_output(
         screenshot(page, "02-failed-action-sibling-running")
 
         (tmp_path / "fixed").touch()
-        retry_failed.click()
+        retry_failed.focus()  # keyboard only: focus the button, press Enter
+        page.keyboard.press("Enter")
         page.get_by_role("alert").filter(has_text="accepted").wait_for()
         flaky.and_(page.locator('[data-status="Succeeded"]')).wait_for(timeout=20_000)
         assert "attempt 2" in flaky.inner_text()
@@ -150,3 +151,28 @@ def test_console_retry_while_sibling_runs_approve_and_read_output(
 
     x = cp.get_pipeline_execution(pipelineName="web", pipelineExecutionId=eid)
     assert x["pipelineExecution"]["status"] == "Succeeded"
+
+
+def test_console_without_auth_stops_an_execution(tmp_path: Path) -> None:
+    # (the embedded Redis is one per process: same partitions, another pipeline name)
+    cfg = ServeConfig(port=0, partitions=4, worker=WorkerConfig(name="browser-stop", block_ms=None))
+    with run_stageline(cfg) as s:
+        cp = client(s.url)
+        decl = demo(tmp_path, "stoppable")
+        decl["stages"][0]["actions"] = decl["stages"][0]["actions"][1:]  # only "slow"
+        cp.create_pipeline(pipeline=decl)
+        eid = cp.start_pipeline_execution(name="stoppable")["pipelineExecutionId"]
+        with browser_page() as page:
+            page.goto(s.url + "/console#/p/stoppable")
+            assert page.locator("#who").inner_text() == "auth off"  # no login asked
+            action(page, "Build", "slow").and_(page.locator('[data-status="InProgress"]')).wait_for(
+                timeout=20_000
+            )
+            page.get_by_role("button", name="Stop execution").click()
+            page.get_by_role("alert").filter(has_text="Stop: accepted").wait_for()
+            (tmp_path / "release").touch()  # let the running action end; the stop completes
+            row = page.locator("tr", has=page.get_by_role("link", name=eid))
+            row.locator(".badge.s-Stopped").wait_for(timeout=20_000)
+            screenshot(page, "07-stopped-without-auth")
+        x = cp.get_pipeline_execution(pipelineName="stoppable", pipelineExecutionId=eid)
+        assert x["pipelineExecution"]["status"] == "Stopped"
