@@ -30,7 +30,6 @@ def server() -> Iterator[Stageline]:
         port=0,
         credentials={AKID: SECRET},
         worker=WorkerConfig(name="browser-test", block_ms=None, reap_every_s=0.5),
-        partitions=4,
     )
     with run_stageline(cfg) as s:
         yield s
@@ -154,8 +153,8 @@ def test_console_retry_while_sibling_runs_approve_and_read_output(
 
 
 def test_console_without_auth_stops_an_execution(tmp_path: Path) -> None:
-    # (the embedded Redis is one per process: same partitions, another pipeline name)
-    cfg = ServeConfig(port=0, partitions=4, worker=WorkerConfig(name="browser-stop", block_ms=None))
+    # (the embedded Redis is one per test process: default partitions, another pipeline name)
+    cfg = ServeConfig(port=0, worker=WorkerConfig(name="browser-stop", block_ms=None))
     with run_stageline(cfg) as s:
         cp = client(s.url)
         decl = demo(tmp_path, "stoppable")

@@ -308,3 +308,34 @@ def test_parser_global_options_version_defaults(capsys: pytest.CaptureFixture[st
     assert "(default: 8080)" in out and "(default: 127.0.0.1)" in out
     assert main(["retry", "--help"]) == 0
     assert "(default: FAILED_ACTIONS)" in capsys.readouterr().out
+
+
+def test_status_and_watch_with_auth_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With access keys, `status` signs GET /status (SigV4) and `watch` signs its calls.
+
+    (The embedded Redis is one per test process: default partitions, like the other tests.)
+    """
+    from app.api.server import ServeConfig
+    from tests.api_helpers import AKID, SECRET, run_stageline
+    from workers.config import WorkerConfig
+
+    for k, v in clean_env(tmp_path).items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("STAGELINE_REDIS_URL", raising=False)
+    cfg = ServeConfig(port=0, credentials={AKID: SECRET}, worker=WorkerConfig(block_ms=None))
+    with run_stageline(cfg) as s:
+        cp = client(s.url)
+        cp.create_pipeline(pipeline=pipeline("signed", tmp_path, "true"))
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", AKID)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+        assert main(["status", "--json", "--endpoint-url", s.url]) == 0
+        assert json.loads(capsys.readouterr().out)["workersAlive"] >= 1
+        assert main(["watch", "signed", "--once", "--endpoint-url", s.url]) == 0
+        assert "Build" in capsys.readouterr().out
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong")
+        rc = main(["status", "--endpoint-url", s.url])
+        assert "AccessDeniedException" in one_line_error((rc, capsys.readouterr().err), 3)
+        rc = main(["watch", "signed", "--once", "--endpoint-url", s.url])
+        assert "InvalidSignatureException" in one_line_error((rc, capsys.readouterr().err), 3)

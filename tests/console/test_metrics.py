@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(120)
 
 COMMANDS = {"category": "Compute", "owner": "AWS", "provider": "Commands", "version": "1"}
 MANUAL = {"category": "Approval", "owner": "AWS", "provider": "Manual", "version": "1"}
-PARTITIONS = 4
+PARTITIONS = 16  # the embedded Redis is one per test process: the tests' common layout
 
 
 @pytest.fixture
@@ -91,7 +91,8 @@ def test_metrics_move_as_a_pipeline_runs(
             key = ("stageline_consumer_group_lag", (("group", group), ("partition", str(p))))
             assert key in before
         assert ("stageline_dead_letters", (("partition", str(p)),)) in before
-    assert value(before, "stageline_workers_alive", group="runners") == 1
+    # (other tests' servers in this process share the embedded Redis: at least this one)
+    assert value(before, "stageline_workers_alive", group="runners") >= 1
 
     cp = client(server.url)
     cp.create_pipeline(
@@ -165,8 +166,9 @@ def test_metrics_move_as_a_pipeline_runs(
     # /status: the same facts as JSON (what `stageline status` prints)
     with urllib.request.urlopen(server.url + "/status", timeout=10) as resp:
         status = json.load(resp)
-    assert status["partitions"] == PARTITIONS and status["workersAlive"] == 1
-    assert {w["group"] for w in status["workers"]} == {"orchestrators", "runners"}
+    assert status["partitions"] == PARTITIONS and status["workersAlive"] >= 1
+    mine = [w for w in status["workers"] if w["name"] == "metrics-test"]
+    assert {w["group"] for w in mine if w["alive"]} == {"orchestrators", "runners"}
     assert status["totals"]["deadLetters"] == 0
 
     # the access log: one JSON line per request
