@@ -377,8 +377,10 @@ async def _serve(a: argparse.Namespace) -> None:
             raise CliError(
                 f"no --redis-url (or ${ENV_URL}) and the embedded Redis is not installed "
                 "here (pip install 'fakeredis[lua]'): give a Redis URL"
-            )  # embedded fakeredis: workers poll, gently (idle < 2% of a core)
-        # (one process: a lost lease means this process died, so reaping can be lazy)
+            )
+        # The embedded fakeredis cannot block: workers poll, gently (an idle server takes
+        # < 2% of a core). One process: a lost lease means this process died, so reaping
+        # can be lazy.
         worker = replace(
             worker,
             block_ms=None,
@@ -402,7 +404,12 @@ async def _serve(a: argparse.Namespace) -> None:
     except SystemExit as err:
         raise CliError(str(err.code).removeprefix("stageline: "), EXIT_USAGE) from None
     _check_port_free(a.host, a.port)
-    await serve(cfg)
+    try:
+        await serve(cfg)
+    except SystemExit as err:  # e.g. "the API could not start on HOST:PORT" (uvicorn said why)
+        if not isinstance(err.code, str):
+            raise
+        raise CliError(err.code.removeprefix("stageline: "), EXIT_UNAVAILABLE) from None
 
 
 def _parse_keys(values: Sequence[str]) -> dict[str, str]:
