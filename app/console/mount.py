@@ -22,6 +22,7 @@ import logging
 import secrets
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any
@@ -43,6 +44,7 @@ from app.status import collect_status
 from app.store.keys import Keys
 
 access_log = logging.getLogger("stageline.access")
+event_log = logging.getLogger("stageline.events")
 log = logging.getLogger("stageline.console")
 
 Scope = Any
@@ -199,6 +201,7 @@ class Console:
         self.metrics = metrics or Metrics()
         self.feed = EventFeed(engine.redis, engine.keys)
         self.feed.on_items(self.metrics.fold)
+        self.feed.on_items(EventLogger())
         self.sessions = _Sessions()
 
     # --- ASGI ---------------------------------------------------------------------------------
@@ -472,6 +475,54 @@ class Console:
             pass
         finally:
             sub.close()
+
+
+_LOGGED = {
+    "ExecutionStarted",
+    "ExecutionSucceeded",
+    "ExecutionFailed",
+    "ExecutionStopped",
+    "StageRetryStarted",
+    "StageRetryRejected",
+    "ActionExecutionSucceeded",
+    "ActionExecutionFailed",
+}
+
+
+class EventLogger:
+    """One INFO line per execution, retry and action outcome (``stageline.events``), so a
+    running ``stageline serve`` shows what happens."""
+
+    def __init__(self, remember: int = 10_000) -> None:
+        self._names: OrderedDict[str, str] = OrderedDict()  # action execution id -> Stage/action
+        self._remember = remember
+
+    def __call__(self, items: list[FeedItem]) -> None:
+        if not event_log.isEnabledFor(logging.INFO):
+            return
+        for item in items:
+            if item.envelope is None:
+                continue
+            e: Any = item.envelope.event
+            if item.type == "ActionExecutionScheduled":
+                self._names[e.actionExecutionId] = f"{e.stageName}/{e.actionName}"
+                if len(self._names) > self._remember:
+                    self._names.popitem(last=False)
+            if item.type not in _LOGGED:
+                continue
+            where = f"{item.pipeline} {str(getattr(e, 'executionId', ''))[:8]}"
+            if item.type.startswith("ActionExecution"):
+                name = self._names.get(e.actionExecutionId, e.actionExecutionId[:8])
+                if item.type == "ActionExecutionFailed":
+                    detail = f"Failed {e.errorCode}: {e.message or e.summary or ''}"
+                else:
+                    detail = f"Succeeded {e.summary or ''}"
+                event_log.info("%s %s %s", where, name, detail.strip())
+            elif item.type.startswith("StageRetry"):
+                how = getattr(e, "retryMode", None) or getattr(e, "reason", "")
+                event_log.info("%s %s %s %s", where, item.type, e.stageName, how)
+            else:
+                event_log.info("%s %s %s", where, item.type, getattr(e, "reason", "") or "")
 
 
 def mount(

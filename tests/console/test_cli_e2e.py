@@ -230,6 +230,10 @@ def test_cli_against_the_run_it_server(served: Served, tmp_path: Path) -> None:
     assert "Traceback" not in log
     assert '"POST / RetryStageExecution" 200' in log  # the access log, one line a request
     assert log.count("RetryStageExecution") == 4
+    # what happened, as it happened (stageline.events)
+    assert f"demo {eid[:8]} Build/check Failed CommandFailed" in log
+    assert f"demo {eid[:8]} StageRetryStarted Build FAILED_ACTIONS" in log
+    assert f"demo {eid[:8]} Build/check Succeeded" in log
 
 
 @pytest.mark.parametrize(
