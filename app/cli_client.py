@@ -244,6 +244,11 @@ def print_status(doc: JSON, *, as_json: bool) -> None:
     workers = doc.get("workers", [])
     known = {w["name"] for w in workers}
     console.print(f"workers alive: {doc.get('workersAlive', 0)} of {len(known)} known")
+    if not doc.get("livenessExact", True):
+        console.print(
+            f"(Redis {doc.get('redisVersion') or '< 7.2'}: a consumer's idle time restarts only "
+            "when it gets entries, so an idle worker may show as not alive; Redis 7.2+ is exact)"
+        )
     wt = Table("worker", "group", "alive", "idle s", "pending")
     for w in workers:
         wt.add_row(

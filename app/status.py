@@ -6,6 +6,9 @@ the dead-letter streams (``XLEN``), in one pipelined round trip; nothing is kept
 
 A worker is *alive* when its consumer touched a partition stream within
 :data:`ALIVE_WITHIN_MS` (workers block at most ``--block-ms`` per read, 1 s by default).
+That needs Redis 7.2 or later, where a consumer's idle time restarts with every
+``XREADGROUP`` it attempts; before 7.2 it restarts only when the read returns entries, so
+an idle worker looks idle too (``livenessExact`` is then false, and the CLI says so).
 """
 
 from __future__ import annotations
@@ -43,8 +46,21 @@ async def redis_round_trip(redis: Redis) -> float:
     return time.perf_counter() - t0
 
 
+def _embedded(redis: Redis) -> bool:
+    return type(redis).__module__.startswith("fakeredis")
+
+
+async def _redis_version(redis: Redis) -> tuple[int, ...] | None:
+    try:
+        info: Any = await redis.info("server")
+        return tuple(int(x) for x in str(info.get("redis_version", "")).split(".")[:3])
+    except Exception:
+        return None
+
+
 async def collect_status(redis: Redis, keys: Keys) -> JSON:
     rtt = await redis_round_trip(redis)
+    version = await _redis_version(redis)
     pipe = redis.pipeline(transaction=False)
     plan: list[tuple[int, str, str]] = []
     for p in range(keys.partitions):
@@ -97,6 +113,9 @@ async def collect_status(redis: Redis, keys: Keys) -> JSON:
         out_workers.append(w)
     return {
         "time": time.time(),
+        "redisVersion": ".".join(map(str, version)) if version else None,
+        # the embedded fakeredis (no INFO) restarts idle times on every read, like 7.2
+        "livenessExact": (version >= (7, 2)) if version else _embedded(redis),
         "redisRoundTripMs": rtt * 1000,
         "partitions": keys.partitions,
         "workers": out_workers,

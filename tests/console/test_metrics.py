@@ -91,8 +91,14 @@ def test_metrics_move_as_a_pipeline_runs(
             key = ("stageline_consumer_group_lag", (("group", group), ("partition", str(p))))
             assert key in before
         assert ("stageline_dead_letters", (("partition", str(p)),)) in before
-    # (other tests' servers in this process share the embedded Redis: at least this one)
-    assert value(before, "stageline_workers_alive", group="runners") >= 1
+
+    # (other tests' servers in this process share the embedded Redis: at least this one,
+    # once its worker made its first read)
+    def worker_seen() -> Samples | None:
+        s, _ = scrape(server.url)
+        return s if value(s, "stageline_workers_alive", group="runners") >= 1 else None
+
+    before = wait_for(worker_seen, timeout=20, what="the worker's consumers")
 
     cp = client(server.url)
     cp.create_pipeline(
@@ -215,3 +221,16 @@ def test_worker_metrics_port(real_redis_url: str) -> None:
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert "Traceback" not in out
+
+
+async def test_status_says_whether_liveness_is_exact(real_redis: Any) -> None:
+    """Before Redis 7.2 an idle consumer's idle time does not restart on empty reads."""
+    from app.status import collect_status
+    from app.store.keys import Keys
+
+    info = await real_redis.info("server")
+    version = tuple(int(x) for x in str(info["redis_version"]).split(".")[:2])
+    doc = await collect_status(real_redis, Keys(partitions=2))
+    assert doc["redisVersion"] == info["redis_version"]
+    assert doc["livenessExact"] is (version >= (7, 2))
+    assert doc["totals"] == {"lag": 0, "pending": 0, "deadLetters": 0}
