@@ -166,7 +166,27 @@ def test_login_session_and_read_models(server: Stageline) -> None:
     assert request(server, "GET", "/console/api/pipelines", headers=cookie)[0] == 401
 
 
-def test_event_stream_reports_new_events(server: Stageline) -> None:
+@pytest.fixture(scope="module")
+def real_server(real_redis_url: str) -> Iterator[Stageline]:
+    """The same on a real Redis: the event feed blocks in XREAD there (flushed, as the
+    other real-Redis tests do)."""
+    import redis as redis_sync
+
+    url = real_redis_url
+    r = redis_sync.Redis.from_url(url)
+    r.flushdb()
+    cfg = ServeConfig(port=0, workers=False, credentials={AKID: SECRET}, redis_url=url)
+    try:
+        with run_stageline(cfg) as s:
+            yield s
+    finally:
+        r.flushdb()
+        r.close()
+
+
+@pytest.mark.parametrize("which", ["embedded", "real"])
+def test_event_stream_reports_new_events(which: str, request: pytest.FixtureRequest) -> None:
+    server: Stageline = request.getfixturevalue("server" if which == "embedded" else "real_server")
     cookie = login(server)
     cp = client(server.url)
     cp.create_pipeline(
