@@ -112,6 +112,27 @@ def _port(text: str) -> int:
     return n
 
 
+EXIT_NAMES = {
+    EXIT_OK: "ok",
+    EXIT_FAILED: "failed",
+    EXIT_USAGE: "usage",
+    EXIT_REFUSED: "refused/not found",
+    EXIT_UNAVAILABLE: "unavailable",
+    EXIT_TIMEOUT: "timed out",
+    EXIT_INTERRUPTED: "interrupted",
+}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, unless the help text already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS, []):
+            return text
+        return super()._get_help_string(action) or text
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors (``stageline: <problem> (see ... --help)``)."""
 
@@ -166,11 +187,13 @@ def _api_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _Formatter
     p = _Parser(
         prog="stageline",
         description="Event-sourced pipeline engine with CodePipeline's RetryStageExecution. "
-        "Exit codes: " + "; ".join(f"{k} {v.split(':')[0]}" for k, v in EXIT_CODES.items()),
+        "Exit codes: "
+        + ", ".join(f"{k} {v}" for k, v in EXIT_NAMES.items())
+        + " (docs/cli.md).",
         formatter_class=fmt,
     )
     _global_args(p, top=True)
@@ -197,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         else [],
         metavar="AKID:SECRET",
         help="accept SigV4 requests signed with this key (repeatable; "
-        "or STAGELINE_ACCESS_KEYS=AKID:SECRET,...); with none, auth is off",
+        "default: $STAGELINE_ACCESS_KEYS=AKID:SECRET,...); with none, auth is off",
     )
     s.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback host without access keys"

@@ -299,7 +299,9 @@ def test_cli_same_situation_same_code(
         r.close()
 
 
-def test_parser_global_options_version_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+def test_parser_global_options_version_defaults(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     p = build_parser()
     assert p.parse_args(["serve", "-v"]).verbose is True
     assert p.parse_args(["-v", "serve"]).verbose is True
@@ -312,6 +314,13 @@ def test_parser_global_options_version_defaults(capsys: pytest.CaptureFixture[st
     assert "(default: 8080)" in out and "(default: 127.0.0.1)" in out
     assert main(["retry", "--help"]) == 0
     assert "(default: FAILED_ACTIONS)" in capsys.readouterr().out
+    # secrets from the environment never show up as defaults
+    monkeypatch.setenv("STAGELINE_ACCESS_KEYS", "demo:topsecret")
+    monkeypatch.setenv("STAGELINE_REDIS_URL", "redis://user:hunter2@redis:6379/0")
+    for command in ("serve", "worker", "retry", "status", "watch"):
+        assert main([command, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "topsecret" not in out and "hunter2" not in out, command
 
 
 def test_status_and_watch_with_auth_on(
