@@ -296,9 +296,21 @@ async function render() {
   }
 }
 
+// One refetch per burst of events, never two at once (an older answer arriving last would
+// show a stale view): while one runs, later events only mark the view dirty.
+let rendering = false;
+let dirty = false;
 function refresh() {
   clearTimeout(state.timer);
-  state.timer = setTimeout(render, 80); // one refetch per burst of events
+  state.timer = setTimeout(async () => {
+    if (rendering) { dirty = true; return; }
+    rendering = true;
+    try {
+      do { dirty = false; await render(); } while (dirty);
+    } finally {
+      rendering = false;
+    }
+  }, state.route && state.route.view === "list" ? 300 : 80);
 }
 
 function listen() {
@@ -321,7 +333,7 @@ async function route() {
   } catch (err) {
     if (err.login) { $main().replaceChildren(loginView()); document.getElementById("akid").focus(); return; }
   }
-  await render();
+  refresh();
   listen();
 }
 
