@@ -1,8 +1,14 @@
 """The ``stageline`` command line.
 
-Every command that touches Redis takes ``--redis-url`` (default ``$STAGELINE_REDIS_URL``);
-without one, ``serve`` runs on an embedded in-memory Redis. Errors are one line on stderr
-and a non-zero exit, never a traceback.
+Commands that act on pipelines (``retry``, ``status``, ``watch``) talk to the HTTP API
+(``--endpoint-url``, default ``http://127.0.0.1:8080``; AWS credentials from the usual
+environment/profile), so they work with the embedded server of ``stageline serve``. With
+``--redis-url`` (or ``$STAGELINE_REDIS_URL``) and no ``--endpoint-url`` they go to Redis
+directly. Without a Redis URL, ``serve`` runs on an embedded in-memory Redis.
+
+Errors are one line on stderr and an exit code from :data:`EXIT_CODES` (the table in
+docs/cli.md), never a traceback. Global options (``-v``, ``--endpoint-url``, ``--redis-url``
+...) are accepted before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -11,9 +17,10 @@ import argparse
 import json
 import logging
 import os
+import socket
 import string
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import anyio
@@ -24,29 +31,138 @@ from app.store.connection import ENV_URL, connect, default_url
 from app.store.keys import Keys
 from workers.config import WorkerConfig, default_name
 
-EXIT_USAGE = 2
-EXIT_REFUSED = 3
-EXIT_UNAVAILABLE = 4
+# The one exit-code table (docs/cli.md). Every command uses these and only these.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the command ran and what it checked failed (retry --wait, audit verify)
+EXIT_USAGE = 2  # bad arguments, input or configuration: fix the command line
+EXIT_REFUSED = 3  # the service refused or did not find it (NotFound, NotRetryable, ...)
+EXIT_UNAVAILABLE = 4  # cannot reach the API or Redis, or cannot listen on the port
+EXIT_TIMEOUT = 5  # --wait gave up after --timeout
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_FAILED: "the command ran and what it checked failed (retry --wait: the stage "
+    "failed; audit verify: differences found)",
+    EXIT_USAGE: "usage error: bad arguments, input or configuration",
+    EXIT_REFUSED: "refused or not found by the service (pipeline/stage/execution not found, "
+    "stage not retryable, ...)",
+    EXIT_UNAVAILABLE: "unavailable: cannot reach the API or Redis, or the port is in use",
+    EXIT_TIMEOUT: "timed out waiting (--wait with --timeout)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:8080"
+ENV_ENDPOINT = "STAGELINE_ENDPOINT_URL"
+# The embedded fakeredis cannot block on XREADGROUP, so its workers poll: this often.
+EMBEDDED_POLL_INTERVAL_S = 0.2
 
 
 class CliError(Exception):
-    def __init__(self, message: str, code: int = 1) -> None:
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stageline")
+    except PackageNotFoundError:  # running from a source tree
+        return "unknown"
+
+
+def os_user() -> str:
+    """The OS user running the CLI ($USER, else the password database, else the uid)."""
+    import getpass
+
+    try:
+        return os.environ.get("USER") or getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid{os.getuid()}"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n}")
+    return n
+
+
+def _seconds(text: str) -> float:
+    try:
+        n = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {n}")
+    return n
+
+
+def _port(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {n}")
+    return n
+
+
+EXIT_NAMES = {
+    EXIT_OK: "ok",
+    EXIT_FAILED: "failed",
+    EXIT_USAGE: "usage",
+    EXIT_REFUSED: "refused/not found",
+    EXIT_UNAVAILABLE: "unavailable",
+    EXIT_TIMEOUT: "timed out",
+    EXIT_INTERRUPTED: "interrupted",
+}
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, unless the help text already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS, []):
+            return text
+        return super()._get_help_string(action) or text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (``stageline: <problem> (see ... --help)``)."""
+
+    def error(self, message: str) -> Any:
+        print(f"stageline: {message} (see '{self.prog} --help')", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+# --- option groups (shared by the subcommands) ---------------------------------------------
+
+
+def _global_args(p: argparse.ArgumentParser, *, top: bool) -> None:
+    # On subparsers the default is SUPPRESS, so `stageline -v serve` is not undone by serve.
+    default: Any = False if top else argparse.SUPPRESS
+    p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
 
 
 def _redis_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis-url",
         default=default_url(),
-        help=f"redis://, rediss:// or unix:// URL (default ${ENV_URL}; "
+        help=f"redis://, rediss:// or unix:// URL (default: ${ENV_URL}; "
         "serve: embedded in-memory Redis when unset)",
     )
     p.add_argument(
         "--partitions",
-        type=int,
+        type=_positive_int,
         default=int(os.environ.get("STAGELINE_PARTITIONS", "16")),
-        help="fixed number of work partitions (default 16; must match the data in Redis)",
+        help="fixed number of work partitions (must match the data in Redis)",
     )
 
 
@@ -107,17 +223,51 @@ def _parse_access_keys(
     return creds, names
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="stageline",
-        description="Event-sourced pipeline engine with CodePipeline's RetryStageExecution.",
+def _api_args(p: argparse.ArgumentParser) -> None:
+    """How a command reaches the API: endpoint, region, profile (credentials as boto3 does)."""
+    p.add_argument(
+        "--endpoint-url",
+        default=None,
+        help=f"the stageline API (default: ${ENV_ENDPOINT}, else {DEFAULT_ENDPOINT}); "
+        "without it, a --redis-url (or $STAGELINE_REDIS_URL) means direct Redis access",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="AWS profile for credentials (default: $AWS_PROFILE / the default chain)",
+    )
+    p.add_argument(
+        "--region",
+        default=None,
+        help="SigV4 region to sign for (default: $AWS_DEFAULT_REGION, else us-east-1)",
+    )
+    _redis_arg(p)
 
-    s = sub.add_parser("serve", help="run the CodePipeline-compatible HTTP API (+ workers)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = _Formatter
+    p = _Parser(
+        prog="stageline",
+        description="Event-sourced pipeline engine with CodePipeline's RetryStageExecution. "
+        "Exit codes: "
+        + ", ".join(f"{k} {v}" for k, v in EXIT_NAMES.items())
+        + " (docs/cli.md).",
+        formatter_class=fmt,
+    )
+    _global_args(p, top=True)
+    p.add_argument("--version", action="version", version=f"stageline {_version()}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        c: argparse.ArgumentParser = sub.add_parser(
+            name, help=help, description=help, formatter_class=fmt
+        )
+        _global_args(c, top=False)
+        return c
+
+    s = command("serve", "run the CodePipeline-compatible HTTP API (+ workers)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=_port, default=8080, help="port to listen on")
     _redis_arg(s)
     s.add_argument("--no-workers", action="store_true", help="API only; run workers apart")
     s.add_argument(
@@ -197,48 +347,98 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="idle time allowed between requests on one connection (default 5)",
     )
-    s.add_argument("--concurrency", type=int, default=8, help="actions run at once")
+    s.add_argument("--concurrency", type=_positive_int, default=8, help="actions run at once")
     s.add_argument(
         "--max-concurrent-executions",
-        type=int,
+        type=_positive_int,
         default=50,
         metavar="N",
-        help="limit of active executions per pipeline, fixed when a pipeline is created "
-        "(default 50)",
+        help="limit of active executions per pipeline, fixed when a pipeline is created",
+    )
+    s.add_argument(
+        "--access-log",
+        choices=["text", "json", "off"],
+        default=os.environ.get("STAGELINE_ACCESS_LOG", "text"),
+        help="one line per request on stderr (or $STAGELINE_ACCESS_LOG)",
     )
 
-    w = sub.add_parser("worker", help="run a worker process (orchestrator + action runner)")
+    w = command("worker", "run a worker process (orchestrator + action runner)")
     _redis_arg(w)
-    w.add_argument("--concurrency", type=int, default=8, help="actions run at once")
-    w.add_argument("--name", default=None, help="consumer name (default host-pid; unique!)")
-    w.add_argument("--lease-ttl", type=float, default=30.0, help="seconds; renewed every third")
-    w.add_argument("--claim-idle", type=float, default=30.0, help="seconds before takeover")
-    w.add_argument("--shutdown-grace", type=float, default=30.0, help="seconds")
-    w.add_argument("--claim-every", type=float, default=5.0, help="seconds between takeovers")
-    w.add_argument("--reap-every", type=float, default=1.0, help="seconds between lease reaps")
-    w.add_argument("--snapshot-every", type=float, default=2.0, help="seconds between snapshots")
-    w.add_argument("--max-deliveries", type=int, default=5, help="then dead-letter the entry")
+    w.add_argument("--concurrency", type=_positive_int, default=8, help="actions run at once")
+    w.add_argument(
+        "--name",
+        default=os.environ.get("STAGELINE_WORKER_NAME"),
+        help="consumer name, unique per worker and stable across restarts "
+        "(or $STAGELINE_WORKER_NAME; default host-pid)",
+    )
+    w.add_argument("--lease-ttl", type=_seconds, default=30.0, help="seconds; renewed every third")
+    w.add_argument("--claim-idle", type=_seconds, default=30.0, help="seconds before takeover")
+    w.add_argument("--shutdown-grace", type=_seconds, default=30.0, help="seconds")
+    w.add_argument("--claim-every", type=_seconds, default=5.0, help="seconds between takeovers")
+    w.add_argument("--reap-every", type=_seconds, default=1.0, help="seconds between lease reaps")
+    w.add_argument("--snapshot-every", type=_seconds, default=2.0, help="seconds between snapshots")
+    w.add_argument(
+        "--max-deliveries", type=_positive_int, default=5, help="then dead-letter the entry"
+    )
     w.add_argument(
         "--partition-lease",
-        type=float,
+        type=_seconds,
         default=10.0,
-        help="seconds a partition's owner holds it without renewing (default 10): another "
-        "process takes over a dead owner's partitions this long after its last renewal",
+        help="seconds a partition's owner holds it without renewing: another process takes "
+        "over a dead owner's partitions this long after its last renewal",
     )
-    w.add_argument("--block-ms", type=int, default=1000, help="XREADGROUP BLOCK (ms)")
+    w.add_argument("--block-ms", type=_positive_int, default=1000, help="XREADGROUP BLOCK (ms)")
     w.add_argument(
         "--role",
         action="append",
         choices=["orchestrator", "runner"],
         help="run only this role (repeatable; default both)",
     )
+    w.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="serve Prometheus /metrics (and /health) on this port (default: off)",
+    )
+    w.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port to listen on"
+    )
 
-    r = sub.add_parser("retry", help="RetryStageExecution from the command line")
-    _redis_arg(r)
-    r.add_argument("pipeline")
-    r.add_argument("stage")
-    r.add_argument("execution_id")
-    r.add_argument("--mode", choices=["FAILED_ACTIONS", "ALL_ACTIONS"], default="FAILED_ACTIONS")
+    r = command("retry", "RetryStageExecution: retry a stage of an execution")
+    _api_args(r)
+    r.add_argument("pipeline", help="pipeline name")
+    r.add_argument("stage", help="stage to retry")
+    r.add_argument("execution_id", help="the pipeline execution whose stage failed")
+    r.add_argument(
+        "--mode",
+        choices=["FAILED_ACTIONS", "ALL_ACTIONS"],
+        default="FAILED_ACTIONS",
+        help="retry the failed actions only, or the whole stage",
+    )
+    r.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait for the stage to end; exit 1 if it failed (see the exit codes)",
+    )
+    r.add_argument(
+        "--timeout", type=_seconds, default=600.0, help="with --wait: give up after (exit 5)"
+    )
+
+    st = command("status", "workers alive, partitions, consumer lag, pending, dead letters")
+    _api_args(st)
+    st.add_argument("--json", action="store_true", help="print the status document as JSON")
+
+    wa = command("watch", "live terminal view of a pipeline's stages and actions")
+    _api_args(wa)
+    wa.add_argument("pipeline", help="pipeline name")
+    wa.add_argument(
+        "--once",
+        "--no-live",
+        dest="once",
+        action="store_true",
+        help="print the view once and exit (non-interactive, for scripts and tests)",
+    )
+    wa.add_argument("--interval", type=_seconds, default=1.0, help="seconds between refreshes")
 
     m = sub.add_parser(
         "migrate",
@@ -252,7 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from app.audit.cli import add_audit_parser
 
-    add_audit_parser(sub, _redis_arg)
+    def audit_common(ap: argparse.ArgumentParser) -> None:
+        _global_args(ap, top=False)
+        ap.formatter_class = fmt
+        _redis_arg(ap)
+
+    add_audit_parser(sub, audit_common)
     return p
 
 
@@ -279,7 +484,7 @@ async def _worker(a: argparse.Namespace) -> None:
 
     if not a.redis_url:
         raise CliError(
-            f"stageline worker needs --redis-url (or ${ENV_URL}): workers in other processes "
+            f"worker needs --redis-url (or ${ENV_URL}): workers in other processes "
             "cannot share the embedded Redis; use 'stageline serve' for a single process"
         )
     redis = await connect(a.redis_url)
@@ -291,7 +496,37 @@ async def _worker(a: argparse.Namespace) -> None:
     if not await _until_redis_answers(engine):
         await redis.aclose()
         return
-    await worker.run_until_signalled()
+    if a.metrics_port is None:
+        await worker.run_until_signalled()
+        return
+    from app.metrics import serve_worker_metrics
+
+    async with anyio.create_task_group() as tg:
+        await tg.start(serve_worker_metrics, engine, a.metrics_host, a.metrics_port)
+        await worker.run_until_signalled()
+        tg.cancel_scope.cancel()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before anything starts when the port is taken (uvicorn would first say 'startup
+    complete')."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise CliError(f"cannot listen on {host}: {err.strerror}", EXIT_USAGE) from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as err:
+            raise CliError(
+                f"cannot listen on {host}:{port}: {err.strerror or err} "
+                "(another server running? pick another --port)",
+                EXIT_UNAVAILABLE,
+            ) from None
 
 
 async def _until_redis_answers(engine: Any) -> bool:
@@ -323,8 +558,10 @@ async def _until_redis_answers(engine: Any) -> bool:
 
 
 async def _serve(a: argparse.Namespace) -> None:
+    from dataclasses import replace
+
     from app.api.limits import ConnectionLimits
-    from app.api.server import ServeConfig, serve
+    from app.api.server import ServeConfig, check_exposure, serve
 
     creds, names = _parse_access_keys(a.access_key, a.access_keys_file)
     for flag in ("max_clock_skew", "header_timeout", "body_timeout", "keep_alive_timeout",
@@ -338,43 +575,144 @@ async def _serve(a: argparse.Namespace) -> None:
         max_connections=a.max_connections,
         max_in_flight=a.max_in_flight,
     )
-    await serve(
-        ServeConfig(
-            host=a.host,
-            port=a.port,
-            redis_url=a.redis_url,
-            workers=not a.no_workers,
-            credentials=creds,
-            principals=names,
-            region=a.region,
-            account_id=a.account_id,
-            max_clock_skew_s=a.max_clock_skew,
-            limits=limits,
-            insecure=a.insecure,
-            partitions=a.partitions,
-            max_concurrent_executions=a.max_concurrent_executions,
-            worker=_worker_config(a),
+    worker = _worker_config(a)
+    if not a.redis_url:
+        import importlib.util
+
+        if importlib.util.find_spec("fakeredis") is None:  # e.g. the container image
+            raise CliError(
+                f"no --redis-url (or ${ENV_URL}) and the embedded Redis is not installed "
+                "here (pip install 'fakeredis[lua]'): give a Redis URL"
+            )
+        # The embedded fakeredis cannot block: workers poll, gently (an idle server takes
+        # < 2% of a core). One process: a lost lease means this process died, so reaping
+        # can be lazy.
+        worker = replace(
+            worker,
+            block_ms=None,
+            poll_interval_s=EMBEDDED_POLL_INTERVAL_S,
+            reap_every_s=max(worker.reap_every_s, 5.0),
         )
+    cfg = ServeConfig(
+        host=a.host,
+        port=a.port,
+        redis_url=a.redis_url,
+        workers=not a.no_workers,
+        credentials=creds,
+        principals=names,
+        region=a.region,
+        account_id=a.account_id,
+        max_clock_skew_s=a.max_clock_skew,
+        limits=limits,
+        insecure=a.insecure,
+        partitions=a.partitions,
+        max_concurrent_executions=a.max_concurrent_executions,
+        worker=worker,
+        access_log=None if a.access_log == "off" else a.access_log,
+    )
+    try:
+        check_exposure(cfg)
+    except SystemExit as err:
+        raise CliError(str(err.code).removeprefix("stageline: "), EXIT_USAGE) from None
+    _check_port_free(a.host, a.port)
+    try:
+        await serve(cfg)
+    except SystemExit as err:  # e.g. "the API could not start on HOST:PORT" (uvicorn said why)
+        if not isinstance(err.code, str):
+            raise
+        raise CliError(err.code.removeprefix("stageline: "), EXIT_UNAVAILABLE) from None
+
+
+# --- commands that act on pipelines: API or direct Redis -----------------------------------
+
+
+def _direct(a: argparse.Namespace) -> bool:
+    """Direct Redis access: a Redis URL is given (flag or env) and no --endpoint-url."""
+    return bool(a.redis_url) and a.endpoint_url is None
+
+
+async def _retry(a: argparse.Namespace) -> int:
+    from app.cli_client import api_client, retry_via_api, wait_for_stage
+
+    if _direct(a):
+        from app import queries as q
+        from app.engine import Engine
+        from app.repository import Origin
+
+        redis = await connect(a.redis_url)
+        try:
+            engine = Engine(redis, Keys(partitions=a.partitions))
+            await engine.start()
+
+            async def state() -> dict[str, Any]:
+                return q.get_pipeline_state(await engine.pipeline(a.pipeline))
+
+            before = await state() if a.wait else None
+            eid = await engine.retry_stage(
+                a.pipeline, a.stage, a.execution_id, a.mode, Origin(actor=f"cli:{os_user()}")
+            )
+            print(json.dumps({"pipelineExecutionId": eid}), flush=True)
+            if before is None:
+                return EXIT_OK
+            return await wait_for_stage(state, before, a.stage, eid, a.timeout)
+        finally:
+            await redis.aclose()
+    api = api_client(a)
+    api_state = api.state_async(a.pipeline)
+    before_api = await api_state() if a.wait else None
+    eid = await anyio.to_thread.run_sync(retry_via_api, api, a)
+    print(json.dumps({"pipelineExecutionId": eid}), flush=True)
+    if before_api is None:
+        return EXIT_OK
+    return await wait_for_stage(api_state, before_api, a.stage, eid, a.timeout)
+
+
+async def _status(a: argparse.Namespace) -> int:
+    from app.cli_client import api_client, print_status
+
+    if _direct(a):
+        from app.status import collect_status
+
+        redis = await connect(a.redis_url)
+        try:
+            doc = await collect_status(redis, Keys(partitions=a.partitions))
+        finally:
+            await redis.aclose()
+    else:
+        doc = await anyio.to_thread.run_sync(api_client(a).status)
+    print_status(doc, as_json=a.json)
+    return EXIT_OK
+
+
+async def _watch(a: argparse.Namespace) -> int:
+    from app.cli_client import api_client, watch
+
+    if _direct(a):
+        from app import queries as q
+        from app.engine import Engine
+
+        redis = await connect(a.redis_url)
+        try:
+            engine = Engine(redis, Keys(partitions=a.partitions))
+
+            async def state() -> dict[str, Any]:
+                return q.get_pipeline_state(await engine.pipeline(a.pipeline))
+
+            return await watch(state, a.pipeline, once=a.once, interval=a.interval)
+        finally:
+            await redis.aclose()
+    return await watch(
+        api_client(a).state_async(a.pipeline), a.pipeline, once=a.once, interval=a.interval
     )
 
 
-async def _retry(a: argparse.Namespace) -> None:
-    from app.engine import Engine
-    from app.repository import Origin
+# --- main -------------------------------------------------------------------------------
 
-    if not a.redis_url:
-        raise CliError(f"stageline retry needs --redis-url (or ${ENV_URL})")
-    redis = await connect(a.redis_url)
-    try:
-        engine = Engine(redis, Keys(partitions=a.partitions))
-        await engine.start()
-        actor = os.environ.get("USER") or "cli"
-        eid = await engine.retry_stage(
-            a.pipeline, a.stage, a.execution_id, a.mode, Origin(actor=f"cli:{actor}")
-        )
-        print(json.dumps({"pipelineExecutionId": eid}))
-    finally:
-        await redis.aclose()
+
+def _audit_code(message: str) -> int:
+    if "has no event log" in message or message.startswith("refused"):
+        return EXIT_REFUSED
+    return EXIT_USAGE
 
 
 async def _migrate(a: argparse.Namespace) -> None:
@@ -415,51 +753,75 @@ async def _on_checked_store(a: argparse.Namespace, run: Any) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    a = parser.parse_args(argv)
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as err:  # argparse printed usage + one error line (or --help/--version)
+        return int(err.code or 0) if not isinstance(err.code, str) else EXIT_USAGE
     logging.basicConfig(
-        level=logging.DEBUG if a.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    run: dict[str, Any] = {
+    verbose = getattr(a, "verbose", False)
+    logging.getLogger("stageline").setLevel(logging.DEBUG if verbose else logging.INFO)
+    run: dict[str, Callable[[argparse.Namespace], Any]] = {
         "serve": _serve,
         "worker": _worker,
         "retry": _retry,
+        "status": _status,
+        "watch": _watch,
         "migrate": _migrate,
     }
     if a.command == "audit":
         from app.audit.cli import run_audit
 
-        run["audit"] = run_audit
+        async def audit(ns: argparse.Namespace) -> int:
+            try:
+                return await run_audit(ns)
+            except CliError as err:
+                message = str(err).removeprefix("stageline ")  # "stageline audit needs ..."
+                raise CliError(message, _audit_code(message)) from None
+
+        run["audit"] = audit
     try:
         result = anyio.run(_on_checked_store, a, run[a.command])
-        return int(result) if isinstance(result, int) else 0
+        return int(result) if isinstance(result, int) else EXIT_OK
     except KeyboardInterrupt:
-        return 130
-    except DomainError as err:
-        print(f"stageline: {err.type_name}: {err.message}", file=sys.stderr)
-        return EXIT_REFUSED
-    except CliError as err:
-        print(f"stageline: {err}", file=sys.stderr)
-        return err.code
-    except msgspec.ValidationError as err:
-        print(f"stageline: invalid input: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    except SystemExit as err:
-        if isinstance(err.code, str):
-            print(err.code, file=sys.stderr)
-            return 1
-        return int(err.code or 0)
-    except OSError as err:
-        print(f"stageline: {err}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except Exception as err:  # a last resort: one line, not a traceback
-        from redis.exceptions import RedisError
+        return EXIT_INTERRUPTED
+    except BaseException as err:  # one line, never a traceback
+        code, message = describe_error(err)
+        print(f"stageline: {message}", file=sys.stderr)
+        return code
 
-        if isinstance(err, RedisError):
-            print(f"stageline: Redis: {err}", file=sys.stderr)
-            return EXIT_UNAVAILABLE
-        print(f"stageline: internal error: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+
+def describe_error(err: BaseException) -> tuple[int, str]:
+    """(exit code, one-line message) for anything a command raised."""
+    from app.cli_client import ApiError
+
+    if isinstance(err, BaseExceptionGroup) and len(err.exceptions) == 1:
+        return describe_error(err.exceptions[0])
+    if isinstance(err, DomainError):
+        return EXIT_REFUSED, f"{err.type_name}: {err.message}"
+    if isinstance(err, ApiError):
+        return err.code, str(err)
+    if isinstance(err, CliError):
+        return err.code, str(err).removeprefix("stageline: ")
+    if isinstance(err, msgspec.ValidationError):
+        return EXIT_USAGE, f"invalid input: {err}"
+    if isinstance(err, SystemExit):
+        if isinstance(err.code, str):
+            return EXIT_USAGE, err.code.removeprefix("stageline: ")
+        return int(err.code or 0), "exited"
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+
+    if isinstance(err, RedisConnectionError | ConnectionError | TimeoutError):
+        return EXIT_UNAVAILABLE, f"cannot reach Redis: {err}"
+    if isinstance(err, RedisError):
+        return EXIT_UNAVAILABLE, f"Redis: {err}"
+    if isinstance(err, OSError):
+        return EXIT_UNAVAILABLE, str(err)
+    if isinstance(err, ValueError | RuntimeError):  # configuration mistakes (URL, partitions)
+        return EXIT_USAGE, str(err)
+    return EXIT_FAILED, f"internal error: {type(err).__name__}: {err}"
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -768,7 +769,7 @@ def test_check_exposure(
     ):
         pass
     monkeypatch.delenv("STAGELINE_ACCESS_KEYS", raising=False)
-    assert cli_main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 1
+    assert cli_main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 2  # usage (docs/cli.md)
     assert "refusing to listen on 0.0.0.0 without credentials" in capsys.readouterr().err
 
 
@@ -970,12 +971,17 @@ def test_embedded_smoke(embedded: Stageline, marks: Path) -> None:
     assert cp.get_pipeline_state(name=name)["pipelineName"] == name
 
 
-def readme_aws_cli_block() -> str:
+def readme_block(lang: str, containing: str) -> str:
     text = (REPO / "README.md").read_text()
-    section = text.split("## Use it with the AWS tools", 1)[1]
-    m = re.search(r"```sh\n(.*?)```", section, re.S)
-    assert m is not None, "the README's aws-cli section has no sh block"
-    return m.group(1)
+    section = text.split("## Use it with the AWS tools", 1)[1].split("\n## ", 1)[0]
+    for m in re.finditer(rf"```{lang}\n(.*?)```", section, re.S):
+        if containing in m.group(1):
+            return m.group(1)
+    raise AssertionError(f"the README's aws-cli section has no {lang} block with {containing!r}")
+
+
+def readme_aws_cli_block() -> str:
+    return readme_block("sh", "create-pipeline")
 
 
 @pytest.mark.skipif(shutil.which("aws") is None, reason="aws-cli not installed")
@@ -984,7 +990,7 @@ def test_readme_aws_cli_example(embedded: Stageline, tmp_path: Path) -> None:
     script = readme_aws_cli_block()
     assert "http://127.0.0.1:8080" in script and "examples/pipeline.json" in script
     script = script.replace("http://127.0.0.1:8080", embedded.url)
-    marker = Path("/tmp/stageline-demo-fixed")  # the example's "fix"
+    marker = Path(f"/tmp/stageline-demo-{os.getuid()}/fixed")  # the example's "fix" (per user)
     env = {
         **os.environ,
         "AWS_CONFIG_FILE": str(tmp_path / "config"),
@@ -1018,3 +1024,18 @@ def test_readme_aws_cli_example(embedded: Stageline, tmp_path: Path) -> None:
     assert [s for _, s in attempts(items, "compile")] == ["Succeeded"]
     assert [s for _, s in attempts(items, "package")] == ["Succeeded"]
     assert stages(cp, "demo")["Build"]["retry"]["manualStageRetryAttempt"] == 1
+
+    # the README's Python snippet, as written (only the port changes)
+    snippet = readme_block("python", "boto3").replace("http://127.0.0.1:8080", embedded.url)
+    marker.parent.mkdir(mode=0o700, exist_ok=True)
+    marker.touch()  # as the walk-through left it
+    try:
+        ran = subprocess.run(
+            [sys.executable, "-c", snippet], env=env, capture_output=True, text=True,
+            timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        marker.unlink(missing_ok=True)
+    assert ran.returncode == 0, ran.stderr
+    new_eid, status = ran.stdout.split()
+    assert new_eid != eid and status == "Succeeded"

@@ -170,7 +170,7 @@ class Worker:
                 continue
             try:
                 resp: Any = await redis.xread(
-                    {k: o.read_pos for k, o in owners.items()},
+                    {k: o.read_pos or "0" for k, o in owners.items()},
                     count=cfg.batch,
                     block=cfg.block_ms,
                 )

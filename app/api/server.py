@@ -46,6 +46,7 @@ class ServeConfig:
     worker: WorkerConfig = field(default_factory=WorkerConfig)
     log_level: str = "info"
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
+    access_log: str | None = "text"  # one line per request: "text", "json" or None (off)
 
 
 def is_loopback(host: str) -> bool:
@@ -78,7 +79,7 @@ def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
         akid: principal_arn(cfg.principals.get(akid) or akid, cfg.account_id)
         for akid in cfg.credentials
     }
-    return build_app(
+    api = build_app(
         build_handlers(engine),
         credentials=dict(cfg.credentials) or None,
         principals=principals,
@@ -88,6 +89,17 @@ def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
         max_in_flight=cfg.limits.max_in_flight,
         health=healthy,
         max_body_bytes=cfg.max_body_bytes,
+    )
+    from app.console.mount import mount  # /console, /metrics, /status, access log
+
+    return mount(
+        api,
+        engine,
+        credentials=dict(cfg.credentials) or None,
+        principals=principals,
+        region=cfg.region,
+        max_clock_skew=cfg.max_clock_skew_s,
+        access_log_format=cfg.access_log,
     )
 
 
@@ -134,12 +146,7 @@ async def serve(
         )
     )
     worker = Worker(engine, worker_cfg) if cfg.workers else None
-    log.warning("stageline: Redis: %s", describe(cfg.redis_url))
-    if embedded:
-        log.warning(
-            "stageline: no --redis-url given: running on an embedded in-memory Redis; "
-            "everything is lost on exit"
-        )
+    log.warning("stageline: Redis: %s", describe(cfg.redis_url))  # says so when in-memory
     log.warning(
         "stageline: API on http://%s:%d (auth %s), workers %s",
         cfg.host,

@@ -131,7 +131,7 @@ def test_export_import_roundtrip(
         assert main(audit(target, "replay", "--full")) == 0
         assert capsys.readouterr().out == source
         # a second import into the (now non-empty) target is refused, with one line
-        assert main(audit(target, "import", str(archive))) == 1
+        assert main(audit(target, "import", str(archive))) == 3  # refused (docs/cli.md)
         err = capsys.readouterr().err
         assert err.startswith("stageline: refused: the target Redis is not empty")
         assert err.count("\n") == 1
@@ -140,11 +140,12 @@ def test_export_import_roundtrip(
 
 
 def test_errors_are_one_line(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(audit(built.url, "log", "--pipeline", "nope")) == 1
+    # exit codes from the one table in docs/cli.md: 3 not found/refused, 2 usage
+    assert main(audit(built.url, "log", "--pipeline", "nope")) == 3
     assert capsys.readouterr().err == "stageline: pipeline 'nope' has no event log in this Redis\n"
-    assert main(audit(built.url, "replay", "--as-of", "soon")) == 1
+    assert main(audit(built.url, "replay", "--as-of", "soon")) == 2
     assert capsys.readouterr().err.startswith("stageline: invalid time 'soon'")
-    assert main(["audit", "verify", "--redis-url", ""]) == 1
+    assert main(["audit", "verify", "--redis-url", ""]) == 2
     assert "needs --redis-url" in capsys.readouterr().err
-    assert main(audit(built.url, "import", "/nonexistent.jsonl")) == 1
+    assert main(audit(built.url, "import", "/nonexistent.jsonl")) == 2
     assert capsys.readouterr().err.startswith("stageline: /nonexistent.jsonl: No such file")

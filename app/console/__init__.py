@@ -1,0 +1,1 @@
+"""The web console served by ``stageline serve`` at ``/console`` (see docs/console.md)."""
