@@ -124,7 +124,7 @@ class StreamEntry:
         return self.payload if self.payload is not None else self.ref
 
 
-def _entries(rows: Any) -> list[StreamEntry]:
+def entries_of(rows: Any) -> list[StreamEntry]:
     out: list[StreamEntry] = []
     for rid, fields in rows:
         h = fields.get(b"h")
@@ -149,7 +149,7 @@ async def read_entries(
     rows: Any = await redis.xrange(
         key, min=start, max=str(until) if until is not None else "+", count=count
     )
-    return _entries(rows)
+    return entries_of(rows)
 
 
 async def iter_stream(
@@ -180,14 +180,14 @@ class OutOfOrder(AuditError):
 @dataclass
 class Source(Generic[T]):
     """One stream to merge: ``start`` (no entry of it is below this seq), ``order`` (ties
-    between streams go to the lower order: the pipeline's stream is 0) and ``fetch(after)``
-    giving the next chunk after seq ``after`` as (items, last seq read, whether that was
-    the end of the stream)."""
+    between streams go to the lower order: the pipeline's stream is 0) and ``fetch(pos)``
+    giving the next chunk after position ``pos`` (None: from the start) as (items, the
+    position read to, whether that was the end of the stream)."""
 
     name: str
     start: int
     order: int
-    fetch: Callable[[int], Awaitable[tuple[list[T], int, bool]]]
+    fetch: Callable[[Any], Awaitable[tuple[list[T], Any, bool]]]
 
 
 @dataclass
@@ -195,7 +195,7 @@ class _Cursor(Generic[T]):
     source: Source[T]
     buf: list[T]
     i: int
-    read_to: int
+    read_to: Any
     end: bool
 
 
@@ -213,7 +213,7 @@ async def merge_sources(
     last = 0
 
     async def open_(src: Source[T]) -> None:
-        items, read_to, end = await src.fetch(src.start - 1 if src.start > 0 else 0)
+        items, read_to, end = await src.fetch(None)
         cur = _Cursor(src, items, 0, read_to, end)
         await advance(cur)
 
@@ -280,7 +280,9 @@ def event_sources(
 ) -> tuple[Source[ev.Envelope] | None, AsyncIterator[Source[ev.Envelope]]]:
     """The sources of :func:`merged_events` (the store's own readers, decoded events)."""
 
-    def head_fetch(after: int) -> Awaitable[tuple[list[ev.Envelope], int, bool]]:
+    def head_fetch(pos: int | None) -> Awaitable[tuple[list[ev.Envelope], int, bool]]:
+        after = pos or 0
+
         async def go() -> tuple[list[ev.Envelope], int, bool]:
             items = await store.read_head(pipeline, after=after, until=until, count=chunk)
             last = after
@@ -291,8 +293,11 @@ def event_sources(
 
         return go()
 
-    def exec_fetch(eid: str) -> Callable[[int], Awaitable[tuple[list[ev.Envelope], int, bool]]]:
-        async def fetch(after: int) -> tuple[list[ev.Envelope], int, bool]:
+    def exec_fetch(
+        eid: str,
+    ) -> Callable[[int | None], Awaitable[tuple[list[ev.Envelope], int, bool]]]:
+        async def fetch(pos: int | None) -> tuple[list[ev.Envelope], int, bool]:
+            after = pos or 0
             envs = await store.read_execution(pipeline, eid, after=after, until=until, count=chunk)
             return envs, envs[-1].version if envs else after, len(envs) < chunk
 
@@ -309,6 +314,19 @@ def event_sources(
 
     head = None if execution is not None else Source(HEAD, 0, 0, head_fetch)
     return head, executions()
+
+
+def raw_source(
+    redis: Redis, name: str, key: str, start: int, order: int, until: int, chunk: int
+) -> Source[StreamEntry]:
+    """A source of :func:`merge_sources` over one stream's entries as stored (up to
+    ``until``); its position is the last entry id read."""
+
+    async def fetch(pos: str | None) -> tuple[list[StreamEntry], str, bool]:
+        got = await read_entries(redis, key, pos or "", chunk, until)
+        return got, got[-1].entry_id if got else (pos or ""), len(got) < chunk
+
+    return Source(name, start, order, fetch)
 
 
 async def merged_events(
