@@ -23,7 +23,7 @@ import heapq
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from redis.asyncio import Redis
@@ -109,14 +109,13 @@ class StreamEntry:
     payload: bytes | None
     hash: str | None
     ref: bytes | None = None
+    version: int = field(init=False)  # the part before '-' (the pipeline's seq)
+    seq: int = field(init=False)  # the part after it (always 0 when the store wrote it)
 
-    @property
-    def version(self) -> int:
-        return int(self.entry_id.split("-", 1)[0])
-
-    @property
-    def seq(self) -> int:
-        return int(self.entry_id.split("-", 1)[1])
+    def __post_init__(self) -> None:
+        ms, _, sq = self.entry_id.partition("-")
+        object.__setattr__(self, "version", int(ms))
+        object.__setattr__(self, "seq", int(sq or 0))
 
     @property
     def body(self) -> bytes | None:
@@ -182,12 +181,14 @@ class Source(Generic[T]):
     """One stream to merge: ``start`` (no entry of it is below this seq), ``order`` (ties
     between streams go to the lower order: the pipeline's stream is 0) and ``fetch(pos)``
     giving the next chunk after position ``pos`` (None: from the start) as (items, the
-    position read to, whether that was the end of the stream)."""
+    position read to, whether that was the end of the stream). ``first``: the first chunk,
+    when it was read ahead (see :func:`prefetched`)."""
 
     name: str
     start: int
     order: int
     fetch: Callable[[Any], Awaitable[tuple[list[T], Any, bool]]]
+    first: tuple[list[T], Any, bool] | None = None
 
 
 @dataclass
@@ -213,7 +214,10 @@ async def merge_sources(
     last = 0
 
     async def open_(src: Source[T]) -> None:
-        items, read_to, end = await src.fetch(None)
+        if src.first is not None:
+            (items, read_to, end), src.first = src.first, None
+        else:
+            items, read_to, end = await src.fetch(None)
         cur = _Cursor(src, items, 0, read_to, end)
         await advance(cur)
 
@@ -308,12 +312,59 @@ def event_sources(
             yield Source(execution, 0, 1, exec_fetch(execution))
             return
         n = 0
+        group: list[Source[ev.Envelope]] = []
+
+        def first(rows: Any) -> tuple[list[ev.Envelope], int, bool]:
+            envs = [
+                ev.decode_payload(pipeline, int(text(rid).split("-")[0]), f[b"e"])
+                for rid, f in rows
+            ]
+            return envs, envs[-1].version if envs else 0, len(rows) < ahead
+
         async for eid, start in execution_starts(store, pipeline, until):
             n += 1
-            yield Source(eid, start, n, exec_fetch(eid))
+            group.append(Source(eid, start, n, exec_fetch(eid)))
+            if len(group) == PREFETCH:
+                for src in await prefetched(store.redis, group, keys_of, until, ahead, first):
+                    yield src
+                group = []
+        for src in await prefetched(store.redis, group, keys_of, until, ahead, first):
+            yield src
 
+    def keys_of(eid: str) -> str:
+        return store.keys.execution_log(pipeline, eid)
+
+    ahead = min(chunk, PREFETCH_ENTRIES)
     head = None if execution is not None else Source(HEAD, 0, 0, head_fetch)
     return head, executions()
+
+
+PREFETCH = 32  # execution streams whose first chunk is read in one round trip
+PREFETCH_ENTRIES = 200  # entries read ahead of each
+
+
+async def prefetched(
+    redis: Redis,
+    sources: list[Source[T]],
+    key_of: Callable[[str], str],
+    until: int | None,
+    count: int,
+    first: Callable[[Any], tuple[list[T], Any, bool]],
+) -> list[Source[T]]:
+    """``sources`` with their first chunk (up to ``count`` entries) read in one pipelined
+    round trip: most execution streams are short, so this saves a round trip per
+    execution; memory holds at most PREFETCH * count entries read ahead."""
+    if not sources:
+        return sources
+    pipe = redis.pipeline(transaction=False)
+    for src in sources:
+        pipe.xrange(
+            key_of(src.name), min="-", max=str(until) if until is not None else "+", count=count
+        )
+    rows: list[Any] = await pipe.execute()
+    for src, r in zip(sources, rows, strict=True):
+        src.first = first(r)
+    return sources
 
 
 def raw_source(

@@ -42,12 +42,15 @@ from typing import Any, Literal
 import msgspec
 
 from app.audit.common import (
+    PREFETCH,
+    PREFETCH_ENTRIES,
     Source,
     StreamEntry,
     entries_of,
     execution_streams,
     log_streams,
     merge_sources,
+    prefetched,
     raw_source,
     read_entries,
     select_pipelines,
@@ -496,9 +499,12 @@ class _Pass:
                 tail: Any = await redis.xrevrange(key, max=str(until), count=1)
                 end = int(text(tail[0][0]).split("-")[0]) if tail else 0
                 if seq <= top <= until and top > end:
-                    found = stream, (
-                        f"execution {stream}'s actions index records seq {top} but its stream "
-                        f"ends at entry {end}-0 (the stream was cut)"
+                    found = (
+                        stream,
+                        (
+                            f"execution {stream}'s actions index records seq {top} but its stream "
+                            f"ends at entry {end}-0 (the stream was cut)"
+                        ),
                     )
                     break
         if found is None:
@@ -529,10 +535,21 @@ async def _firsts(store: EventStore, keys: dict[str, str], until: int) -> dict[s
 async def _sources(
     store: EventStore, firsts: dict[str, int], keys: dict[str, str], until: int, batch: int
 ) -> AsyncIterator[Source[StreamEntry]]:
-    order = 1
-    for eid, start in sorted(((e, s) for e, s in firsts.items() if e != HEAD), key=lambda t: t[1]):
-        yield raw_source(store.redis, eid, keys[eid], start, order, until, batch)
-        order += 1
+    """The execution streams in start order, their first chunks read ahead in groups."""
+    ahead = min(batch, PREFETCH_ENTRIES)
+
+    def first(rows: Any) -> tuple[list[StreamEntry], str, bool]:
+        got = entries_of(rows)
+        return got, got[-1].entry_id if got else "", len(got) < ahead
+
+    ordered = sorted(((e, s) for e, s in firsts.items() if e != HEAD), key=lambda t: t[1])
+    for i in range(0, len(ordered), PREFETCH):
+        group = [
+            raw_source(store.redis, eid, keys[eid], start, i + j + 1, until, batch)
+            for j, (eid, start) in enumerate(ordered[i : i + PREFETCH])
+        ]
+        for src in await prefetched(store.redis, group, keys.__getitem__, until, ahead, first):
+            yield src
 
 
 async def verify_pipeline(
@@ -713,18 +730,29 @@ async def verify_pipeline(
             snap_v,
             HEAD,
         )
-    for eid, full in run.rebuilt.executions.items():
-        x = execution_from(await store.read_execution(pipeline, eid, until=until))
-        diff = _first_difference(msgspec.to_builtins(x), msgspec.to_builtins(full))
-        if diff is not None:
-            path, got, want = diff
-            return fail(
-                "projection",
-                f"projection differs at executions.{eid}.{path}: read from its stream "
-                f"{_show(got)}, rebuilt {_show(want)}",
-                None,
-                eid,
+    ids = list(run.rebuilt.executions)
+    for i in range(0, len(ids), PREFETCH):  # each execution as the engine reads it
+        part = ids[i : i + PREFETCH]
+        pipe = store.redis.pipeline(transaction=False)
+        for eid in part:
+            pipe.xrange(k.execution_log(pipeline, eid), min="-", max=str(until))
+        streams: list[Any] = await pipe.execute()
+        for eid, rows in zip(part, streams, strict=True):
+            x = execution_from(
+                ev.decode_payload(pipeline, int(text(rid).split("-")[0]), f[b"e"])
+                for rid, f in rows
             )
+            full = run.rebuilt.executions[eid]
+            diff = _first_difference(msgspec.to_builtins(x), msgspec.to_builtins(full))
+            if diff is not None:
+                path, got, want = diff
+                return fail(
+                    "projection",
+                    f"projection differs at executions.{eid}.{path}: read from its stream "
+                    f"{_show(got)}, rebuilt {_show(want)}",
+                    None,
+                    eid,
+                )
 
     # 6. the derived indexes
     problem = await _index_problem(store, pipeline, run, until)
@@ -762,9 +790,13 @@ async def _index_problem(
     tok: Any = await redis.hgetall(k.request_tokens(pipeline))
     apv: Any = await redis.hgetall(k.approvals(pipeline))
     xa: dict[str, dict[str, int]] = {}
-    for eid in want.xs:
-        raw: Any = await redis.hgetall(k.attempts(pipeline, eid))
-        xa[eid] = {text(a): int(text(v)) for a, v in raw.items()}
+    ids = list(want.xs)
+    for i in range(0, len(ids), 500):
+        pipe = redis.pipeline(transaction=False)
+        for eid in ids[i : i + 500]:
+            pipe.hgetall(k.attempts(pipeline, eid))
+        for eid, raw in zip(ids[i : i + 500], await pipe.execute(), strict=True):
+            xa[eid] = {text(a): int(text(v)) for a, v in raw.items()}
     quiet = await store.version(pipeline) == until  # nothing appended since the pass began
 
     for name, got_raw, exp in (
