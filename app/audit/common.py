@@ -434,3 +434,14 @@ async def execution_streams(store: EventStore, pipeline: str) -> set[str]:
     async for key in store.redis.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
         found.add(text(key)[len(prefix) :])
     return found
+
+
+async def all_execution_streams(store: EventStore) -> dict[str, set[str]]:
+    """Pipeline -> executions that have a stream, for every pipeline, in one key scan."""
+    ns = store.keys.namespace
+    found: dict[str, set[str]] = {}
+    async for key in store.redis.scan_iter(match=f"{ns}:{{{ns}.*}}:x:*", count=1000):
+        rest = text(key).split("}:x:", 1)[1]
+        pipeline, _, eid = rest.partition(":")
+        found.setdefault(pipeline, set()).add(eid)
+    return found
