@@ -436,12 +436,29 @@ async def execution_streams(store: EventStore, pipeline: str) -> set[str]:
     return found
 
 
-async def all_execution_streams(store: EventStore) -> dict[str, set[str]]:
-    """Pipeline -> executions that have a stream, for every pipeline, in one key scan."""
+async def unindexed_execution_streams(store: EventStore) -> dict[str, set[str]]:
+    """Pipeline -> execution streams that its executions index does not list, for every
+    pipeline, in one scan of the keys (only those are kept: normally none, so memory does
+    not grow with the number of executions)."""
     ns = store.keys.namespace
     found: dict[str, set[str]] = {}
+    page: list[tuple[str, str]] = []
+
+    async def check() -> None:
+        pipe = store.redis.pipeline(transaction=False)
+        for pipeline, eid in page:
+            pipe.zscore(store.keys.executions(pipeline), eid)
+        for (pipeline, eid), score in zip(page, await pipe.execute(), strict=True):
+            if score is None:
+                found.setdefault(pipeline, set()).add(eid)
+        page.clear()
+
     async for key in store.redis.scan_iter(match=f"{ns}:{{{ns}.*}}:x:*", count=1000):
         rest = text(key).split("}:x:", 1)[1]
         pipeline, _, eid = rest.partition(":")
-        found.setdefault(pipeline, set()).add(eid)
+        page.append((pipeline, eid))
+        if len(page) >= 1000:
+            await check()
+    if page:
+        await check()
     return found

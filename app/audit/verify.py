@@ -46,7 +46,6 @@ from app.audit.common import (
     PREFETCH_ENTRIES,
     Source,
     StreamEntry,
-    all_execution_streams,
     entries_of,
     execution_streams,
     log_streams,
@@ -56,6 +55,7 @@ from app.audit.common import (
     read_entries,
     select_pipelines,
     text,
+    unindexed_execution_streams,
 )
 from app.audit.progress import Progress
 from app.domain import events as ev
@@ -562,22 +562,23 @@ async def verify_pipeline(
     *,
     batch: int = 1000,
     progress: Progress | None = None,
-    streams: set[str] | None = None,
+    unindexed: set[str] | None = None,
 ) -> PipelineReport:
     """Check one pipeline's streams, chains, payloads, indexes and projections; see the
-    module docstring. ``streams``: the executions that have a stream, when the caller
-    scanned the keys already (else they are found by a scan)."""
+    module docstring. ``unindexed``: the execution streams its executions index does not
+    list, when the caller scanned the keys already (else they are found by a scan)."""
     k = store.keys
     snap_v, snap_head, snap_problem = await _load_snapshot(store, pipeline)
     until = await store.version(pipeline)
     head_len = int(await store.redis.xlen(k.log(pipeline)))
-    indexed_raw: Any = await store.redis.zrangebyscore(
-        k.executions(pipeline), 0, until, withscores=True
-    )
-    indexed = {text(m): int(s) for m, s in indexed_raw}
+    indexed_raw: Any = await store.redis.zrange(k.executions(pipeline), 0, -1, withscores=True)
+    in_index = {text(m): int(s) for m, s in indexed_raw}
+    indexed = {m: s for m, s in in_index.items() if s <= until}
     keys = {HEAD: k.log(pipeline)}
-    if streams is None:
+    if unindexed is None:
         streams = await execution_streams(store, pipeline)
+    else:  # those of the index (a missing one is found below) and those outside it
+        streams = set(in_index) | unindexed
     for eid in sorted(streams):
         keys[eid] = k.execution_log(pipeline, eid)
     firsts = await _firsts(store, keys, until)
@@ -877,10 +878,10 @@ async def verify(
             msg = "has a log but is not listed in its partition's names set (hidden)"
             problems.append(Problem(hidden, "listing", msg))
         names = sorted(set(listed) | streams)
-    found = await all_execution_streams(store)  # one scan of the keys for every pipeline
+    found = await unindexed_execution_streams(store)  # one scan of the keys for all
     reports = [
         await verify_pipeline(
-            store, name, batch=batch, progress=progress, streams=found.get(name, set())
+            store, name, batch=batch, progress=progress, unindexed=found.get(name, set())
         )
         for name in names
     ]

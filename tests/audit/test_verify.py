@@ -486,6 +486,18 @@ async def test_derived_index_differs(scenario: Scenario, index: str) -> None:
     assert pr.kind == "index" and pr.message == want
 
 
+async def test_stream_missing_from_the_executions_index(scenario: Scenario) -> None:
+    """Found by the key scan, whether one pipeline or all are verified: its events are
+    checked like any other's, and the index is reported."""
+    sc = scenario
+    await sc.engine.redis.zrem(sc.engine.keys.executions(sc.name), sc.exec2)
+    want = f"executions (xs) index: {sc.exec2} should be at seq 52, is (not set)"
+    pr = problem_of(await check(sc))
+    assert (pr.kind, pr.message, pr.stream) == ("index", want, sc.exec2)
+    (p,) = (await verify(sc.engine.store)).pipelines
+    assert problem_of(p).message == want and p.events == LAST
+
+
 async def test_hidden_and_vanished_pipelines(scenario: Scenario) -> None:
     sc = scenario
     names = sc.engine.keys.names(sc.engine.keys.partition(sc.name))
