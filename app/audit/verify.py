@@ -34,6 +34,7 @@ point on cannot be told from the log alone: keep the ``head`` a report gives (or
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -866,8 +867,12 @@ async def verify(
     *,
     batch: int = 1000,
     progress: Progress | None = None,
+    heads: bool = False,
 ) -> VerifyReport:
-    """Verify the named pipelines, or all of them and the pipeline listing itself."""
+    """Verify the named pipelines, or all of them and the pipeline listing itself.
+
+    The reports keep each pipeline's ``head`` digest; ``heads=True`` keeps every stream's
+    last (seq, hash) too (memory then grows with the executions of all pipelines)."""
     problems: list[Problem] = []
     if pipelines is not None:
         names = list(pipelines)
@@ -879,10 +884,10 @@ async def verify(
             problems.append(Problem(hidden, "listing", msg))
         names = sorted(set(listed) | streams)
     found = await unindexed_execution_streams(store)  # one scan of the keys for all
-    reports = [
-        await verify_pipeline(
+    reports = []
+    for name in names:
+        r = await verify_pipeline(
             store, name, batch=batch, progress=progress, unindexed=found.get(name, set())
         )
-        for name in names
-    ]
+        reports.append(r if heads else dataclasses.replace(r, heads={}))
     return VerifyReport(reports, problems)

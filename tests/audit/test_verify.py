@@ -74,9 +74,11 @@ async def test_scenario_layout(scenario: Scenario) -> None:
 
 async def test_honest_log_passes(scenario: Scenario) -> None:
     sc = scenario
-    report = await verify(sc.engine.store)
+    report = await verify(sc.engine.store, heads=True)
     assert report.ok, report.all_problems()
     (p,) = report.pipelines
+    (lean,) = (await verify(sc.engine.store)).pipelines
+    assert lean.heads == {} and lean.head == p.head
     assert (p.pipeline, p.events, p.last_version, p.streams) == (sc.name, LAST, LAST, 3)
     assert p.snapshot_version == sc.captures[2].live.headVersion == 36
     store = sc.engine.store
