@@ -147,6 +147,10 @@ def test_export_import_roundtrip(
 def test_errors_are_one_line(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(audit(built.url, "log", "--pipeline", "nope")) == 1
     assert capsys.readouterr().err == "stageline: pipeline 'nope' has no event log in this Redis\n"
+    assert main(audit(built.url, "log", "--pipeline", built.name, "--execution", "nope")) == 1
+    assert capsys.readouterr().err == (
+        f"stageline: pipeline {built.name!r} has no execution 'nope' in this Redis\n"
+    )
     assert main(audit(built.url, "replay", "--as-of", "soon")) == 1
     assert capsys.readouterr().err.startswith("stageline: invalid time 'soon'")
     assert main(["audit", "verify", "--redis-url", ""]) == 1
