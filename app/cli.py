@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--reap-every", type=float, default=1.0, help="seconds between lease reaps")
     w.add_argument("--snapshot-every", type=float, default=2.0, help="seconds between snapshots")
     w.add_argument("--max-deliveries", type=int, default=5, help="then dead-letter the entry")
+    w.add_argument(
+        "--partition-lease",
+        type=float,
+        default=10.0,
+        help="seconds a partition's owner holds it without renewing (default 10): another "
+        "process takes over a dead owner's partitions this long after its last renewal",
+    )
     w.add_argument("--block-ms", type=int, default=1000, help="XREADGROUP BLOCK (ms)")
     w.add_argument(
         "--role",
@@ -124,6 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("stage")
     r.add_argument("execution_id")
     r.add_argument("--mode", choices=["FAILED_ACTIONS", "ALL_ACTIONS"], default="FAILED_ACTIONS")
+
+    m = sub.add_parser(
+        "migrate",
+        help="convert a store of the first layout (see docs/operations.md, Migration)",
+        description="Convert a Redis of the first store layout to the current one, in place.",
+    )
+    m.add_argument("--redis-url", default=default_url(), help=f"default ${ENV_URL}")
+    m.add_argument(
+        "--force", action="store_true", help="run even though stageline processes look active"
+    )
 
     from app.audit.cli import add_audit_parser
 
@@ -143,6 +160,7 @@ def _worker_config(a: argparse.Namespace) -> WorkerConfig:
         snapshot_every_s=getattr(a, "snapshot_every", 2.0),
         max_deliveries=getattr(a, "max_deliveries", 5),
         block_ms=getattr(a, "block_ms", 1000),
+        partition_lease_s=getattr(a, "partition_lease", 10.0),
         roles=tuple(getattr(a, "role", None) or ("orchestrator", "runner")),
     )
 
@@ -202,6 +220,42 @@ async def _retry(a: argparse.Namespace) -> None:
         await redis.aclose()
 
 
+async def _migrate(a: argparse.Namespace) -> None:
+    from app.migrate import MigrationError, migrate
+
+    if not a.redis_url:
+        raise CliError(f"stageline migrate needs --redis-url (or ${ENV_URL})", EXIT_USAGE)
+    redis = await connect(a.redis_url)
+    try:
+        report = await migrate(redis, force=a.force, log=lambda m: print(m, file=sys.stderr))
+    except MigrationError as err:
+        raise CliError(str(err), EXIT_REFUSED) from None
+    finally:
+        await redis.aclose()
+    print(report.summary())
+
+
+async def _on_checked_store(a: argparse.Namespace, run: Any) -> Any:
+    """Refuse, before anything starts, a store of another layout or partition count
+    (exit 3, one line; a Redis not reachable yet is left to the command's own retries)."""
+    if a.command in ("serve", "worker", "retry") and a.redis_url:
+        from redis.exceptions import RedisError
+
+        from app.migrate import MigrationError, require_layout
+
+        try:
+            redis = await connect(a.redis_url)
+            try:
+                await require_layout(redis, Keys(partitions=a.partitions))
+            finally:
+                await redis.aclose()
+        except MigrationError as err:
+            raise CliError(str(err), EXIT_REFUSED) from None
+        except (RedisError, OSError):
+            pass
+    return await run(a)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -209,13 +263,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if a.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    run: dict[str, Any] = {"serve": _serve, "worker": _worker, "retry": _retry}
+    run: dict[str, Any] = {
+        "serve": _serve,
+        "worker": _worker,
+        "retry": _retry,
+        "migrate": _migrate,
+    }
     if a.command == "audit":
         from app.audit.cli import run_audit
 
         run["audit"] = run_audit
     try:
-        result = anyio.run(run[a.command], a)
+        result = anyio.run(_on_checked_store, a, run[a.command])
         return int(result) if isinstance(result, int) else 0
     except KeyboardInterrupt:
         return 130

@@ -26,10 +26,11 @@ reference to be in the state:
 
 **Pagination.** The functions page over the executions the state holds; the engine gives
 them a window of executions read through the store's derived indexes (see
-:func:`cursor_item`), so a page costs the same however long the history. ``nextToken`` is opaque: the urlsafe-base64 of a msgpack cursor (operation,
-pipeline name and creation time, the filter, the id and start time of the last returned
-item) followed by a short checksum. The next page starts right after that item, so items
-that appear meanwhile (newer executions go to the front) neither shift nor repeat a page.
+:func:`cursor_item`), so a page costs the same however long the history.
+``nextToken`` is opaque: the urlsafe-base64 of a msgpack cursor (operation, pipeline name
+and creation time, the filter, the id and start time of the last returned item) followed
+by a short checksum. The next page starts right after that item, so items that appear
+meanwhile (newer executions go to the front) neither shift nor repeat a page.
 A token that does not decode, fails its checksum, or belongs to another pipeline (also a
 deleted and re-created one of the same name), another operation or another filter raises
 ``InvalidNextTokenException``. The checksum catches corruption; it is not a signature (a

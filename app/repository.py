@@ -46,6 +46,10 @@ from app.store.eventstore import (
     HeadItem,
 )
 
+# A runner's leases to take ((member, expiry ms) ...) and release (member ...) atomically
+# with its append.
+Leasing = tuple[list[tuple[str, int]], list[str]]
+
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
@@ -149,6 +153,9 @@ class PipelineRepository:
         else:
             self._cache.pop(pipeline, None)
 
+    def cached_names(self) -> list[str]:
+        return list(self._cache) if self._cache is not None else []
+
     def cached(self, pipeline: str) -> PipelineState | None:
         return self._cache.get(pipeline) if self._cache is not None else None
 
@@ -226,6 +233,8 @@ class PipelineRepository:
                 continue
             envs = await self.store.read_execution(s.name, eid)
             loaded = execution_from(envs)
+            if loaded is not None and loaded.started < s.incarnation:
+                loaded = None  # of an earlier pipeline of the same name
             if loaded is None:
                 if eid not in s.absent:
                     s.absent.append(eid)
@@ -250,8 +259,16 @@ class PipelineRepository:
         origin: Origin = SYSTEM,
         *,
         command_id: str | None = None,
+        assume: PipelineState | None = None,
+        leases: Leasing | None = None,
     ) -> Outcome:
         """Decide and append ``cmd``; raises DomainError when the domain refuses it.
+
+        ``assume``: for a runner's own attempt (``attempt_local``), a state that holds what
+        the decision depends on (the scheduled action): decided and appended against that
+        action's last event first, without reading anything; when the action changed
+        meanwhile, decided again on a fresh read. ``leases``: a runner's lease to take or
+        release in the same atomic append (only if it goes through).
 
         Commands on the same pipeline from this process take turns: concurrent ones would
         only conflict with each other at the append. Optimistic concurrency still arbitrates
@@ -268,7 +285,11 @@ class PipelineRepository:
             except anyio.WouldBlock:
                 await turn.lock.acquire()
             try:
-                return await self._execute(pipeline, cmd, origin, command_id)
+                if assume is not None and attempt_local(cmd) is not None:
+                    done = await self._assumed(assume, cmd, origin, command_id, leases)
+                    if done is not None:
+                        return done
+                return await self._execute(pipeline, cmd, origin, command_id, leases)
             finally:
                 turn.lock.release()
         finally:
@@ -306,9 +327,15 @@ class PipelineRepository:
             await self.load_executions(s, wanted, refresh=refresh)
 
     def batch(
-        self, s: PipelineState, cmd: c.Command, events: list[ev.Envelope], command_id: str | None
+        self,
+        s: PipelineState,
+        cmd: c.Command,
+        events: list[ev.Envelope],
+        command_id: str | None,
+        leases: Leasing | None = None,
     ) -> Batch:
         """The append of ``events`` decided on ``s``: what they were decided on is expected."""
+        take, release = leases if leases is not None else ([], [])
         touched = []
         for env in events:
             eid = ev.execution_of(env.event)
@@ -323,17 +350,21 @@ class PipelineRepository:
                 events,
                 attempt_expected={eid: (aid, attempt_seq(x, aid))},
                 command_id=command_id,
+                leases=list(take),
+                release=list(release),
             )
         expected = {}
         for eid in touched:
-            x = s.executions.get(eid)
-            expected[eid] = x.version if x is not None else 0
+            held = s.executions.get(eid)
+            expected[eid] = held.version if held is not None else 0
         return Batch(
             s.name,
             events,
             head_expected=s.headVersion,
             exec_expected=expected,
             command_id=command_id,
+            leases=list(take),
+            release=list(release),
         )
 
     def commit_local(self, s: PipelineState, events: Iterable[ev.Envelope]) -> None:
@@ -387,8 +418,37 @@ class PipelineRepository:
         events = await self.store.read_appended(pipeline, res.first, res.last, res.streams)
         return Outcome(events, await self.load(pipeline, res.streams), duplicate=True)
 
+    async def _assumed(
+        self,
+        s: PipelineState,
+        cmd: c.Command,
+        origin: Origin,
+        command_id: str | None,
+        leases: Leasing | None,
+    ) -> Outcome | None:
+        try:
+            events = decide(s, cmd, self.ctx(origin, command_id))
+        except (DomainError, NeedExecutions):
+            return None
+        if not events:
+            return None
+        try:
+            res = await self.store.append(self.batch(s, cmd, events, command_id, leases))
+        except ConcurrencyError:
+            return None
+        if res.duplicate:
+            return await self._replayed(s.name, res)
+        stamped = res.stamp(events)
+        self.commit_local(s, stamped)
+        return Outcome(stamped, s)
+
     async def _execute(
-        self, pipeline: str, cmd: c.Command, origin: Origin, command_id: str | None
+        self,
+        pipeline: str,
+        cmd: c.Command,
+        origin: Origin,
+        command_id: str | None,
+        leases: Leasing | None = None,
     ) -> Outcome:
         s = self.cached(pipeline)
         fresh = s is None
@@ -425,7 +485,7 @@ class PipelineRepository:
                     continue
                 return Outcome([], s)
             try:
-                res = await self.store.append(self.batch(s, cmd, events, command_id))
+                res = await self.store.append(self.batch(s, cmd, events, command_id, leases))
             except ConcurrencyError as err:
                 tries += 1
                 if tries >= self.conflict_retries:

@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from app.domain import commands as c
-from app.repository import PipelineRepository
+from app.domain.state import fold
 from app.store.eventstore import EventStore
 from app.store.keys import Keys
 from bench.common import BENCH, PY, Proc, Record, run_cmd
@@ -80,7 +80,7 @@ async def _ours(ctx: Ctx) -> dict[str, Any]:
     expected = {
         s.name: start_len[s.name] + per_exec * len(s.state.executions) for s in sims
     }
-    logs = [store.keys.log(s.name) for s in sims]
+    logs = [store.keys.sequence(s.name) for s in sims]  # each pipeline's event counter
 
     worker = Proc(
         [
@@ -101,11 +101,10 @@ async def _ours(ctx: Ctx) -> dict[str, Any]:
 
     # fold fresh projections from the log and check every action succeeded
     f0 = time.perf_counter()
-    repo = PipelineRepository(store, cache=False)
     ok = 0
     events = 0
     for s in sims:
-        state = await repo.load(s.name)
+        state = fold(s.name, await store.read(s.name))
         events += state.version
         for x in state.executions.values():
             ok += sum(1 for a in x.actions.values() if a.status == "Succeeded")
@@ -139,13 +138,13 @@ def _uuid() -> str:
     return str(uuid.uuid4())
 
 
-async def _wait(ctx: Ctx, logs: list[str], total: int, *, limit_s: float) -> float:
+async def _wait(ctx: Ctx, counters: list[str], total: int, *, limit_s: float) -> float:
     deadline = time.monotonic() + limit_s
     while True:
         pipe = ctx.redis.pipeline(transaction=False)
-        for key in logs:
-            pipe.xlen(key)
-        lens: list[int] = await pipe.execute()
+        for key in counters:
+            pipe.get(key)
+        lens = [int(v or 0) for v in await pipe.execute()]
         now = time.time()
         if sum(lens) >= total:
             return now

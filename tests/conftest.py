@@ -4,6 +4,12 @@ Real-Redis tests use a private ``redis-server`` started on a free port (isolated
 Without a redis-server binary they fall back to an external server named by
 ``STAGELINE_TEST_REDIS_URL`` or on 127.0.0.1:6379 (database 15, flushed per test). When none
 can be found they skip with the reason, except under ``CI=true``, where they fail.
+
+Cluster tests use a private 3-master Redis Cluster (tests/redis_cluster.py) started once per
+session (``real_cluster_url``; ``cluster_redis`` gives a flushed
+``redis.asyncio.cluster.RedisCluster`` client). Without redis-server and redis-cli they use
+the cluster named by ``STAGELINE_TEST_CLUSTER_URL`` (flushed per test), else skip (fail
+under ``CI=true``). ``any_redis`` runs a test on fakeredis, a real server and the cluster.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from app.store.connection import fake_client
 from app.store.eventstore import EventStore
 from app.store.keys import Keys
+from tests.redis_cluster import RedisClusterServer, cluster_binaries
 from tests.redis_server import RedisServer, port_open, redis_binary
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -88,6 +96,60 @@ async def redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis]:
 async def real_redis(real_redis_url: str) -> AsyncIterator[Redis]:
     client = Redis.from_url(real_redis_url)
     await client.flushdb()
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def real_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A startup node's URL of a real 3-master Redis Cluster for this test session."""
+    if cluster_binaries() is not None:
+        cluster = RedisClusterServer(tmp_path_factory.mktemp("cluster"))
+        cluster.start()
+        try:
+            yield cluster.url
+        finally:
+            cluster.stop()
+        return
+    url = os.environ.get("STAGELINE_TEST_CLUSTER_URL")
+    if url:
+        yield url
+        return
+    no_redis(
+        "a Redis Cluster needs the redis-server and redis-cli binaries "
+        "(or STAGELINE_TEST_CLUSTER_URL)"
+    )
+
+
+async def flushed_cluster(url: str) -> RedisCluster:
+    client = RedisCluster.from_url(url)
+    await client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    return client
+
+
+@pytest.fixture
+async def cluster_redis(real_cluster_url: str) -> AsyncIterator[RedisCluster]:
+    """A cluster client, every master flushed."""
+    client = await flushed_cluster(real_cluster_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=["fake", "real", "cluster"])
+async def any_redis(request: pytest.FixtureRequest) -> AsyncIterator[Redis | RedisCluster]:
+    """A flushed client: fakeredis, a real server, a real 3-master Redis Cluster."""
+    client: Redis | RedisCluster
+    if request.param == "cluster":
+        client = await flushed_cluster(request.getfixturevalue("real_cluster_url"))
+    elif request.param == "real":
+        client = Redis.from_url(request.getfixturevalue("real_redis_url"))
+        await client.flushdb()
+    else:
+        client = await fake_client()
     try:
         yield client
     finally:

@@ -24,6 +24,9 @@ class WorkerConfig:
     reap_every_s: float = 1.0
     snapshot_every_s: float = 2.0
     shutdown_grace_s: float = 30.0  # running actions may finish this long after a signal
+    drain_s: float = 3.0  # then owners record what follows from the last results
     batch: int = 64
     output_tail_bytes: int = 4096
     roles: tuple[str, ...] = ("orchestrator", "runner")
+    partition_lease_s: float = 10.0  # a partition's owner lease; another process takes over
+    # a dead owner's partitions this long after its last renewal

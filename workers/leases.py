@@ -46,9 +46,13 @@ class Leases:
     def _key(self, lease: Lease) -> str:
         return self.keys.leases(self.keys.partition(lease.pipeline))
 
+    def entry(self, lease: Lease) -> tuple[str, int]:
+        """(member, expiry ms) of a lease taken now: for an append that takes it atomically."""
+        return lease.member, int((time.time() + self.ttl_s) * 1000)
+
     async def take(self, lease: Lease) -> None:
-        expiry = int((time.time() + self.ttl_s) * 1000)
-        await self.redis.zadd(self._key(lease), {lease.member: expiry})
+        member, expiry = self.entry(lease)
+        await self.redis.zadd(self._key(lease), {member: expiry})
 
     async def renew(self, lease: Lease) -> bool:
         """Extend the lease; False when it is gone (reaped: the action was declared lost)."""

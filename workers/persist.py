@@ -17,7 +17,8 @@ import anyio
 from app.domain import commands as c
 from app.domain import events as ev
 from app.domain.errors import DomainError
-from app.repository import Origin, Outcome, PipelineRepository
+from app.domain.state import PipelineState
+from app.repository import Leasing, Origin, Outcome, PipelineRepository
 from workers.consumer import REDIS_DOWN
 
 CONFLICT = "ConflictException"
@@ -41,13 +42,17 @@ async def execute(
     command_id: str | None = None,
     patience_s: float = 120.0,
     retry_redis_down: bool = True,
+    assume: PipelineState | None = None,
+    leases: Leasing | None = None,
 ) -> Outcome:
     """``repo.execute``, retried on conflicts (and on Redis errors when asked)."""
     deadline = anyio.current_time() + patience_s
     delay = 0.005
     while True:
         try:
-            return await repo.execute(pipeline, cmd, origin, command_id=command_id)
+            return await repo.execute(
+                pipeline, cmd, origin, command_id=command_id, assume=assume, leases=leases
+            )
         except DomainError as err:
             if err.type_name != CONFLICT or anyio.current_time() > deadline:
                 raise

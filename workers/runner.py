@@ -2,9 +2,12 @@
 
 For each entry of a partition's run queue: take the lease, record ``ActionExecutionStarted``
 (refused if anyone already took the action: it never runs twice), run it while renewing the
-lease, record the result. A runner that dies stops renewing; the orchestrators' reaper then
-fails the action as WorkerLost. An action this same worker name had started before a
-restart is recorded as lost too, not run again.
+lease, record the result. Runners keep no state: the start and the result are decided on
+the scheduled action itself and appended against that action's last event, so runners of
+sibling actions never conflict; the partition's owner then decides what follows. A runner
+that dies stops renewing; the partition owner's reaper then fails the action as
+WorkerLost. An action this same worker name had started before a restart is recorded as
+lost too, not run again.
 """
 
 from __future__ import annotations
@@ -22,14 +25,13 @@ from app.domain import commands as c
 from app.domain import events as ev
 from app.domain.errors import DomainError
 from app.domain.model import ActionDeclaration
-from app.domain.state import ExecutionState, PipelineState
+from app.domain.state import ActionExec, ExecutionState, PipelineState, StageRun
 from app.engine import Engine
-from app.repository import Origin, new_uuid
+from app.repository import Leasing, Origin, Outcome, new_uuid
 from workers import persist
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN, Entry
 from workers.leases import Lease, Leases
-from workers.orchestrator import observe
 from workers.runners.commands import run_commands
 
 log = logging.getLogger("stageline.runner")
@@ -132,26 +134,17 @@ class Runner:
         e = env.event
         if not isinstance(e, ev.ActionExecutionScheduled) or e.actionExecutionId in self.running:
             return
-        observe(self.engine, entry, env)  # saves reading it back from the log
         lease = Lease(pipeline, e.executionId, e.actionExecutionId, self.name)
-        repo = self.engine.repo
         taken = anyio.current_time()
-        await self.leases.take(lease)
         # A command id tells "my own attempt got through before the connection dropped"
         # apart from "this worker name started it before a restart".
         start_id = f"start:{e.actionExecutionId}:{new_uuid()}"
+        start = c.StartAction(
+            executionId=e.executionId, actionExecutionId=e.actionExecutionId, worker=self.name
+        )
         try:
-            out = await persist.execute(
-                repo,
-                pipeline,
-                c.StartAction(
-                    executionId=e.executionId,
-                    actionExecutionId=e.actionExecutionId,
-                    worker=self.name,
-                ),
-                self.origin(env),
-                command_id=start_id,
-            )
+            # the lease is taken in the same atomic append that records the start
+            out = await self._attempt(env, start, start_id, leases=([self.leases.entry(lease)], []))
         except DomainError as err:
             await self.leases.release(lease)
             if err.type_name == persist.CONFLICT:
@@ -177,6 +170,74 @@ class Runner:
         finally:
             self.running.pop(e.actionExecutionId, None)
 
+    async def _minimal(self, env: ev.Envelope) -> PipelineState | None:
+        """The action as it was scheduled (the run entry), with its declaration: all a
+        runner's own start and result depend on. None when that is not enough to go on
+        (an event of an older release without the pipeline version)."""
+        e = env.event
+        assert isinstance(e, ev.ActionExecutionScheduled)
+        version = e.pipelineVersion
+        if version is None:
+            return None
+        repo = self.engine.repo
+        head = repo.cached(env.pipeline)
+        if head is None or version not in head.declarations:
+            head = await repo.load(env.pipeline)
+        decl = head.declarations.get(version)
+        if decl is None:
+            return None
+        x = ExecutionState(
+            executionId=e.executionId,
+            pipelineVersion=version,
+            startTime=env.time,
+            lastUpdateTime=env.time,
+        )
+        x.stages[e.stageName] = StageRun(
+            name=e.stageName, group=e.runOrder, latest={e.actionName: e.actionExecutionId}
+        )
+        x.actions[e.actionExecutionId] = ActionExec(
+            actionExecutionId=e.actionExecutionId,
+            stageName=e.stageName,
+            actionName=e.actionName,
+            runOrder=e.runOrder,
+            pipelineVersion=version,
+            startTime=env.time,
+            lastUpdateTime=env.time,
+            kind=e.kind,
+            seq=env.version,
+        )
+        return PipelineState(
+            name=env.pipeline,
+            declaration=decl,
+            declarations={version: decl},
+            partial=True,
+            absent=[],
+            executions={e.executionId: x},
+        )
+
+    async def _attempt(
+        self,
+        env: ev.Envelope,
+        cmd: c.Command,
+        command_id: str | None = None,
+        state: PipelineState | None = None,
+        leases: Leasing | None = None,
+    ) -> Outcome:
+        """A runner's own start or result, appended at execution level against the action's
+        last event (siblings never conflict). Decided first on what the runner knows (the
+        scheduled action, or its state after the start); when the action changed meanwhile,
+        on a fresh read through the repository."""
+        s = state if state is not None else await self._minimal(env)
+        return await persist.execute(
+            self.engine.repo,
+            env.pipeline,
+            cmd,
+            self.origin(env),
+            command_id=command_id,
+            assume=s,
+            leases=leases,
+        )
+
     async def _run_leased(
         self,
         env: ev.Envelope,
@@ -190,10 +251,13 @@ class Runner:
         runner = self.runners.get(e.kind)
         lost = False
         result: ActionResult | None = None
-        # a start quicker than a third of the lease cannot have outlived it: no round trip
-        quick = taken is not None and anyio.current_time() - taken < self.leases.ttl_s / 3
+        recorded: Outcome | None = None
+        # a start quicker than a third of the lease cannot have outlived it: no round trip;
+        # one slower than the whole lease wrote a lease already expired: never run on it
+        took = anyio.current_time() - taken if taken is not None else self.leases.ttl_s
+        quick = took < self.leases.ttl_s / 3
         try:
-            alive = quick or await self.leases.renew(lease)
+            alive = quick or (took < self.leases.ttl_s and await self.leases.renew(lease))
         except REDIS_DOWN:
             alive = True  # the heartbeat checks again
         if not alive:
@@ -230,10 +294,9 @@ class Runner:
                         False, errorCode="RunnerError", message=f"{type(err).__name__}: {err}"
                     )
             # recorded while the heartbeat still renews the lease (the append may have to
-            # wait for other writers of this pipeline, or for Redis to come back)
-            await persist.execute(
-                self.engine.repo,
-                env.pipeline,
+            # wait for Redis to come back); the partition's owner decides what follows
+            recorded = await self._attempt(
+                env,
                 c.CompleteAction(
                     executionId=e.executionId,
                     actionExecutionId=e.actionExecutionId,
@@ -242,8 +305,10 @@ class Runner:
                     errorCode=result.errorCode,
                     message=result.message,
                     worker=self.name,
+                    consequences=False,
                 ),
-                self.origin(env),
+                state=s,
+                leases=([], [lease.member]),  # released with the result, atomically
             )
             tg.cancel_scope.cancel()
         if lost:
@@ -251,7 +316,8 @@ class Runner:
             # normally the reaper recorded it already; if not, nothing else ever would
             await self._lose(env, lease, "the action's lease was lost while it ran")
             return
-        await self.leases.release(lease)
+        if recorded is None or not recorded.events:
+            await self.leases.release(lease)  # not released by a recorded result
 
     def _job(
         self, pipeline: str, s: PipelineState, x: ExecutionState, e: ev.ActionExecutionScheduled
@@ -280,6 +346,7 @@ class Runner:
                     actionExecutionId=e.actionExecutionId,
                     worker=self.name,
                     message=why,
+                    consequences=False,
                 ),
                 self.origin(env),
                 patience_s=10.0,

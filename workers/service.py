@@ -1,5 +1,5 @@
-"""A worker process: orchestrator and runner loops over every partition, plus reaper and
-snapshot loops, with graceful shutdown.
+"""A worker process: owner loops for this process's share of the partitions (orchestrator
+role: see ``workers.partition``) and the runner loop, with graceful shutdown.
 
 Shutdown (``stop()``, or SIGINT/SIGTERM in ``run_until_signalled``): stop reading new work,
 let running actions finish for up to ``shutdown_grace_s``, then hand back what is still
@@ -11,20 +11,22 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
 
 from app.engine import Engine
+from app.store.eventstore import Fenced
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN, Entry, GroupConsumer
 from workers.leases import Leases
-from workers.orchestrator import Orchestrator
+from workers.ownership import Fence, PartitionOwnership, incarnation
+from workers.partition import PartitionOwner
 from workers.runner import ActionRunner, Runner
 
 log = logging.getLogger("stageline.worker")
 
-ORCHESTRATOR_GROUP = "orchestrators"
 RUNNER_GROUP = "runners"
 
 
@@ -41,32 +43,25 @@ class Worker:
         keys = engine.keys
         parts = range(keys.partitions)
         self.leases = Leases(engine.redis, keys, cfg.lease_ttl_s)
-        self.orchestrator = Orchestrator(engine, self.leases, cfg)
         self.runner = Runner(engine, self.leases, cfg, runners)
+        self.ownership = PartitionOwnership(
+            engine.redis, keys, incarnation(cfg.name), lease_ttl_s=cfg.partition_lease_s
+        )
+        self.owners: dict[int, PartitionOwner] = {}
 
         def dead(stream: str) -> str:
             return stream.rsplit(":", 1)[0] + ":dead"
 
-        common = {
-            "dead_letter": dead,
-            "block_ms": cfg.block_ms,
-            "poll_interval_s": cfg.poll_interval_s,
-            "claim_idle_ms": cfg.claim_idle_ms,
-            "max_deliveries": cfg.max_deliveries,
-        }
-        self.events = GroupConsumer(
-            engine.redis,
-            [keys.events(p) for p in parts],
-            ORCHESTRATOR_GROUP,
-            cfg.name,
-            **common,  # type: ignore[arg-type]
-        )
         self.run_queue = GroupConsumer(
             engine.redis,
             [keys.run(p) for p in parts],
             RUNNER_GROUP,
             cfg.name,
-            **common,  # type: ignore[arg-type]
+            dead_letter=dead,
+            block_ms=cfg.block_ms,
+            poll_interval_s=cfg.poll_interval_s,
+            claim_idle_ms=cfg.claim_idle_ms,
+            max_deliveries=cfg.max_deliveries,
         )
         self.runner.ack = self.run_queue.ack
         self._stopping = anyio.Event()
@@ -78,29 +73,27 @@ class Worker:
         await _retrying(self.engine.start, "start")
         roles = self.config.roles
         async with anyio.create_task_group() as outer:
+            # owners go on while this process's running actions finish (their results get
+            # their consequences), and stop last, handing their partitions over
+            if "orchestrator" in roles:
+                await outer.start(self._own)
             with self._actions:
                 async with anyio.create_task_group() as actions:
                     with self._reading:
                         async with anyio.create_task_group() as tg:
-                            if "orchestrator" in roles:
-                                tg.start_soon(self._orchestrate)
-                                tg.start_soon(self._every, self.config.reap_every_s, self._reap)
-                                tg.start_soon(
-                                    self._every,
-                                    self.config.snapshot_every_s,
-                                    self.orchestrator.flush_snapshots,
-                                )
                             if "runner" in roles:
                                 tg.start_soon(self._run_actions, actions)
                             task_status.started()
+                            if "runner" not in roles:
+                                await anyio.sleep_forever()
                     # reading stopped: running actions may finish within the grace period
                     with anyio.move_on_after(self.config.shutdown_grace_s):
                         for _ in range(self.config.concurrency):  # every slot free: all done
                             await self._slots.acquire()
                     actions.cancel_scope.cancel()
-            if "orchestrator" in roles:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
-                    await self.orchestrator.flush_snapshots()
+            # the owners take in what the last actions recorded, then hand over
+            with anyio.move_on_after(self.config.drain_s):
+                await self._drain_owners()
             outer.cancel_scope.cancel()
         log.info("worker %s stopped", self.config.name)
 
@@ -135,23 +128,52 @@ class Worker:
 
     # --- loops -------------------------------------------------------------------------------
 
-    async def _orchestrate(self) -> None:
-        consumer, handle = self.events, self.orchestrator.handle
-        pending = True
-        next_claim = 0.0
-        while True:
-            try:
-                entries: list[Entry] = []
-                if anyio.current_time() >= next_claim:
-                    entries += await consumer.claim_stale()
-                    next_claim = anyio.current_time() + self.config.claim_every_s
-                entries += await consumer.read(self.config.batch, pending=pending)
-                if pending and not entries:
-                    pending = False
-                await consumer.handle_many(entries, handle)
-            except REDIS_DOWN as err:
-                pending = True  # then re-read what this consumer holds but did not finish
-                await _backoff("orchestrator", err)
+    async def _own(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Hold this process's share of the partitions; run an owner loop for each."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(self.ownership.run)
+            running: dict[int, tuple[Fence, anyio.CancelScope]] = {}
+            task_status.started()
+            while True:
+                owned = self.ownership.owned()
+                for p, (fence, scope) in list(running.items()):
+                    if owned.get(p) != fence:
+                        scope.cancel()
+                        del running[p]
+                for p, fence in owned.items():
+                    if p not in running:
+                        scope = anyio.CancelScope()
+                        running[p] = (fence, scope)
+                        tg.start_soon(self._partition, p, fence, scope)
+                await self.ownership.wait_changed(owned)
+
+    async def _drain_owners(self) -> None:
+        """Wait until each owner loop has read its partition's events up to now."""
+        for p, owner in list(self.owners.items()):
+            last: Any = await self.engine.redis.xrevrange(self.engine.keys.events(p), count=1)
+            if not last:
+                continue
+            target = _entry_id(last[0][0])
+            while self.owners.get(p) is owner and _entry_id(owner.position) < target:  # noqa: ASYNC110
+                await anyio.sleep(0.01)  # a short wait: shutdown only
+
+    async def _partition(self, p: int, fence: Fence, scope: anyio.CancelScope) -> None:
+        with scope:
+            while True:
+                owner = PartitionOwner(self.engine, p, fence, self.config, self.leases)
+                self.owners[p] = owner
+                try:
+                    await owner.run()
+                except Fenced:
+                    return  # another process owns it now; ownership notices and stops us
+                except REDIS_DOWN as err:
+                    await _backoff(f"partition {p}", err)
+                except Exception:
+                    log.exception("partition %d: owner loop failed; restarting it", p)
+                    await anyio.sleep(0.5)
+                finally:
+                    if self.owners.get(p) is owner:
+                        del self.owners[p]
 
     async def _run_actions(self, actions: anyio.abc.TaskGroup) -> None:
         consumer = self.run_queue
@@ -187,18 +209,10 @@ class Worker:
         finally:
             self._slots.release()
 
-    async def _reap(self) -> None:
-        await self.orchestrator.reap()
-
-    async def _every(self, seconds: float, fn: Callable[[], Awaitable[object]]) -> None:
-        while True:
-            await anyio.sleep(seconds)
-            try:
-                await fn()
-            except REDIS_DOWN as err:
-                await _backoff(getattr(fn, "__name__", "task"), err)
-            except Exception:
-                log.exception("periodic task failed")
+def _entry_id(raw: Any) -> tuple[int, int]:
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    ms, _, n = text.partition("-")
+    return int(ms or 0), int(n or 0)
 
 
 async def _backoff(what: str, err: BaseException) -> None:

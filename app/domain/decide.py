@@ -353,6 +353,27 @@ def decide(s: PipelineState, cmd: c.Command, ctx: Ctx) -> list[ev.Envelope]:
     return d.events
 
 
+def decide_many(
+    s: PipelineState, items: list[tuple[c.Command, Ctx]]
+) -> tuple[list[ev.Envelope], list[tuple[c.Command, DomainError]]]:
+    """Several commands on one pipeline decided in order, each seeing the events of the
+    ones before (what deciding and appending them one by one would give): the events, and
+    the commands refused on the way (with their errors). A refusal after a command had
+    already emitted events is raised (decide those commands one by one instead)."""
+    d = Decision(s, items[0][1])
+    refused: list[tuple[c.Command, DomainError]] = []
+    for cmd, ctx in items:
+        d.ctx = ctx
+        before = len(d.events)
+        try:
+            _HANDLERS[type(cmd)](d, cmd)
+        except DomainError as err:
+            if len(d.events) != before:
+                raise
+            refused.append((cmd, err))
+    return d.events, refused
+
+
 def _create(d: Decision, cmd: c.Command) -> None:
     assert isinstance(cmd, c.CreatePipeline)
     if d.s.declaration is not None:

@@ -87,6 +87,7 @@ class ExecutionState(msgspec.Struct, omit_defaults=True, gc=False):
     startTime: float
     lastUpdateTime: float
     version: int = 0  # the last event of this execution's stream folded in
+    started: int = 0  # the seq of its ExecutionStarted
     status: PipelineExecutionStatus = "InProgress"
     statusSummary: str | None = None
     triggerType: str = "StartPipelineExecution"
@@ -104,7 +105,7 @@ class ExecutionState(msgspec.Struct, omit_defaults=True, gc=False):
         return [self.actions[a] for a in run.latest.values()]
 
 
-class NeedExecutions(Exception):  # noqa: N818 (a request, not a failure)
+class NeedExecutions(Exception):
     """``decide`` needs executions a partial state does not hold: load them, decide again."""
 
     def __init__(self, ids: list[str]) -> None:
@@ -116,6 +117,7 @@ class PipelineState(msgspec.Struct, omit_defaults=True):
     name: str
     version: int = 0  # the last event folded (pipeline-wide sequence)
     headVersion: int = 0  # the last event of the pipeline's own stream folded
+    incarnation: int = 0  # the seq of the PipelineCreated the state is of
     declaration: PipelineDeclaration | None = None
     declarations: dict[int, PipelineDeclaration] = msgspec.field(default_factory=dict)
     created: float | None = None
@@ -159,6 +161,8 @@ class PipelineState(msgspec.Struct, omit_defaults=True):
         x = self.executions.get(eid)
         if x is None and self.partial and eid not in self.absent:
             raise NeedExecutions([eid])
+        if x is not None and (self.declaration is None or x.started < self.incarnation):
+            return None  # of a deleted pipeline, or of an earlier one of the same name
         return x
 
     def require_execution(self, eid: str) -> ExecutionState:
@@ -225,6 +229,7 @@ def evolve(s: PipelineState, env: ev.Envelope) -> PipelineState:
                 pipelineVersion=e.pipelineVersion,
                 startTime=t,
                 lastUpdateTime=t,
+                started=v,
             )
         if e.clientRequestToken is not None:
             s.tokens[e.clientRequestToken] = eid
@@ -258,7 +263,7 @@ def evolve_ref(s: PipelineState, version: int, ref: ev.HeadRef) -> PipelineState
 def _evolve_pipeline(s: PipelineState, e: ev.Event, v: int, t: float) -> None:
     match e:
         case ev.PipelineCreated():
-            fresh = PipelineState(name=s.name, version=s.version, headVersion=v)
+            fresh = PipelineState(name=s.name, version=s.version, headVersion=v, incarnation=v)
             fresh.partial = s.partial
             fresh.declaration = e.declaration
             fresh.declarations = {e.declaration.version or 1: e.declaration}
@@ -534,6 +539,7 @@ def execution_from(envelopes: Iterable[ev.Envelope]) -> ExecutionState | None:
                 pipelineVersion=e.pipelineVersion,
                 startTime=env.time,
                 lastUpdateTime=env.time,
+                started=env.version,
             )
         if env.version > x.version:
             x.version = env.version

@@ -50,12 +50,14 @@ LAYOUT = 2  # store layout version recorded in <ns>:config (1: one stream per pi
 
 APPEND_LUA = r"""
 -- KEYS[1] partition events, KEYS[2] partition run queue, KEYS[3] partition names,
--- KEYS[4] partition owner (fence), KEYS[5] partition checkpoint; then per batch 6 keys
+-- KEYS[4] partition owner (fence), KEYS[5] partition checkpoint, KEYS[6] partition leases;
+-- then per batch 7 keys
 -- (seq, log, cmd, xs, tok, apv) and per execution stream 2 keys (stream, attempts).
 -- ARGV: maxlen, fence token, checkpoint, batch count; per batch: pipeline, command id,
 -- head expected ('-' = unchecked), stream count, per stream 4 (execution, mode v|a|-,
 -- expected, attempt id), event count, per event 8 (stream index, type, payload, head ref,
--- run route, action id, request token, approval token).
+-- run route, action id, request token, approval token), lease count, per lease 2
+-- (member, expiry ms) to add, release count, per release 1 (member) to remove.
 local maxlen = ARGV[1]
 if ARGV[2] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[2] then return {{'fenced'}} end
 local function last_of(key)
@@ -80,7 +82,7 @@ local function tail(key, after, res)
 end
 local out = {}
 local all_ok = true
-local ki, ai = 6, 5
+local ki, ai = 7, 5
 for g = 1, tonumber(ARGV[4]) do
   local seqk, logk, cmdk, xsk, tokk, apvk, actk =
     KEYS[ki], KEYS[ki + 1], KEYS[ki + 2], KEYS[ki + 3], KEYS[ki + 4], KEYS[ki + 5], KEYS[ki + 6]
@@ -97,6 +99,12 @@ for g = 1, tonumber(ARGV[4]) do
   local ne = tonumber(ARGV[ai])
   local e0 = ai + 1
   ai = e0 + ne * 8
+  local nl = tonumber(ARGV[ai])
+  local l0 = ai + 1
+  ai = l0 + nl * 2
+  local nr = tonumber(ARGV[ai])
+  local r0 = ai + 1
+  ai = r0 + nr
   local res = nil
   if cmd ~= '' then
     local seen = redis.call('HGET', cmdk, cmd)
@@ -177,6 +185,10 @@ for g = 1, tonumber(ARGV[4]) do
       for i = 1, ns do where[#where + 1] = st[i][1] end
       redis.call('HSET', cmdk, cmd, first .. ':' .. last .. ':' .. table.concat(where, ','))
     end
+    for i = 0, nl - 1 do
+      redis.call('ZADD', KEYS[6], ARGV[l0 + i * 2 + 1], ARGV[l0 + i * 2])
+    end
+    for i = 0, nr - 1 do redis.call('ZREM', KEYS[6], ARGV[r0 + i]) end
     out[#out + 1] = {'ok', tostring(first), tostring(last)}
   end
 end
@@ -250,6 +262,9 @@ class Batch:
     exec_expected: dict[str, int] = field(default_factory=dict)
     attempt_expected: dict[str, tuple[str, int]] = field(default_factory=dict)
     command_id: str | None = None
+    # runners' leases (partition lease zset), taken / released only if the batch goes through
+    leases: list[tuple[str, int]] = field(default_factory=list)  # (member, expiry ms)
+    release: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -310,9 +325,16 @@ class EventStore:
         self._append = redis.register_script(APPEND_LUA)
         self._snapshot = redis.register_script(SNAPSHOT_LUA)
         # The same connections, but XRANGE replies stay as Redis sends them (no per-entry
-        # dict): reads are the hot path of every load, catch-up and replay.
-        self._raw = Redis(connection_pool=redis.connection_pool)
-        self._raw.response_callbacks.pop("XRANGE", None)
+        # dict): reads are the hot path of every load, catch-up and replay. A cluster client
+        # (redis.asyncio.cluster.RedisCluster) has no single pool and shares its response
+        # callbacks with its nodes: it is used as it is, and the reads take its (id, dict)
+        # rows as well (``_entry``).
+        pool = getattr(redis, "connection_pool", None)
+        if pool is not None:
+            self._raw = Redis(connection_pool=pool)
+            self._raw.response_callbacks.pop("XRANGE", None)
+        else:
+            self._raw = redis
         self.appends = 0  # Lua calls made (benchmarks and tests read it)
 
     # --- configuration -----------------------------------------------------------------------
@@ -374,12 +396,16 @@ class EventStore:
         if len(parts) != 1:
             raise ValueError("one append covers one partition")
         part = parts.pop()
+        if fence is not None and not fence[1]:
+            # the script reads an empty token as "no fence": it would write unfenced
+            raise Fenced(f"partition {part}: an empty fencing token is no owner's")
         keys: list[str] = [
             k.events(part),
             k.run(part),
             k.names(part),
             k.owner(part),
             k.checkpoint(part),
+            k.leases(part),
         ]
         argv: list[Any] = [
             self.dispatch_maxlen,
@@ -443,6 +469,11 @@ class EventStore:
                 getattr(e, "clientRequestToken", None) or "",
                 getattr(e, "token", None) or "",
             ]
+        argv.append(len(b.leases))
+        for member, expiry in b.leases:
+            argv += [member, expiry]
+        argv.append(len(b.release))
+        argv += b.release
 
     def _result(self, b: Batch, r: Any) -> AppendResult | ConcurrencyError:
         status = _text(r[0])
@@ -450,12 +481,11 @@ class EventStore:
             return AppendResult(int(r[1]), int(r[2]))
         if status == "dup":
             first, last, where = _text(r[1]).split(":", 2)
-            return AppendResult(
-                int(first), int(last), duplicate=True, streams=tuple(where.split(",") if where else ())
-            )
+            streams = tuple(where.split(",") if where else ())
+            return AppendResult(int(first), int(last), duplicate=True, streams=streams)
         stream, actual = _text(r[1]), int(r[2])
         if len(r) > 3 and _text(r[3]) == "attempt":
-            aid, seq = b.attempt_expected.get(stream, ("", 0))
+            _, seq = b.attempt_expected.get(stream, ("", 0))
             return ConcurrencyError(b.pipeline, stream, seq, actual, attempt=True)
         expected = b.head_expected if stream == HEAD else b.exec_expected.get(stream, 0)
         missing: list[HeadItem] = []
@@ -522,10 +552,11 @@ class EventStore:
         out: list[HeadItem] = []
         for rid, f in rows:
             seq = _version_of(rid)
-            if f[0] == b"r":
-                out.append((seq, ev.decode_ref(f[1])))
+            ref, payload = _entry(f)
+            if ref:
+                out.append((seq, ev.decode_ref(payload)))
             else:
-                out.append(ev.decode_payload(pipeline, seq, f[1] if f[0] == b"e" else _field(f, b"e")))
+                out.append(ev.decode_payload(pipeline, seq, payload))
         return out
 
     async def read_execution(
@@ -544,10 +575,7 @@ class EventStore:
             count=count,
         )
         decode = ev.decode_payload
-        return [
-            decode(pipeline, _version_of(rid), f[1] if f[0] == b"e" else _field(f, b"e"))
-            for rid, f in rows
-        ]
+        return [decode(pipeline, _version_of(rid), _entry(f)[1]) for rid, f in rows]
 
     async def execution_ids(
         self, pipeline: str, *, newest_first: bool = True, start: int = 0, count: int = -1
@@ -574,7 +602,8 @@ class EventStore:
         return out
 
     async def action_rank(self, pipeline: str, execution_id: str, action_id: str) -> int | None:
-        r: Any = await self.redis.zrevrank(self.keys.actions(pipeline), f"{execution_id}/{action_id}")
+        member = f"{execution_id}/{action_id}"
+        r: Any = await self.redis.zrevrank(self.keys.actions(pipeline), member)
         return None if r is None else int(r)
 
     async def execution_rank(self, pipeline: str, execution_id: str) -> int | None:
@@ -680,9 +709,162 @@ class EventStore:
     async def drop_snapshot(self, pipeline: str) -> None:
         await self.redis.delete(self.keys.snapshot(pipeline))
 
+    # --- restoring stored entries (audit import, migration) ----------------------------------
+
+    _RESTORE_LUA = r"""
+-- KEYS: 1 seq, 2 names, 3 xs, 4 as, 5 tok, 6 apv, 7 log; per execution stream 2 (stream, xa).
+-- ARGV: 1 pipeline, 2 stream count, the execution ids, entry count, per entry 9: stream
+-- index (0 = the pipeline's), seq, field (e|r), payload, hash, type, action execution id,
+-- request token, approval token.
+local function last_of(key)
+  local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
+  if #last == 0 then return 0, '' end
+  local f = last[1][2]
+  local h = ''
+  for i = 1, #f, 2 do if f[i] == 'h' then h = f[i + 1] end end
+  return tonumber(string.match(last[1][1], '^(%d+)-')), h
+end
+local ns = tonumber(ARGV[2])
+local st, sim = {}, {}
+local l, h = last_of(KEYS[7])
+st[0] = {KEYS[7], '', ''}
+sim[0] = {l, h}
+for i = 1, ns do
+  l, h = last_of(KEYS[6 + 2 * i])
+  st[i] = {KEYS[6 + 2 * i], KEYS[7 + 2 * i], ARGV[2 + i]}
+  sim[i] = {l, h}
+end
+local n = tonumber(ARGV[3 + ns])
+local b0 = 4 + ns
+for j = 0, n - 1 do
+  local b = b0 + j * 9
+  local si, seq = tonumber(ARGV[b]), tonumber(ARGV[b + 1])
+  local s = sim[si]
+  if seq < 1 or seq <= s[1] then return {'order', tostring(si), ARGV[b + 1], tostring(s[1])} end
+  local hh = redis.sha1hex(s[2] .. '\n' .. ARGV[b + 1] .. '\n' .. ARGV[b + 3])
+  if hh ~= ARGV[b + 4] then return {'hash', tostring(si), ARGV[b + 1]} end
+  s[1] = seq
+  s[2] = hh
+end
+local top, named = 0, false
+for j = 0, n - 1 do
+  local b = b0 + j * 9
+  local si, seq = tonumber(ARGV[b]), ARGV[b + 1]
+  local s = st[si]
+  redis.call('XADD', s[1], seq .. '-0', ARGV[b + 2], ARGV[b + 3], 'h', ARGV[b + 4])
+  if tonumber(seq) > top then top = tonumber(seq) end
+  if si == 0 then
+    if ARGV[b + 2] == 'e' then named = true end
+  else
+    local typ, aid = ARGV[b + 5], ARGV[b + 6]
+    if aid ~= '' then redis.call('HSET', s[2], aid, seq) end
+    if typ == 'ExecutionStarted' then redis.call('ZADD', KEYS[3], seq, s[3]) end
+    if typ == 'ActionExecutionScheduled' then
+      redis.call('ZADD', KEYS[4], seq, s[3] .. '/' .. aid)
+    end
+    if ARGV[b + 7] ~= '' then redis.call('HSET', KEYS[5], ARGV[b + 7], s[3]) end
+    if ARGV[b + 8] ~= '' then redis.call('HSET', KEYS[6], ARGV[b + 8], s[3]) end
+  end
+end
+if top > tonumber(redis.call('GET', KEYS[1]) or '0') then redis.call('SET', KEYS[1], top) end
+if named then redis.call('SADD', KEYS[2], ARGV[1]) end
+return {'ok', tostring(n)}
+"""
+
+    async def restore(self, pipeline: str, entries: Sequence[RawEntry]) -> int:
+        """Write stored entries back as they were: each into its stream (``entry.stream``:
+        ``HEAD`` or an execution id) under its id ``<seq>-0``, with its payload (a head
+        reference when ``entry.ref``) and hash, in one atomic call; the derived indexes
+        (executions, actions, request and approval tokens, last event per action
+        execution, the seq counter, the partition's names) are derived from the events
+        as the append script does. For ``audit import`` and ``stageline migrate``.
+
+        Each entry must follow its stream's last entry (as stored, or given before it in
+        this call) and its hash chain onto it (``chain_hash``): else nothing is written
+        and ValueError names the stream and seq. Dispatch streams and command ids are
+        not touched. Returns the number of entries written.
+        """
+        if not entries:
+            return 0
+        k = self.keys
+        streams: list[str] = []
+        rows: list[Any] = []
+        for e in entries:
+            if e.stream == HEAD:
+                si = 0
+            else:
+                if e.stream not in streams:
+                    streams.append(e.stream)
+                si = streams.index(e.stream) + 1
+            typ = aid = tok = apv = ""
+            if e.ref and si:
+                raise ValueError(
+                    f"{pipeline} seq {e.version}: a head reference given for the stream of "
+                    f"execution {e.stream}"
+                )
+            if not e.ref:
+                try:
+                    body = ev.decode_payload(pipeline, e.version, e.payload).event
+                except (msgspec.DecodeError, msgspec.ValidationError) as err:
+                    raise ValueError(
+                        f"{pipeline} seq {e.version}: payload does not decode: {err}"
+                    ) from None
+                if (ev.execution_of(body) or HEAD) != e.stream:
+                    raise ValueError(
+                        f"{pipeline} seq {e.version}: an event of "
+                        f"{ev.execution_of(body) or 'the pipeline'} given for the stream of "
+                        f"{'the pipeline' if e.stream == HEAD else e.stream}"
+                    )
+            if si and not e.ref:
+                typ = type(body).__name__
+                aid = ev.action_of(body) or ""
+                tok = getattr(body, "clientRequestToken", None) or ""
+                apv = getattr(body, "token", None) or ""
+            rows += [si, e.version, "r" if e.ref else "e", e.payload, e.hash, typ, aid, tok, apv]
+        keys = [
+            k.sequence(pipeline),
+            k.names(k.partition(pipeline)),
+            k.executions(pipeline),
+            k.actions(pipeline),
+            k.request_tokens(pipeline),
+            k.approvals(pipeline),
+            k.log(pipeline),
+        ]
+        for eid in streams:
+            keys += [k.execution_log(pipeline, eid), k.attempts(pipeline, eid)]
+        script = self.redis.register_script(self._RESTORE_LUA)
+        raw: Any = await script(
+            keys=keys, args=[pipeline, len(streams), *streams, len(entries), *rows]
+        )
+        status = _text(raw[0])
+        if status == "ok":
+            return int(raw[1])
+        si = int(raw[1])
+        where = "pipeline stream" if si == 0 else f"execution {streams[si - 1]}"
+        if status == "order":
+            raise ValueError(
+                f"{pipeline} ({where}) seq {_text(raw[2])}: not after the stream's last "
+                f"entry ({_text(raw[3])})"
+            )
+        raise ValueError(
+            f"{pipeline} ({where}) seq {_text(raw[2])}: the hash does not chain onto the "
+            "stream's previous entry (altered or missing entries)"
+        )
+
 
 def _text(v: bytes | str) -> str:
     return v.decode() if isinstance(v, bytes) else v
+
+
+def _entry(f: Any) -> tuple[bool, bytes]:
+    """(is a head reference, payload) of a stream entry's fields: the flat [field, value,
+    ...] list of a raw reply, or the dict a cluster client's XRANGE callback makes."""
+    if isinstance(f, dict):
+        ref = f.get(b"r")
+        return (False, f[b"e"]) if ref is None else (True, ref)
+    if f[0] == b"r":
+        return True, f[1]
+    return False, f[1] if f[0] == b"e" else _field(f, b"e")
 
 
 def _field(flat: list[bytes], name: bytes) -> bytes:

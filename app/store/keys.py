@@ -7,23 +7,25 @@ the partition's work streams at once, and in Redis Cluster all of it maps to one
 A fixed number of partitions (``zlib.crc32(name) % partitions``) spreads work over
 workers; the number is recorded in Redis on first use and checked on every start.
 
+Keys below are written ``P:`` for ``<ns>:{<ns>.<n>}:`` (the partition's hash tag).
+
 | key | type | what |
 |---|---|---|
-| ``<ns>:{<ns>.<n>}:log:<pipeline>`` | stream | declaration events + head references, id ``<seq>-0`` |
-| ``<ns>:{<ns>.<n>}:x:<pipeline>:<execution>`` | stream | one execution's events, id ``<seq>-0`` |
-| ``<ns>:{<ns>.<n>}:xa:<pipeline>:<execution>`` | hash | action execution -> seq of its last event |
-| ``<ns>:{<ns>.<n>}:seq:<pipeline>`` | string | the pipeline's event counter |
-| ``<ns>:{<ns>.<n>}:xs:<pipeline>`` | zset | executions by start seq (derived index) |
-| ``<ns>:{<ns>.<n>}:tok:<pipeline>`` / ``apv:<pipeline>`` | hash | request / approval token -> execution |
-| ``<ns>:{<ns>.<n>}:legacy:<pipeline>`` | stream | first-layout stream kept by ``stageline migrate`` |
-| ``<ns>:{<ns>.<n>}:ckpt`` / ``owner`` / ``epoch`` | string | partition owner's position, lease, fence |
-| ``<ns>:{<ns>.<n>}:cmd:<pipeline>`` | hash | command id -> ``first:last`` version it appended |
-| ``<ns>:{<ns>.<n>}:snap:<pipeline>`` | string | projection snapshot (derived; may be dropped) |
-| ``<ns>:{<ns>.<n>}:names`` | set | pipeline names of the partition (for listing and audit) |
-| ``<ns>:{<ns>.<n>}:events`` | stream | every event of the partition; orchestrators' group |
-| ``<ns>:{<ns>.<n>}:run`` | stream | action executions the engine runs itself; runners' group |
-| ``<ns>:{<ns>.<n>}:leases`` | zset | running actions' leases, scored by expiry (ms) |
-| ``<ns>:{<ns>.<n>}:dead`` | stream | dispatch entries parked after too many deliveries |
+| ``P:log:<pipeline>`` | stream | declaration events + head references, id ``<seq>-0`` |
+| ``P:x:<pipeline>:<execution>`` | stream | one execution's events, id ``<seq>-0`` |
+| ``P:xa:<pipeline>:<execution>`` | hash | action execution -> seq of its last event |
+| ``P:seq:<pipeline>`` | string | the pipeline's event counter |
+| ``P:xs:<pipeline>`` / ``as:<pipeline>`` | zset | executions / actions by start seq |
+| ``P:tok:<pipeline>`` / ``apv:<pipeline>`` | hash | request / approval token -> execution |
+| ``P:legacy:<pipeline>`` | stream | first-layout stream kept by ``stageline migrate`` |
+| ``P:cmd:<pipeline>`` | hash | command id -> ``first:last:<streams>`` it appended |
+| ``P:snap:<pipeline>`` | hash | head snapshot ``{v, s}`` (derived; may be dropped) |
+| ``P:names`` | set | pipeline names of the partition (for listing and audit) |
+| ``P:events`` | stream | every event of the partition; read by the partition's owner |
+| ``P:ckpt`` / ``owner`` / ``epoch`` | string | the owner's position, lease, fence |
+| ``P:run`` | stream | action executions the engine runs itself; runners' group |
+| ``P:leases`` | zset | running actions' leases, scored by expiry (ms) |
+| ``P:dead`` | stream | dispatch entries parked as poison |
 | ``<ns>:jobs:<owner/category/provider/version>`` | zset | open custom-action jobs |
 | ``<ns>:job:<jobId>`` | hash | where a job lives (pipeline, execution, action execution) |
 | ``<ns>:config`` | hash | ``partitions``, ``layout`` |

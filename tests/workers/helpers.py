@@ -31,7 +31,7 @@ from app.domain.model import (
     StageDeclaration,
     StageRetryMode,
 )
-from app.domain.state import ActionExec, ExecutionState, PipelineState, copy_state
+from app.domain.state import ActionExec, ExecutionState, PipelineState
 from app.engine import Engine
 from app.store.keys import Keys
 from workers.config import WorkerConfig

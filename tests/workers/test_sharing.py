@@ -58,6 +58,16 @@ async def test_two_worker_processes_share_the_partitions_and_run_each_action_onc
             )
         procs(server.url, "w1", concurrency=4)
         procs(server.url, "w2", concurrency=4)
+
+        async def divided() -> bool:  # a joiner gets its share within a few ownership rounds
+            holders = Counter()
+            for p in range(PARTITIONS):
+                owner: Any = await client.get(keys.owner(p))
+                if owner is not None:
+                    holders[_s(owner).rpartition("|")[0].split(".")[0]] += 1
+            return sum(holders.values()) == PARTITIONS and set(holders) == {"w1", "w2"}
+
+        await wait_for(divided, "the partitions divided between w1 and w2", within=40)
         eids = []
         for i in range(30):
             name = names[i % len(names)]
@@ -87,17 +97,30 @@ async def test_two_worker_processes_share_the_partitions_and_run_each_action_onc
                     appliers[env.actor] += 1
         assert sum(appliers.values()) == 30
         assert set(appliers) == {"worker:w1", "worker:w2"}, appliers
-        # and both are consumers of every partition's streams
+        # the partitions are divided between the two (one owner each, both own some), every
+        # owner read its partition's events to the end, and both consume every run queue
+        owners: Counter[str] = Counter()
         for p in range(PARTITIONS):
-            for stream, group in ((keys.events(p), "orchestrators"), (keys.run(p), "runners")):
-                consumers: Any = await client.xinfo_consumers(stream, group)
-                assert {_s(c["name"]) for c in consumers} == {"w1", "w2"}
+            owner: Any = await client.get(keys.owner(p))
+            holder = _s(owner).rpartition("|")[0]
+            owners[holder.split(".")[0]] += 1
 
-                async def drained(stream: str = stream, group: str = group) -> bool:
-                    pending: Any = await client.xpending(stream, group)
-                    return int(pending["pending"]) == 0
+            async def caught_up(p: int = p) -> bool:
+                last: Any = await client.xrevrange(keys.events(p), count=1)
+                ckpt: Any = await client.get(keys.checkpoint(p))
+                return not last or (ckpt is not None and _s(ckpt) == _s(last[0][0]))
 
-                await wait_for(drained, f"{group} to acknowledge all of {stream}", within=20)
+            await wait_for(caught_up, f"the owner of partition {p} to read it all", within=20)
+            consumers: Any = await client.xinfo_consumers(keys.run(p), "runners")
+            assert {_s(c["name"]) for c in consumers} == {"w1", "w2"}
+
+            async def drained(stream: str = keys.run(p)) -> bool:
+                pending: Any = await client.xpending(stream, "runners")
+                return int(pending["pending"]) == 0
+
+            await wait_for(drained, f"runners to acknowledge all of {keys.run(p)}", within=20)
+        assert set(owners) == {"w1", "w2"}, owners
+        assert abs(owners["w1"] - owners["w2"]) <= 1, owners
     finally:
         await client.aclose()
 

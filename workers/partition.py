@@ -1,0 +1,400 @@
+"""The owner of one partition: the only process that decides engine reactions there.
+
+While this process holds the partition's lease (``workers.ownership``), ``PartitionOwner``
+reads the partition's ``events`` stream from the checkpoint on, in order, and for each
+batch of entries:
+
+1. folds every event into the repository's cache (so the cache is always current: every
+   event of the partition passes through here, in commit order);
+2. works out the reactions (policy in :func:`reactions`, pure): apply an accepted retry,
+   move an execution on after an action's result was recorded on its own (``Advance``),
+   fail an action nobody can run; custom-action jobs are published to the job index;
+3. decides all reactions on the cache and commits them in **one** Lua call (group commit),
+   fenced with this owner's token and advancing the checkpoint in the same call. A batch
+   refused because another writer (the API, a runner) got there first is decided again on
+   what the refusal handed back; only the refused pipelines go round again.
+
+Every reaction is a command through ``decide`` and every decision is idempotent, so an
+owner that dies after committing but before its checkpoint moved, or a new owner that
+re-reads entries, changes nothing twice. A stale owner (paused past its lease) is refused
+by the fence and stops.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from app.domain import commands as c
+from app.domain import events as ev
+from app.domain.decide import decide_many
+from app.domain.errors import DomainError
+from app.domain.state import NeedExecutions, PipelineState
+from app.engine import Engine
+from app.jobs import JobRef
+from app.repository import Origin, trim
+from app.store.eventstore import AppendResult, Batch, ConcurrencyError, Fenced
+from workers import persist
+from workers.config import WorkerConfig
+from workers.consumer import REDIS_DOWN
+from workers.leases import Leases
+from workers.ownership import Fence
+
+log = logging.getLogger("stageline.partition")
+
+ROUNDS = 8  # commit rounds for one batch of entries before the rest is retried later
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a partition's ``events`` stream."""
+
+    id: str
+    env: ev.Envelope
+    head_prev: int | None
+    exec_prev: int | None
+
+
+def _int(raw: Any) -> int | None:
+    if raw is None or raw == b"" or raw == "":
+        return None
+    return int(raw)
+
+
+def parse(rid: Any, fields: dict[Any, Any]) -> Entry:
+    f = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items()}
+    p = f["p"].decode() if isinstance(f["p"], bytes) else f["p"]
+    env = ev.decode_payload(p, int(f["v"]), f["e"])
+    return Entry(
+        rid.decode() if isinstance(rid, bytes) else str(rid),
+        env,
+        _int(f.get("hp")),
+        _int(f.get("xp")),
+    )
+
+
+def reactions(env: ev.Envelope) -> list[c.Command]:
+    """What the owner does about an event (pure). Jobs and unsupported actions need the
+    action's declaration and are handled by the caller."""
+    e = env.event
+    if isinstance(e, ev.StageRetryRequested):
+        return [c.ApplyStageRetry(executionId=e.executionId, stageName=e.stageName)]
+    if isinstance(
+        e, (ev.ActionExecutionSucceeded, ev.ActionExecutionFailed, ev.ActionExecutionAbandoned)
+    ):
+        return [c.Advance(executionId=e.executionId, actionExecutionId=e.actionExecutionId)]
+    return []
+
+
+@dataclass
+class _Pending:
+    pipeline: str
+    items: list[tuple[c.Command, Origin]] = field(default_factory=list)
+
+
+class PartitionOwner:
+    def __init__(
+        self,
+        engine: Engine,
+        partition: int,
+        fence: Fence,
+        config: WorkerConfig,
+        leases: Leases,
+    ) -> None:
+        self.engine = engine
+        self.partition = partition
+        self.fence = fence
+        self.config = config
+        self.leases = leases
+        self.keys = engine.keys
+        self.position = "0"
+        self.dirty: set[str] = set()
+        self.failures: dict[str, int] = {}  # entry id -> failed attempts (poison entries)
+        self.commits = 0
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def origin(self, env: ev.Envelope) -> Origin:
+        return persist.caused_by(self.name, env)
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        repo = self.engine.repo
+        # another owner may have written here since this process last looked: drop its cache
+        for name in repo.cached_names():
+            if self.keys.partition(name) == self.partition:
+                repo.forget(name)
+        raw: Any = await self.engine.redis.get(self.keys.checkpoint(self.partition))
+        self.position = (raw.decode() if isinstance(raw, bytes) else raw) or "0"
+        log.info("partition %d: owner from %s", self.partition, self.position)
+        next_reap = next_snap = 0.0
+        while True:
+            entries, last = await self._read()
+            if last is not None and not entries:  # only unreadable entries (parked)
+                await self._advance(last)
+            if entries:
+                try:
+                    await self.handle(entries, last)
+                except (Fenced, *REDIS_DOWN):
+                    raise
+                except Exception:
+                    log.exception("partition %d: handling a batch failed", self.partition)
+                    await self._one_at_a_time(entries)
+            now = anyio.current_time()
+            if now >= next_reap:
+                await self.reap()
+                next_reap = now + self.config.reap_every_s
+            if now >= next_snap:
+                await self.flush_snapshots()
+                next_snap = now + self.config.snapshot_every_s
+
+    async def _advance(self, position: str) -> None:
+        await self.engine.store.append_many(
+            [], fence=(self.partition, self.fence.token), checkpoint=(self.partition, position)
+        )
+        self.position = position
+
+    async def _read(self) -> tuple[list[Entry], str | None]:
+        redis = self.engine.redis
+        key = self.keys.events(self.partition)
+        block = self.config.block_ms
+        resp: Any = await redis.xread({key: self.position}, count=self.config.batch, block=block)
+        if not resp:
+            if block is None:
+                await anyio.sleep(self.config.poll_interval_s)
+            return [], None
+        out: list[Entry] = []
+        last: str | None = None
+        for _stream, rows in resp:
+            for rid, fields in rows:
+                last = rid.decode() if isinstance(rid, bytes) else str(rid)
+                try:
+                    out.append(parse(rid, fields))
+                except Exception as err:
+                    await self._park(rid, fields, f"unreadable, parked at once: {err!r}")
+        return out, last
+
+    async def _park(self, rid: Any, fields: dict[Any, Any], reason: str) -> None:
+        stream, dead_key = self.keys.events(self.partition), self.keys.dead(self.partition)
+        dead: dict[Any, Any] = dict(fields)
+        dead.update({"_stream": stream, "_id": rid, "_group": "owner", "_reason": reason})
+        await self.engine.redis.xadd(dead_key, dead)
+        log.error(
+            "parked poison entry %s of %s (owner of partition %d) in %s: %s",
+            rid.decode() if isinstance(rid, bytes) else rid,
+            stream,
+            self.partition,
+            dead_key,
+            reason,
+        )
+
+    async def _one_at_a_time(self, entries: Sequence[Entry]) -> None:
+        """After a failed batch: each entry on its own; one that keeps failing is parked
+        (after ``max_deliveries`` attempts) so the partition moves on."""
+        for entry in entries:
+            for attempt in range(1, self.config.max_deliveries + 1):
+                try:
+                    await self.handle([entry])
+                    break
+                except (Fenced, *REDIS_DOWN):
+                    raise
+                except Exception as err:
+                    if attempt == self.config.max_deliveries:
+                        fields = {"p": entry.env.pipeline, "v": str(entry.env.version)}
+                        fields["e"] = ev.encode_payload(entry.env).decode()
+                        await self._park(
+                            entry.id, fields, f"delivered {attempt} times without success: {err}"
+                        )
+                        await self._advance(entry.id)
+                    else:
+                        await anyio.sleep(0.05 * attempt)
+
+    # --- one batch of entries ----------------------------------------------------------------
+
+    async def handle(self, entries: Sequence[Entry], last: str | None = None) -> None:
+        repo = self.engine.repo
+        pending: dict[str, _Pending] = {}
+        for entry in entries:
+            env = entry.env
+            repo.observe(env, entry.head_prev, entry.exec_prev)
+            self.dirty.add(env.pipeline)
+            cmds = reactions(env)
+            if isinstance(env.event, ev.ActionExecutionScheduled):
+                cmds += await self._scheduled(env, env.event)
+            if cmds:
+                p = pending.setdefault(env.pipeline, _Pending(env.pipeline))
+                p.items += [(cmd, self.origin(env)) for cmd in cmds]
+        last = last or entries[-1].id
+        await self.commit(list(pending.values()), last)
+        self.position = last
+
+    async def _scheduled(
+        self, env: ev.Envelope, e: ev.ActionExecutionScheduled
+    ) -> list[c.Command]:
+        if e.kind in ("commands", "approval"):
+            return []  # runners take commands; approvals wait for PutApprovalResult
+        s = await self.engine.repo.load(env.pipeline, [e.executionId])
+        x = s.executions.get(e.executionId)
+        a = x.actions.get(e.actionExecutionId) if x is not None else None
+        if x is None or a is None or a.status != "InProgress":
+            return []
+        adecl = s.action_declaration(x, e.stageName, e.actionName)
+        if adecl is None:
+            return []
+        if e.kind == "custom" and e.jobId is not None:
+            ref = JobRef(
+                e.jobId, adecl.actionTypeId.key, env.pipeline, e.executionId, e.actionExecutionId
+            )
+            await self.engine.jobs.publish(ref, env.time)
+            return []
+        t = adecl.actionTypeId
+        return [
+            c.CompleteAction(
+                executionId=e.executionId,
+                actionExecutionId=e.actionExecutionId,
+                succeeded=False,
+                errorCode="ActionTypeNotSupported",
+                message=(
+                    f"stageline does not run {t.owner}/{t.category}/{t.provider} actions; "
+                    "use AWS/Compute/Commands, AWS/Approval/Manual or a Custom action "
+                    "with a job worker"
+                ),
+            )
+        ]
+
+    # --- group commit ------------------------------------------------------------------------
+
+    async def commit(self, pending: list[_Pending], checkpoint: str | None) -> int:
+        """Decide every pending reaction on the cache and commit them in one call per round;
+        refused pipelines go round again on what the refusal handed back."""
+        repo = self.engine.repo
+        store = self.engine.store
+        lost = 0
+        for _ in range(ROUNDS):
+            batches: list[tuple[_Pending, PipelineState, Batch]] = []
+            for p in pending:
+                s = repo.cached(p.pipeline) or await repo.load(p.pipeline)
+                events = await self._decide(s, p)
+                if events:
+                    batches.append((p, s, self._batch(s, events)))
+            if not batches and checkpoint is None:
+                return lost
+            try:
+                results = await store.append_many(
+                    [b for _, _, b in batches],
+                    fence=(self.partition, self.fence.token),
+                    checkpoint=(self.partition, checkpoint) if checkpoint else None,
+                )
+            except Fenced:
+                log.warning("partition %d: fenced (another owner took over)", self.partition)
+                raise
+            self.commits += 1
+            again: list[_Pending] = []
+            for (p, s, batch), res in zip(batches, results, strict=True):
+                if isinstance(res, AppendResult):
+                    stamped = res.stamp(batch.envelopes)
+                    repo.commit_local(s, stamped)
+                    trim(s)
+                    lost += sum(
+                        1
+                        for e in stamped
+                        if isinstance(e.event, ev.ActionExecutionFailed)
+                        and e.event.errorCode == ev.WORKER_LOST
+                    )
+                else:
+                    assert isinstance(res, ConcurrencyError)
+                    await repo.heal(s, res)
+                    again.append(p)
+            if not again:
+                return lost
+            pending = again
+        log.warning(
+            "partition %d: %d pipelines still conflicting; their entries are read again",
+            self.partition,
+            len(pending),
+        )
+        raise RuntimeError("commit did not settle")
+
+    async def _decide(self, s: PipelineState, p: _Pending) -> list[ev.Envelope]:
+        repo = self.engine.repo
+        ids = {getattr(cmd, "executionId", None) for cmd, _ in p.items}
+        missing = [i for i in ids if isinstance(i, str) and i not in s.executions]
+        await repo.load_executions(s, missing)
+        while True:
+            items = [(cmd, repo.ctx(origin, None)) for cmd, origin in p.items]
+            try:
+                events, refused = decide_many(s, items)
+            except NeedExecutions as need:
+                await repo.load_executions(s, need.ids)
+                continue
+            except DomainError:
+                return await self._one_by_one(s, p)
+            for cmd, err in refused:
+                log.debug("partition %d: %s refused: %s", self.partition, type(cmd).__name__, err)
+            return events
+
+    async def _one_by_one(self, s: PipelineState, p: _Pending) -> list[ev.Envelope]:
+        """Fallback: a command refused half way; decide and append each on its own."""
+        for cmd, origin in p.items:
+            try:
+                await persist.execute(self.engine.repo, p.pipeline, cmd, origin)
+            except DomainError as err:
+                log.warning("partition %d: %s refused: %s", self.partition, type(cmd).__name__, err)
+        return []
+
+    @staticmethod
+    def _batch(s: PipelineState, events: list[ev.Envelope]) -> Batch:
+        expected: dict[str, int] = {}
+        for env in events:
+            eid = ev.execution_of(env.event)
+            if eid is not None and eid not in expected:
+                x = s.executions.get(eid)
+                expected[eid] = x.version if x is not None else 0
+        return Batch(s.name, events, head_expected=s.headVersion, exec_expected=expected)
+
+    # --- leases and snapshots ----------------------------------------------------------------
+
+    async def reap(self) -> int:
+        """Fail the actions of this partition whose runner's lease expired."""
+        expired = await self.leases.expired(self.partition)
+        if not expired:
+            return 0
+        pending: dict[str, _Pending] = {}
+        for lease in expired:
+            p = pending.setdefault(lease.pipeline, _Pending(lease.pipeline))
+            p.items.append(
+                (
+                    c.LoseAction(
+                        executionId=lease.executionId,
+                        actionExecutionId=lease.actionExecutionId,
+                        worker=lease.worker,
+                        message=f"worker {lease.worker} stopped renewing its lease",
+                    ),
+                    Origin(actor=f"worker:{self.name}"),
+                )
+            )
+        recorded = await self.commit(list(pending.values()), None)
+        for lease in expired:
+            await self.leases.release(lease)
+        if recorded:
+            log.warning(
+                "partition %d: %d action(s) recorded as %s (their workers stopped renewing)",
+                self.partition,
+                recorded,
+                ev.WORKER_LOST,
+            )
+        return recorded
+
+    async def flush_snapshots(self) -> None:
+        dirty, self.dirty = self.dirty, set()
+        for name in dirty:
+            s = self.engine.repo.cached(name)
+            if s is not None:
+                await self.engine.store.save_snapshot(s)
