@@ -313,6 +313,29 @@ async def test_event_copied_into_another_stream(scenario: Scenario) -> None:
     )
 
 
+async def test_event_moved_to_the_pipelines_stream(scenario: Scenario) -> None:
+    """Seq 17 moved from execution 1's stream into the pipeline's, both chains recomputed:
+    every seq is still stored once and every hash holds, but the event is not in its own
+    stream."""
+    sc = scenario
+    redis = sc.engine.redis
+    x1 = await rows_of(redis, exec_key(sc, sc.exec1))
+    moved = x1.pop(index_of(x1, 17))
+    await rebuild(redis, exec_key(sc, sc.exec1), lambda _: rechain(x1, 0))
+
+    def insert(rows: Rows) -> Rows:
+        at = next(i for i, (rid, _) in enumerate(rows) if int(rid.split(b"-")[0]) > 17)
+        return rechain([*rows[:at], moved, *rows[at:]], 0)
+
+    await rebuild(redis, head_key(sc), insert)
+    pr = problem_of(await check(sc))
+    assert (pr.kind, pr.version, pr.entry_id, pr.stream) == ("stream", 17, "17-0", HEAD)
+    assert pr.message == (
+        "seq 17 (entry 17-0 of the pipeline's stream): StageRetryRequested of execution "
+        f"{sc.exec1} is in the pipeline's stream"
+    )
+
+
 async def test_cut_execution_stream(scenario: Scenario) -> None:
     """Execution 2's stream rebuilt with its first 4 entries (52-55, so the stream's own
     counters start afresh), then its traces removed one after the other: the orphan
