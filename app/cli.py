@@ -710,7 +710,9 @@ async def _watch(a: argparse.Namespace) -> int:
 
 
 def _audit_code(message: str) -> int:
-    if "has no event log" in message or message.startswith("refused"):
+    if "has no event log" in message or "has no execution" in message:
+        return EXIT_REFUSED  # not found
+    if message.startswith("refused"):
         return EXIT_REFUSED
     return EXIT_USAGE
 

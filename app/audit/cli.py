@@ -54,7 +54,9 @@ def add_audit_parser(sub: Any, redis_arg: Callable[[argparse.ArgumentParser], No
 
     lg = command("log", "the events of a pipeline (or one execution) in order")
     lg.add_argument("--pipeline", required=True, metavar="NAME")
-    lg.add_argument("--execution", metavar="ID", help="only this execution's events")
+    lg.add_argument(
+        "--execution", metavar="ID", help="only this execution's events (read from its stream)"
+    )
     lg.add_argument("--since", metavar="TIME", help="ISO 8601, @epoch or a duration ago (24h)")
     lg.add_argument("--format", choices=["table", "jsonl"], default="table")
 
@@ -63,14 +65,18 @@ def add_audit_parser(sub: Any, redis_arg: Callable[[argparse.ArgumentParser], No
     rp.add_argument(
         "--as-of",
         metavar="TIME|VERSION",
-        help="the state at a past point: an event version (17, v17) or a time "
+        help="the state at a past point: an event seq (17, v17) or a time "
         "(ISO 8601, @epoch, or a duration ago such as 2h)",
     )
     rp.add_argument("--out", metavar="FILE", help="write to FILE instead of stdout")
     rp.add_argument("--full", action="store_true", help="add the whole folded state")
     progress_flag(rp)
 
-    vf = command("verify", "check the hash chains and compare rebuilt and live projections")
+    vf = command(
+        "verify",
+        "check every stream's hash chain, the seqs, head references and indexes, and compare "
+        "rebuilt and live projections",
+    )
     vf.add_argument("--pipeline", metavar="NAME", help="only this pipeline (default: all)")
     vf.add_argument("--quiet", action="store_true", help="print only the differences")
     progress_flag(vf)

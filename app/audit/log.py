@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 
-from app.audit.common import AuditError, iso, log_length
+from app.audit.common import AuditError, iso, log_length, merged_events
 from app.domain import events as ev
 from app.store.eventstore import EventStore
 
@@ -223,11 +223,6 @@ class _Annotator:
         )
 
 
-def _execution_of(e: ev.Event) -> str | None:
-    eid = getattr(e, "executionId", None)
-    return eid if isinstance(eid, str) else None
-
-
 async def audit_log(
     store: EventStore,
     pipeline: str,
@@ -236,20 +231,24 @@ async def audit_log(
     since: float | None = None,
     batch: int = 1000,
 ) -> AsyncIterator[LogRow]:
-    """The annotated events of ``pipeline`` in order (streamed in batches).
+    """The annotated events of ``pipeline`` in seq order (every stream merged, streamed in
+    batches).
 
-    ``execution`` keeps the events of that execution; ``since`` those stamped at or after
-    that epoch time. The counters always see the whole log, so attempt and retry numbers
-    are the same however the rows are filtered.
+    ``execution`` keeps the events of that execution, read from its stream alone; ``since``
+    those stamped at or after that epoch time. Attempt and retry numbers count per
+    execution and stage, from the execution's first event, so they are the same however
+    the rows are filtered.
     """
     if await log_length(store, pipeline) == 0:
         raise AuditError(f"pipeline {pipeline!r} has no event log in this Redis")
+    if execution is not None and not await store.redis.exists(
+        store.keys.execution_log(pipeline, execution)
+    ):
+        raise AuditError(f"pipeline {pipeline!r} has no execution {execution!r} in this Redis")
     ann = _Annotator()
-    async for chunk in store.iter_events(pipeline, batch=batch):
+    async for chunk in merged_events(store, pipeline, batch=batch, execution=execution):
         for env in chunk:
             row = ann.row(env)
-            if execution is not None and _execution_of(env.event) != execution:
-                continue
             if since is not None and env.time < since:
                 continue
             yield row

@@ -1,10 +1,13 @@
 """Replay: fold a pipeline's log from scratch into a fresh state, now or as of a past point.
 
-The log is read in batches (``EventStore.iter_events``) and each batch is folded and
-dropped, so memory holds one batch plus the state being built: it does not grow with the
-length of the log, only with the size of the state itself (the executions one pipeline
-holds). Pipelines are replayed one after the other and each state is released after use.
-No snapshot, cache or other projection is read: the result depends on the log alone.
+The log is every stream of the pipeline (its own and one per execution) merged in seq
+order, read in chunks (``app.audit.common.merged_events``: an execution's stream is opened
+when the merge reaches its start and dropped at its end), and each batch is folded and
+dropped. So memory holds a chunk of the streams open at that point plus the state being
+built: it does not grow with the length of the log, only with the size of the state
+itself (the executions one pipeline holds). Pipelines are replayed one after the other
+and each state is released after use. No snapshot, cache or other projection is read:
+the result depends on the log alone.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import msgspec
 
 from app import queries
-from app.audit.common import AsOf, log_length, select_pipelines
+from app.audit.common import AsOf, merged_events, select_pipelines
 from app.audit.progress import Progress
 from app.domain.state import PipelineState, evolve, new_state
 from app.store.eventstore import EventStore
@@ -43,7 +46,7 @@ async def replay_pipeline(
     until = as_of.version if as_of is not None else None
     limit = as_of.time if as_of is not None else None
     folded = 0
-    chunks = store.iter_events(pipeline, batch=batch, until=until)
+    chunks = merged_events(store, pipeline, batch=batch, until=until)
     try:
         async for chunk in chunks:
             n = 0
@@ -84,7 +87,7 @@ async def events_to_replay(
     """How many events a replay will read at most (for a progress bar's total)."""
     total = 0
     for name in pipelines:
-        n = await log_length(store, name)
+        n = await store.version(name)
         if as_of is not None and as_of.version is not None:
             n = min(n, as_of.version)
         total += n

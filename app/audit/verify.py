@@ -1,38 +1,75 @@
 """Verify: the log is intact and the live projections are what the log says.
 
-For each pipeline, in one streamed pass over its stream:
+A pipeline's events are numbered by one sequence (``seq:<pipeline>``) and stored in bounded
+streams: the pipeline's own stream (declaration events in full, a *reference* for every
+head event) and one stream per execution (``app/store/eventstore.py``). For each pipeline,
+up to the counter's value when it starts (so appends made meanwhile are not mistaken for
+tampering), ``verify`` checks:
 
-1. entry ids are ``<version>-0`` with versions consecutive from 1 (a gap is a deleted
-   event);
-2. each entry's hash is ``sha1(previous hash \\n version \\n payload)`` (the append script's
-   chain): a mismatch is an edited payload, a reordering or a broken chain, and the report
-   says which when the following entries tell;
-3. each payload decodes and folds into the state rebuilt so far;
-4. the end of the log is the end of what was written: the stream's own counters
-   (``entries-added``, ``max-deleted-entry-id``), the command-id table and the snapshot
-   must not know of versions past the last entry (events deleted at the end);
-5. the live projection (the stored snapshot, caught up with the events after it, which is
-   exactly what readers load) equals the state rebuilt from scratch.
+1. the streams: every execution of the executions index (``xs``) has a stream and every
+   execution stream is in the index (a deleted execution stream is named);
+2. in one streamed pass over every stream merged in seq order: entry ids are ``<seq>-0``;
+   each stream's hash chain (``sha1(previous hash of that stream \\n seq \\n payload)``, a
+   reference hashed over its ``r`` bytes): a mismatch is an edited payload, a reordering
+   or a rewritten hash, and the report says which when the stream's following entries
+   tell; every seq from 1 is stored exactly once across the full-event streams (a gap is a
+   deleted event, and the report says which stream lost it when the streams tell); each
+   event is in its own stream; every head reference matches the event with the same seq
+   (type, execution, stage) and every head event has its reference; each payload decodes
+   and folds into the state rebuilt so far;
+3. the end: the last seq equals the counter (a cut tail), no stream holds an entry past the
+   counter, the command-id table knows of no later seq;
+4. the snapshot (the head alone) equals the head of the fold up to its version;
+5. the projections: the head the engine loads (snapshot and the pipeline's stream after it)
+   equals the head of the fold, and each execution folded from its own stream equals the
+   full fold's;
+6. the derived indexes (``xs``, ``as``, ``tok``, ``apv``, each execution's ``xa``) agree
+   with the events.
 
-The first difference of each pipeline is reported with its position. Without an external
-copy of the latest hash a rewrite of the whole chain from some point on cannot be told
-from the log alone: keep the ``head`` a report gives (or an export) somewhere else and
-compare it later.
+The first difference of each pipeline is reported, naming the stream, seq and entry id.
+Without an outside copy of the streams' last hashes a rewrite of a whole chain from some
+point on cannot be told from the log alone: keep the ``head`` a report gives (or its
+``heads``, per stream) somewhere else and compare later.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+import hashlib
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import msgspec
 
-from app.audit.common import StreamEntry, iter_stream, log_streams, select_pipelines, text
+from app.audit.common import (
+    PREFETCH,
+    PREFETCH_ENTRIES,
+    Source,
+    StreamEntry,
+    entries_of,
+    execution_streams,
+    log_streams,
+    merge_sources,
+    prefetched,
+    raw_source,
+    read_entries,
+    select_pipelines,
+    text,
+    unindexed_execution_streams,
+)
 from app.audit.progress import Progress
 from app.domain import events as ev
-from app.domain.state import PipelineState, evolve, new_state
-from app.store.eventstore import EventStore, chain_hash
+from app.domain.state import (
+    PipelineState,
+    decode_head,
+    evolve,
+    evolve_ref,
+    execution_from,
+    head_of,
+    new_state,
+)
+from app.store.eventstore import HEAD, EventStore, chain_hash
 
 ProblemKind = Literal[
     "entry-id",
@@ -40,9 +77,13 @@ ProblemKind = Literal[
     "hash",
     "decode",
     "apply",
+    "stream",
+    "reference",
     "truncated",
+    "counter",
     "snapshot",
     "projection",
+    "index",
     "listing",
 ]
 
@@ -52,8 +93,9 @@ class Problem:
     pipeline: str
     kind: ProblemKind
     message: str
-    version: int | None = None
+    version: int | None = None  # the seq where it is
     entry_id: str | None = None
+    stream: str | None = None  # HEAD ('-') for the pipeline's stream, else the execution id
 
     def __str__(self) -> str:
         return f"{self.pipeline}: {self.message}"
@@ -64,9 +106,11 @@ class PipelineReport:
     pipeline: str
     events: int = 0
     last_version: int = 0
-    head: str | None = None  # hash of the last entry
+    head: str | None = None  # digest of every stream's last (seq, hash)
     snapshot_version: int | None = None
     problem: Problem | None = None
+    streams: int = 0
+    heads: dict[str, tuple[int, str]] = field(default_factory=dict)  # stream -> last seq, hash
 
     @property
     def ok(self) -> bool:
@@ -76,13 +120,13 @@ class PipelineReport:
         if self.problem is not None:
             return f"FAIL {self.problem}"
         snap = (
-            f"snapshot at version {self.snapshot_version} matches"
+            f"snapshot at seq {self.snapshot_version} matches"
             if self.snapshot_version is not None
             else "no snapshot"
         )
         return (
-            f"ok   {self.pipeline}: {self.events} events, chain intact, "
-            f"head {self.last_version}:{self.head}, {snap}"
+            f"ok   {self.pipeline}: {self.events} events in {self.streams} streams, chains "
+            f"intact, head {self.last_version}:{self.head}, {snap}"
         )
 
 
@@ -99,54 +143,70 @@ class VerifyReport:
         return [p.problem for p in self.pipelines if p.problem is not None] + self.problems
 
 
-_DIAGNOSE_AHEAD = 2000  # entries looked at to explain a hash mismatch
+def heads_digest(heads: dict[str, tuple[int, str]]) -> str:
+    """One hash over every stream's last (seq, hash): it changes when any stream does."""
+    lines = sorted(f"{seq} {stream} {h}" for stream, (seq, h) in heads.items())
+    return hashlib.sha1("\n".join(lines).encode()).hexdigest()
 
 
-def _entry_where(e: StreamEntry) -> str:
-    return f"version {e.version} (entry {e.entry_id})"
+_DIAGNOSE_AHEAD = 2000  # entries of a stream looked at to explain a hash mismatch
+
+
+def label(stream: str) -> str:
+    return "the pipeline's stream" if stream == HEAD else f"execution {stream}'s stream"
+
+
+def _at(stream: str, e: StreamEntry) -> str:
+    return f"seq {e.version} (entry {e.entry_id} of {label(stream)})"
+
+
+class _Found(Exception):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
 
 
 def _hash_problem(
-    pipeline: str, prev: str, e: StreamEntry, following: list[StreamEntry]
+    pipeline: str, stream: str, e: StreamEntry, following: list[StreamEntry]
 ) -> Problem:
-    """Explain why ``e``'s stored hash is not the chain's (``e.payload`` is not None)."""
-    assert e.payload is not None
-    where = f"hash mismatch at {_entry_where(e)}"
+    """Explain why ``e``'s stored hash is not its stream's chain (``e.body`` is set)."""
+    body = e.body
+    assert body is not None
+    where = f"hash mismatch at {_at(stream, e)}"
+
+    def problem(msg: str) -> Problem:
+        return Problem(pipeline, "hash", msg, e.version, e.entry_id, stream)
+
     if e.hash is None:
-        msg = f"{where}: the entry has no hash (not written by the append script)"
-        return Problem(pipeline, "hash", msg, e.version, e.entry_id)
-    # Reordered: this payload is the one the chain hashed at a later version.
+        return problem(f"{where}: the entry has no hash (not written by the append script)")
+    # Reordered: this payload is the one the chain hashed at a later entry of the stream.
     p = e.hash
     for f in following:
-        if f.hash is None or f.payload is None:
+        if f.hash is None or f.body is None:
             break
-        if chain_hash(p, f.version, e.payload) == f.hash:
-            msg = (
-                f"{where}: events reordered (the payload stored at version {e.version} was "
-                f"hashed as version {f.version}; versions {e.version} and {f.version} "
+        if chain_hash(p, f.version, body) == f.hash:
+            return problem(
+                f"{where}: events reordered (the payload stored at seq {e.version} was "
+                f"hashed as seq {f.version}; seqs {e.version} and {f.version} of this stream "
                 "swapped or moved)"
             )
-            return Problem(pipeline, "hash", msg, e.version, e.entry_id)
         p = f.hash
     nxt = following[0] if following else None
     if nxt is None:
-        msg = f"{where}: payload edited or hash rewritten (it is the last event)"
-    elif (
-        nxt.payload is not None
+        return problem(f"{where}: payload edited or hash rewritten (the stream's last entry)")
+    if (
+        nxt.body is not None
         and nxt.hash is not None
-        and nxt.version == e.version + 1
-        and chain_hash(e.hash, nxt.version, nxt.payload) == nxt.hash
+        and chain_hash(e.hash, nxt.version, nxt.body) == nxt.hash
     ):
-        msg = (
+        return problem(
             f"{where}: payload edited (the stored hash is not this payload's, and the chain "
-            f"goes on intact from it; or the hash of version {e.version - 1} was rewritten)"
+            "goes on intact from it; or the hash of the stream's previous entry was rewritten)"
         )
-    else:
-        msg = (
-            f"{where}: chain broken (neither this payload nor the next link matches the "
-            "stored hashes: an entry rewritten with a new hash, or entries inserted)"
-        )
-    return Problem(pipeline, "hash", msg, e.version, e.entry_id)
+    return problem(
+        f"{where}: chain broken (neither this payload nor the next link matches the "
+        "stored hashes: an entry rewritten with a new hash, or entries inserted)"
+    )
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | None:
@@ -186,6 +246,13 @@ def _show(v: Any) -> str:
     return s if len(s) <= 100 else s[:97] + "..."
 
 
+_enc = msgspec.json.Encoder().encode
+
+
+def _show_ref(r: ev.HeadRef) -> str:
+    return msgspec.json.encode(r).decode()
+
+
 async def _load_snapshot(
     store: EventStore, pipeline: str
 ) -> tuple[int | None, PipelineState | None, Problem | None]:
@@ -194,46 +261,300 @@ async def _load_snapshot(
         return None, None, None
     try:
         version = int(text(raw[b"v"]))
-        state = msgspec.json.decode(raw[b"s"], type=PipelineState)
+        state = decode_head(raw[b"s"])
     except (KeyError, ValueError, msgspec.DecodeError) as err:
         msg = f"snapshot does not decode: {err}"
         return None, None, Problem(pipeline, "snapshot", msg)
-    if state.version != version or state.name != pipeline:
+    if state.headVersion != version or state.name != pipeline or state.executions:
         msg = (
-            f"snapshot is labelled version {version} but holds {state.name!r} "
-            f"at version {state.version}"
+            f"snapshot is labelled seq {version} but holds {state.name!r} at seq "
+            f"{state.headVersion}" + (" with executions (not a head)" if state.executions else "")
         )
         return version, None, Problem(pipeline, "snapshot", msg, version)
     return version, state, None
 
 
-async def _tail_problem(store: EventStore, pipeline: str, last: int) -> Problem | None:
-    """Versions past ``last`` that the stream counters or the command-id table know of.
+@dataclass
+class _Expected:
+    """The derived indexes as the events say they are."""
 
-    Race-free on a live log: XINFO's counters come from one moment, and a command id is
-    recorded by the same script that appends its events.
-    """
-    key = store.keys.log(pipeline)
-    info: Any = await store.redis.xinfo_stream(key)
-    added, length = info.get("entries-added"), info.get("length")
-    if isinstance(added, int) and isinstance(length, int) and added > length:
-        deleted = info.get("max-deleted-entry-id")
-        at = f", last deleted entry {text(deleted)}" if deleted else ""
-        msg = (
-            f"version {last + 1} missing (deleted event): the stream holds {length} of the "
-            f"{added} entries appended to it{at}"
-        )
-        return Problem(pipeline, "truncated", msg, last + 1)
-    top = 0
-    async for _cmd, span in store.redis.hscan_iter(store.keys.commands(pipeline), count=1000):
-        top = max(top, int(text(span).rpartition(":")[2]))
-    if top > last and top > await store.version(pipeline):
-        msg = (
-            f"version {last + 1} missing (deleted event): command ids record appends up to "
-            f"version {top} but the log ends at version {last}"
-        )
-        return Problem(pipeline, "truncated", msg, last + 1)
-    return None
+    xs: dict[str, int] = field(default_factory=dict)
+    actions: dict[str, int] = field(default_factory=dict)
+    tok: dict[str, str] = field(default_factory=dict)
+    apv: dict[str, str] = field(default_factory=dict)
+    xa: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def add(self, env: ev.Envelope, eid: str) -> None:
+        e = env.event
+        v = env.version
+        if isinstance(e, ev.ExecutionStarted):
+            self.xs[eid] = v
+        aid = ev.action_of(e)
+        if aid:
+            self.xa.setdefault(eid, {})[aid] = v
+            if isinstance(e, ev.ActionExecutionScheduled):
+                self.actions[f"{eid}/{aid}"] = v
+        tok = getattr(e, "clientRequestToken", None)
+        if tok:
+            self.tok[tok] = eid
+        apv = getattr(e, "token", None)
+        if apv:
+            self.apv[apv] = eid
+
+
+class _Pass:
+    """The merged pass over one pipeline's streams (see the module docstring, step 2)."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        pipeline: str,
+        until: int,
+        keys: dict[str, str],
+        snap_v: int | None,
+    ) -> None:
+        self.store = store
+        self.pipeline = pipeline
+        self.until = until
+        self.keys = keys  # stream -> key
+        self.snap_v = snap_v
+        self.rebuilt = new_state(pipeline)
+        self.expected = 1
+        self.count = 0
+        self.prev: dict[str, str] = {}
+        self.last: dict[str, StreamEntry] = {}
+        self.snapshot_fold: dict[str, Any] | None = None
+        self.index = _Expected()
+
+    def problem(
+        self,
+        kind: ProblemKind,
+        msg: str,
+        seq: int | None = None,
+        entry_id: str | None = None,
+        stream: str | None = None,
+    ) -> _Found:
+        return _Found(Problem(self.pipeline, kind, msg, seq, entry_id, stream))
+
+    async def entry(self, stream: str, e: StreamEntry) -> None:
+        """Checks of one entry on its own: id, body, hash chain of its stream."""
+        if e.seq != 0:
+            msg = (
+                f"entry {e.entry_id} of {label(stream)}: entry id is not <seq>-0 (not written "
+                "by the store)"
+            )
+            raise self.problem("entry-id", msg, e.version, e.entry_id, stream)
+        if e.body is None:
+            raise self.problem(
+                "decode",
+                f"{_at(stream, e)}: the entry has no payload",
+                e.version,
+                e.entry_id,
+                stream,
+            )
+        if e.ref is not None and stream != HEAD:
+            msg = f"{_at(stream, e)}: a head reference in an execution's stream"
+            raise self.problem("stream", msg, e.version, e.entry_id, stream)
+        prev = self.prev.get(stream, "")
+        if e.hash is None or chain_hash(prev, e.version, e.body) != e.hash:
+            following = await read_entries(
+                self.store.redis, self.keys[stream], e.entry_id, _DIAGNOSE_AHEAD, self.until
+            )
+            raise _Found(_hash_problem(self.pipeline, stream, e, following))
+        self.prev[stream] = e.hash
+        self.last[stream] = e
+
+    async def group(self, seq: int, group: list[tuple[str, StreamEntry]]) -> None:
+        """Checks of the entries stored under one seq (the event, and its reference)."""
+        if seq > self.expected:
+            raise _Found(await self.missing(self.expected, "missing"))
+        fulls = [(s, e) for s, e in group if e.payload is not None]
+        refs = [(s, e) for s, e in group if e.ref is not None]
+        if not fulls:
+            _, r = refs[0]
+            ref = self.decode_ref(r)
+            stored = ref.x in self.keys
+            raise self.problem(
+                "missing",
+                f"seq {seq} missing (deleted event): the pipeline's stream holds its reference "
+                f"({ref.t} of execution {ref.x}, entry {r.entry_id}) but "
+                + (
+                    f"execution {ref.x}'s stream has no entry {seq}-0"
+                    if stored
+                    else f"execution {ref.x} has no stream"
+                ),
+                seq,
+                r.entry_id,
+                ref.x if stored else HEAD,
+            )
+        if len(fulls) > 1:
+            where = " and ".join(label(s) for s, _ in fulls)
+            raise self.problem(
+                "stream", f"seq {seq} is stored twice: in {where}", seq, f"{seq}-0", fulls[1][0]
+            )
+        stream, e = fulls[0]
+        assert e.payload is not None
+        try:
+            env = ev.decode_payload(self.pipeline, e.version, e.payload)
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            msg = f"{_at(stream, e)}: payload does not decode: {err}"
+            raise self.problem("decode", msg, seq, e.entry_id, stream) from None
+        kind = type(env.event)
+        eid = ev.execution_of(env.event)
+        if stream == HEAD and eid is not None:
+            msg = (
+                f"{_at(stream, e)}: {kind.__name__} of execution {eid} is in the pipeline's stream"
+            )
+            raise self.problem("stream", msg, seq, e.entry_id, stream)
+        if stream != HEAD and eid != stream:
+            msg = f"{_at(stream, e)}: {kind.__name__} is not of this execution ({eid})"
+            raise self.problem("stream", msg, seq, e.entry_id, stream)
+        head_event = kind in ev.HEAD_EVENTS
+        if head_event and not refs:
+            msg = (
+                f"{_at(stream, e)}: {kind.__name__} is a head event but the pipeline's stream "
+                f"has no reference to it (entry {seq}-0 deleted from the pipeline's stream)"
+            )
+            raise self.problem("reference", msg, seq, f"{seq}-0", HEAD)
+        if refs:
+            _, r = refs[0]
+            ref = self.decode_ref(r)
+            want = ev.head_ref(env.event)
+            if not head_event or ref != want:
+                what = (
+                    f"the event is {_show_ref(want)}"
+                    if head_event
+                    else f"{kind.__name__} is not a head event"
+                )
+                msg = (
+                    f"head reference at seq {seq} (entry {r.entry_id} of the pipeline's stream) "
+                    f"says {_show_ref(ref)} but {what} (entry {e.entry_id} of {label(stream)})"
+                )
+                raise self.problem("reference", msg, seq, r.entry_id, HEAD)
+        if self.snap_v is not None and self.snapshot_fold is None and seq > self.snap_v:
+            self.take_snapshot_fold()
+        try:
+            evolve(self.rebuilt, env)
+        except Exception as err:
+            msg = (
+                f"{_at(stream, e)}: {kind.__name__} does not apply to the state before it "
+                f"({type(err).__name__}: {err})"
+            )
+            raise self.problem("apply", msg, seq, e.entry_id, stream) from None
+        if eid is not None:
+            self.index.add(env, eid)
+        self.expected = seq + 1
+        self.count += 1
+
+    def take_snapshot_fold(self) -> None:
+        self.snapshot_fold = msgspec.to_builtins(head_of(self.rebuilt))
+
+    def decode_ref(self, r: StreamEntry) -> ev.HeadRef:
+        assert r.ref is not None
+        try:
+            return ev.decode_ref(r.ref)
+        except (msgspec.DecodeError, msgspec.ValidationError) as err:
+            msg = f"{_at(HEAD, r)}: head reference does not decode: {err}"
+            raise self.problem("decode", msg, r.version, r.entry_id, HEAD) from None
+
+    async def missing(self, seq: int, kind: ProblemKind, why: str = "") -> Problem:
+        """Seq ``seq`` is in no stream: say which stream lost it, when the streams tell."""
+        redis, until = self.store.redis, self.until
+        head = f"seq {seq} missing (deleted event)" + (f": {why}" if why else "")
+        found: tuple[str, str] | None = None
+        for stream, key in self.keys.items():
+            before: Any = await redis.xrevrange(key, max=f"{seq - 1}", min="-", count=1)
+            rows: Any = await redis.xrange(key, min=f"{seq}-0", max=str(until), count=1)
+            after = entries_of(rows)
+            if not after or after[0].body is None:
+                continue
+            pred = f"entry {text(before[0][0])}" if before else "the start"
+            h = before[0][1].get(b"h", b"") if before else b""
+            nxt = after[0]
+            assert nxt.body is not None
+            if chain_hash(text(h), nxt.version, nxt.body) != nxt.hash:
+                found = (
+                    stream,
+                    (
+                        f"{label(stream)} goes from {pred} to entry {nxt.entry_id} and its "
+                        "chain breaks there"
+                    ),
+                )
+                break
+        if found is None:
+            for stream, key in self.keys.items():
+                info: Any = await redis.xinfo_stream(key)
+                deleted = info.get("max-deleted-entry-id")
+                if deleted and int(text(deleted).split("-")[0]) >= seq:
+                    found = (
+                        stream,
+                        (
+                            f"{label(stream)} records deleted entries up to {text(deleted)} "
+                            f"(it holds {info.get('length')} of the {info.get('entries-added')} "
+                            "entries appended to it)"
+                        ),
+                    )
+                    break
+        if found is None:
+            for stream, key in self.keys.items():
+                if stream == HEAD:
+                    continue
+                raw: Any = await redis.hgetall(self.store.keys.attempts(self.pipeline, stream))
+                top = max((int(text(v)) for v in raw.values()), default=0)
+                tail: Any = await redis.xrevrange(key, max=str(until), count=1)
+                end = int(text(tail[0][0]).split("-")[0]) if tail else 0
+                if seq <= top <= until and top > end:
+                    found = (
+                        stream,
+                        (
+                            f"execution {stream}'s actions index records seq {top} but its stream "
+                            f"ends at entry {end}-0 (the stream was cut)"
+                        ),
+                    )
+                    break
+        if found is None:
+            return Problem(
+                self.pipeline, kind, f"{head}; no stream tells which lost it", seq, f"{seq}-0"
+            )
+        stream, detail = found
+        sep = "; " if why else ": "
+        return Problem(self.pipeline, kind, f"{head}{sep}{detail}", seq, f"{seq}-0", stream)
+
+
+async def _firsts(store: EventStore, keys: dict[str, str], until: int) -> dict[str, int]:
+    """The seq of each stream's first entry up to ``until`` (streams with none left out)."""
+    out: dict[str, int] = {}
+    names = list(keys)
+    for i in range(0, len(names), 500):
+        part = names[i : i + 500]
+        pipe = store.redis.pipeline(transaction=False)
+        for name in part:
+            pipe.xrange(keys[name], min="-", max=str(until), count=1)
+        rows: list[Any] = await pipe.execute()
+        for name, r in zip(part, rows, strict=True):
+            if r:
+                out[name] = int(text(r[0][0]).split("-", 1)[0])
+    return out
+
+
+async def _sources(
+    store: EventStore, firsts: dict[str, int], keys: dict[str, str], until: int, batch: int
+) -> AsyncIterator[Source[StreamEntry]]:
+    """The execution streams in start order, their first chunks read ahead in groups."""
+    ahead = min(batch, PREFETCH_ENTRIES)
+
+    def first(rows: Any) -> tuple[list[StreamEntry], str, bool]:
+        got = entries_of(rows)
+        return got, got[-1].entry_id if got else "", len(got) < ahead
+
+    ordered = sorted(((e, s) for e, s in firsts.items() if e != HEAD), key=lambda t: t[1])
+    for i in range(0, len(ordered), PREFETCH):
+        group = [
+            raw_source(store.redis, eid, keys[eid], start, i + j + 1, until, batch)
+            for j, (eid, start) in enumerate(ordered[i : i + PREFETCH])
+        ]
+        for src in await prefetched(store.redis, group, keys.__getitem__, until, ahead, first):
+            yield src
 
 
 async def verify_pipeline(
@@ -242,90 +563,302 @@ async def verify_pipeline(
     *,
     batch: int = 1000,
     progress: Progress | None = None,
+    unindexed: set[str] | None = None,
 ) -> PipelineReport:
-    """Check one pipeline's chain, payloads and projection; see the module docstring."""
-    snap_v, live, snap_problem = await _load_snapshot(store, pipeline)
-    rebuilt = new_state(pipeline)
-    expected = 1
-    prev = ""
-    count = 0
+    """Check one pipeline's streams, chains, payloads, indexes and projections; see the
+    module docstring. ``unindexed``: the execution streams its executions index does not
+    list, when the caller scanned the keys already (else they are found by a scan)."""
+    k = store.keys
+    snap_v, snap_head, snap_problem = await _load_snapshot(store, pipeline)
+    until = await store.version(pipeline)
+    head_len = int(await store.redis.xlen(k.log(pipeline)))
+    indexed_raw: Any = await store.redis.zrange(k.executions(pipeline), 0, -1, withscores=True)
+    in_index = {text(m): int(s) for m, s in indexed_raw}
+    indexed = {m: s for m, s in in_index.items() if s <= until}
+    keys = {HEAD: k.log(pipeline)}
+    if unindexed is None:
+        streams = await execution_streams(store, pipeline)
+    else:  # those of the index (a missing one is found below) and those outside it
+        streams = set(in_index) | unindexed
+    for eid in sorted(streams):
+        keys[eid] = k.execution_log(pipeline, eid)
+    firsts = await _firsts(store, keys, until)
+    run = _Pass(
+        store, pipeline, until, {s: keys[s] for s in keys if s in firsts or s == HEAD}, snap_v
+    )
 
     def report(problem: Problem | None) -> PipelineReport:
-        return PipelineReport(pipeline, count, expected - 1, prev or None, snap_v, problem)
+        heads = {s: (e.version, e.hash or "") for s, e in run.last.items()}
+        return PipelineReport(
+            pipeline,
+            run.count,
+            run.expected - 1,
+            heads_digest(heads) if heads else None,
+            snap_v,
+            problem,
+            len(heads),
+            heads,
+        )
 
-    gen = iter_stream(store.redis, store.keys.log(pipeline), batch)
-    async for chunk in gen:
-        for i, e in enumerate(chunk):
-            if e.seq != 0:
-                msg = f"entry {e.entry_id}: entry id is not <version>-0 (not written by the store)"
-                return report(Problem(pipeline, "entry-id", msg, e.version, e.entry_id))
-            if e.version != expected:
-                if e.version > expected:
-                    gap = (
-                        f"version {expected} missing (deleted event)"
-                        if e.version == expected + 1
-                        else f"versions {expected}..{e.version - 1} missing (deleted events)"
-                    )
-                    after = f"entry {expected - 1}-0" if expected > 1 else "the start"
-                    msg = f"{gap}: the log goes from {after} to entry {e.entry_id}"
-                    return report(Problem(pipeline, "missing", msg, expected, e.entry_id))
-                msg = f"versions out of order at entry {e.entry_id} (expected {expected})"
-                return report(Problem(pipeline, "missing", msg, e.version, e.entry_id))
-            if e.payload is None:
-                msg = f"{_entry_where(e)}: the entry has no payload"
-                return report(Problem(pipeline, "decode", msg, e.version, e.entry_id))
-            if e.hash is None or chain_hash(prev, e.version, e.payload) != e.hash:
-                following = chunk[i + 1 :]
-                if len(following) < _DIAGNOSE_AHEAD:
-                    more = await anext(gen, None)
-                    following = following + (more or [])
-                return report(_hash_problem(pipeline, prev, e, following))
-            try:
-                env = ev.decode_payload(pipeline, e.version, e.payload)
-            except (msgspec.DecodeError, msgspec.ValidationError) as err:
-                msg = f"{_entry_where(e)}: payload does not decode: {err}"
-                return report(Problem(pipeline, "decode", msg, e.version, e.entry_id))
-            try:
-                evolve(rebuilt, env)
-                if live is not None and snap_v is not None and e.version > snap_v:
-                    evolve(live, env)
-            except Exception as err:
-                msg = (
-                    f"{_entry_where(e)}: {ev.event_type(env.event)} does not apply to the "
-                    f"state before it ({type(err).__name__}: {err})"
-                )
-                return report(Problem(pipeline, "apply", msg, e.version, e.entry_id))
-            prev = e.hash
-            expected += 1
-            count += 1
-        if progress is not None:
-            progress.update(len(chunk))
+    def fail(
+        kind: ProblemKind, msg: str, seq: int | None = None, stream: str | None = None
+    ) -> PipelineReport:
+        eid = f"{seq}-0" if seq is not None else None
+        return report(Problem(pipeline, kind, msg, seq, eid, stream))
 
-    last = expected - 1
-    if last == 0:
-        msg = "listed as a pipeline but has no events (its log stream was deleted)"
-        return report(Problem(pipeline, "missing", msg, 1))
-    tail = await _tail_problem(store, pipeline, last)
-    if tail is not None:
-        return report(tail)
+    # 1. the streams
+    if head_len == 0:
+        if until == 0 and len(keys) == 1:
+            return fail(
+                "missing",
+                "listed as a pipeline but has no events (its streams were deleted)",
+                1,
+                HEAD,
+            )
+        return fail(
+            "missing",
+            f"the pipeline's stream was deleted (the sequence counter is at {until}, "
+            f"{len(keys) - 1} execution streams remain)",
+            1,
+            HEAD,
+        )
+    if until == 0:
+        return fail(
+            "counter",
+            f"the sequence counter {k.sequence(pipeline)} is missing but the pipeline's stream "
+            f"holds {head_len} entries",
+            None,
+            HEAD,
+        )
+    for eid, start in sorted(indexed.items(), key=lambda t: t[1]):
+        if eid not in firsts:
+            return fail(
+                "stream",
+                f"execution {eid} (started at seq {start}, in the executions index) has no "
+                "stream: its stream was deleted",
+                start,
+                eid,
+            )
+
+    # 2. the merged pass
+    try:
+        chunks = merge_sources(
+            raw_source(store.redis, HEAD, keys[HEAD], 0, 0, until, batch),
+            _sources(store, firsts, keys, until, batch),
+            lambda item: item.version,
+            batch,
+        )
+        group: list[tuple[str, StreamEntry]] = []
+        seq = 0
+        async for chunk in chunks:
+            for stream, e in chunk:
+                if e.version != seq and group:
+                    await run.group(seq, group)
+                    group = []
+                if e.version > run.expected:  # before this entry's own checks: the gap
+                    raise _Found(await run.missing(run.expected, "missing"))
+                await run.entry(stream, e)
+                seq = e.version
+                group.append((stream, e))
+            if progress is not None:  # events, not the references to them
+                progress.update(sum(1 for _, e in chunk if e.ref is None))
+        if group:
+            await run.group(seq, group)
+    except _Found as found:
+        return report(found.problem)
+
+    # 3. the end
+    last = run.expected - 1
+    if last < until:
+        why = f"the sequence counter is at {until} but the streams end at seq {last}"
+        return report(await run.missing(last + 1, "truncated", why))
+    tails = await _tails(store, run.keys)
+    now = await store.version(pipeline)
+    for stream, top in tails.items():
+        if top > now:
+            return fail(
+                "counter",
+                f"{label(stream)} holds entry {top}-0, past the sequence counter ({now}): the "
+                "counter was set back",
+                top,
+                stream,
+            )
+    top_cmd = 0
+    async for _cmd, span in store.redis.hscan_iter(k.commands(pipeline), count=1000):
+        top_cmd = max(top_cmd, int(text(span).split(":", 2)[1]))
+    if top_cmd > now:
+        return fail(
+            "truncated",
+            f"seq {last + 1} missing (deleted event): command ids record appends up to seq "
+            f"{top_cmd} but the streams and the counter end at seq {last}",
+            last + 1,
+        )
+
+    # 4. the snapshot
     if snap_problem is not None:
         return report(snap_problem)
-    if live is not None and snap_v is not None:
+    if snap_head is not None and snap_v is not None:
         if snap_v > last:
-            msg = (
-                f"version {last + 1} missing (deleted event): the snapshot is at version "
-                f"{snap_v} but the log ends at version {last}"
+            return fail(
+                "truncated",
+                f"seq {last + 1} missing (deleted event): the snapshot is at seq {snap_v} but "
+                f"the streams end at seq {last}",
+                last + 1,
             )
-            return report(Problem(pipeline, "truncated", msg, last + 1))
-        diff = _first_difference(msgspec.to_builtins(live), msgspec.to_builtins(rebuilt))
+        if run.snapshot_fold is None:
+            run.take_snapshot_fold()
+        diff = _first_difference(msgspec.to_builtins(head_of(snap_head)), run.snapshot_fold)
         if diff is not None:
             path, got, want = diff
-            msg = (
-                f"projection differs at {path}: snapshot {_show(got)}, rebuilt {_show(want)} "
-                f"(snapshot at version {snap_v}, caught up to {last})"
+            return fail(
+                "snapshot",
+                f"snapshot differs at {path}: snapshot {_show(got)}, rebuilt {_show(want)} "
+                f"(snapshot at seq {snap_v})",
+                snap_v,
+                HEAD,
             )
-            return report(Problem(pipeline, "projection", msg, snap_v))
-    return report(None)
+
+    # 5. the projections
+    loaded = snap_head if snap_head is not None else new_state(pipeline)
+    loaded.partial = True
+    for item in await store.read_head(pipeline, after=loaded.headVersion, until=until):
+        if isinstance(item, ev.Envelope):
+            evolve(loaded, item)
+        else:
+            evolve_ref(loaded, item[0], item[1])
+    diff = _first_difference(
+        msgspec.to_builtins(head_of(loaded)), msgspec.to_builtins(head_of(run.rebuilt))
+    )
+    if diff is not None:
+        path, got, want = diff
+        return fail(
+            "projection",
+            f"projection differs at {path}: loaded head {_show(got)}, rebuilt {_show(want)} "
+            f"(snapshot at seq {snap_v}, caught up to {until})"
+            if snap_v is not None
+            else f"projection differs at {path}: loaded head {_show(got)}, rebuilt {_show(want)}",
+            snap_v,
+            HEAD,
+        )
+    ids = list(run.rebuilt.executions)
+    for i in range(0, len(ids), PREFETCH):  # each execution as the engine reads it
+        part = ids[i : i + PREFETCH]
+        pipe = store.redis.pipeline(transaction=False)
+        for eid in part:
+            pipe.xrange(k.execution_log(pipeline, eid), min="-", max=str(until))
+        read: list[Any] = await pipe.execute()
+        for eid, rows in zip(part, read, strict=True):
+            x = execution_from(
+                ev.decode_payload(pipeline, int(text(rid).split("-")[0]), f[b"e"])
+                for rid, f in rows
+            )
+            full = run.rebuilt.executions[eid]
+            if x is not None and _enc(x) == _enc(full):
+                continue
+            diff = _first_difference(msgspec.to_builtins(x), msgspec.to_builtins(full))
+            if diff is not None:
+                path, got, want = diff
+                return fail(
+                    "projection",
+                    f"projection differs at executions.{eid}.{path}: read from its stream "
+                    f"{_show(got)}, rebuilt {_show(want)}",
+                    None,
+                    eid,
+                )
+
+    # 6. the derived indexes
+    problem = await _index_problem(store, pipeline, run, until)
+    return report(problem)
+
+
+async def _tails(store: EventStore, keys: dict[str, str]) -> dict[str, int]:
+    """The seq of each stream's last entry."""
+    out: dict[str, int] = {}
+    names = list(keys)
+    for i in range(0, len(names), 500):
+        part = names[i : i + 500]
+        pipe = store.redis.pipeline(transaction=False)
+        for name in part:
+            pipe.xrevrange(keys[name], count=1)
+        rows: list[Any] = await pipe.execute()
+        for name, r in zip(part, rows, strict=True):
+            if r:
+                out[name] = int(text(r[0][0]).split("-", 1)[0])
+    return out
+
+
+async def _index_problem(
+    store: EventStore, pipeline: str, run: _Pass, until: int
+) -> Problem | None:
+    """The derived indexes against what the events say (up to ``until``; entries the
+    index gained from later appends are allowed while the pipeline moves on)."""
+    k, redis, want = store.keys, store.redis, run.index
+
+    def bad(name: str, msg: str, stream: str | None = None) -> Problem:
+        return Problem(pipeline, "index", f"{name} index: {msg}", None, None, stream)
+
+    xs: Any = await redis.zrange(k.executions(pipeline), 0, -1, withscores=True)
+    acts: Any = await redis.zrange(k.actions(pipeline), 0, -1, withscores=True)
+    tok: Any = await redis.hgetall(k.request_tokens(pipeline))
+    apv: Any = await redis.hgetall(k.approvals(pipeline))
+    xa: dict[str, dict[str, int]] = {}
+    ids = list(want.xs)
+    for i in range(0, len(ids), 500):
+        pipe = redis.pipeline(transaction=False)
+        for eid in ids[i : i + 500]:
+            pipe.hgetall(k.attempts(pipeline, eid))
+        for eid, raw in zip(ids[i : i + 500], await pipe.execute(), strict=True):
+            xa[eid] = {text(a): int(text(v)) for a, v in raw.items()}
+    quiet = await store.version(pipeline) == until  # nothing appended since the pass began
+
+    for name, got_raw, exp in (
+        ("executions (xs)", xs, want.xs),
+        ("actions (as)", acts, want.actions),
+    ):
+        got = {text(m): int(s) for m, s in got_raw}
+        for member, seq in exp.items():
+            if got.get(member) != seq:
+                return bad(
+                    name,
+                    f"{member} should be at seq {seq}, is {got.get(member, '(not set)')}",
+                    member.split("/")[0],
+                )
+        for member, seq in got.items():
+            if member not in exp and (seq <= until or quiet):
+                return bad(name, f"{member} at seq {seq} has no such event", member.split("/")[0])
+    for name, got_raw, exp2 in (
+        ("request tokens (tok)", tok, want.tok),
+        ("approval tokens (apv)", apv, want.apv),
+    ):
+        got2 = {text(t): text(e) for t, e in got_raw.items()}
+        for token, eid in exp2.items():
+            now = got2.get(token)
+            if now != eid and (quiet or now in want.xs or now is None):
+                return bad(
+                    name,
+                    f"token {token} should name execution {eid}, names {now or '(not set)'}",
+                    eid,
+                )
+        if quiet:
+            for token, eid in got2.items():
+                if token not in exp2:
+                    return bad(name, f"token {token} (execution {eid}) has no such event", eid)
+    for eid, exp3 in want.xa.items():
+        got3 = xa.get(eid, {})
+        for aid, seq in exp3.items():
+            now3 = got3.get(aid)
+            if now3 != seq and (quiet or now3 is None or now3 <= until):
+                return bad(
+                    f"execution {eid}'s actions (xa)",
+                    f"{aid} should be at seq {seq}, is {now3 or '(not set)'}",
+                    eid,
+                )
+        for aid, seq in got3.items():
+            if aid not in exp3 and (seq <= until or quiet):
+                return bad(
+                    f"execution {eid}'s actions (xa)", f"{aid} at seq {seq} has no such event", eid
+                )
+    return None
 
 
 async def verify(
@@ -334,8 +867,12 @@ async def verify(
     *,
     batch: int = 1000,
     progress: Progress | None = None,
+    heads: bool = False,
 ) -> VerifyReport:
-    """Verify the named pipelines, or all of them and the pipeline listing itself."""
+    """Verify the named pipelines, or all of them and the pipeline listing itself.
+
+    The reports keep each pipeline's ``head`` digest; ``heads=True`` keeps every stream's
+    last (seq, hash) too (memory then grows with the executions of all pipelines)."""
     problems: list[Problem] = []
     if pipelines is not None:
         names = list(pipelines)
@@ -346,5 +883,11 @@ async def verify(
             msg = "has a log but is not listed in its partition's names set (hidden)"
             problems.append(Problem(hidden, "listing", msg))
         names = sorted(set(listed) | streams)
-    reports = [await verify_pipeline(store, name, batch=batch, progress=progress) for name in names]
+    found = await unindexed_execution_streams(store)  # one scan of the keys for all
+    reports = []
+    for name in names:
+        r = await verify_pipeline(
+            store, name, batch=batch, progress=progress, unindexed=found.get(name, set())
+        )
+        reports.append(r if heads else dataclasses.replace(r, heads={}))
     return VerifyReport(reports, problems)

@@ -65,3 +65,8 @@ async def rebuild(redis: Redis, key: str, change: Callable[[Rows], Rows]) -> Non
     await redis.delete(key)
     for rid, fields in rows:
         await redis.xadd(key, fields, id=rid)  # type: ignore[arg-type]
+
+
+def index_of(rows: Rows, seq: int) -> int:
+    """The position of entry ``<seq>-0`` in a stream's rows."""
+    return [rid for rid, _ in rows].index(f"{seq}-0".encode())

@@ -82,11 +82,16 @@ class Clock:
 
 @dataclass
 class Capture:
-    """What GetPipelineState returned at one moment, and where the log was then."""
+    """What GetPipelineState returned at one moment, and where the log was then.
+
+    ``version``: the pipeline's sequence counter then; ``live``: the state the engine
+    served (its head and the latest executions); ``state``: every execution, folded from
+    every stream then (``Engine.full_state``)."""
 
     version: int
     time: float
     document: dict[str, Any]
+    live: Any
     state: Any
 
 
@@ -101,7 +106,11 @@ class Scenario:
     async def capture(self) -> Capture:
         s = await self.engine.pipeline(self.name)
         cap = Capture(
-            s.version, self.engine.repo.clock(), queries.get_pipeline_state(s), copy_state(s)
+            await self.engine.store.version(self.name),
+            self.engine.repo.clock(),
+            queries.get_pipeline_state(s),
+            copy_state(s),
+            await self.engine.full_state(self.name),
         )
         self.captures.append(cap)
         return cap
@@ -170,7 +179,7 @@ async def build(redis: Redis, name: str = "audited") -> Scenario:
     await sc.run(eid, "b2")
     await sc.run(eid, "b3")  # Build succeeds, Approve entered
     cap = await sc.capture()  # 2: waiting for approval
-    await engine.store.save_snapshot(cap.state)  # a live projection to compare with
+    await engine.store.save_snapshot(cap.live)  # a live projection to compare with
 
     s = await engine.repo.load(name)
     gate = s.executions[eid].actions[await sc.attempt(eid, "gate")]

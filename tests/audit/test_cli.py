@@ -89,22 +89,27 @@ def test_replay_as_of(built: Built, capsys: pytest.CaptureFixture[str], tmp_path
 def test_verify_ok_then_tampered(built: Built, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(audit(built.url, "verify")) == 0
     out = capsys.readouterr().out
-    assert f"ok   {built.name}: {built.captures[-1].version} events, chain intact" in out
+    assert (
+        f"ok   {built.name}: {built.captures[-1].version} events in 3 streams, chains intact" in out
+    )
     assert "verified 1 pipeline(s)" in out
 
     async def delete() -> None:
         redis = Redis.from_url(built.url)
         from app.store.keys import Keys
 
-        await redis.xdel(Keys(partitions=PARTITIONS).log(built.name), "12-0")
+        await redis.xdel(Keys(partitions=PARTITIONS).execution_log(built.name, built.exec1), "12-0")
         await redis.aclose()
 
     anyio.run(delete)
     assert main(audit(built.url, "verify", "--pipeline", built.name)) == 1
     got = capsys.readouterr()
-    assert f"FAIL {built.name}: version 12 missing (deleted event)" in got.out
+    assert (
+        f"FAIL {built.name}: seq 12 missing (deleted event): execution {built.exec1}'s stream "
+        "goes from entry 11-0 to entry 13-0" in got.out
+    )
     assert "verification FAILED: 1 problem(s)" in got.out
-    assert got.err.startswith(f"stageline: verify: {built.name}: version 12 missing")
+    assert got.err.startswith(f"stageline: verify: {built.name}: seq 12 missing")
 
 
 def test_export_import_roundtrip(
@@ -143,6 +148,10 @@ def test_errors_are_one_line(built: Built, capsys: pytest.CaptureFixture[str]) -
     # exit codes from the one table in docs/cli.md: 3 not found/refused, 2 usage
     assert main(audit(built.url, "log", "--pipeline", "nope")) == 3
     assert capsys.readouterr().err == "stageline: pipeline 'nope' has no event log in this Redis\n"
+    assert main(audit(built.url, "log", "--pipeline", built.name, "--execution", "nope")) == 3
+    assert capsys.readouterr().err == (
+        f"stageline: pipeline {built.name!r} has no execution 'nope' in this Redis\n"
+    )
     assert main(audit(built.url, "replay", "--as-of", "soon")) == 2
     assert capsys.readouterr().err.startswith("stageline: invalid time 'soon'")
     assert main(["audit", "verify", "--redis-url", ""]) == 2

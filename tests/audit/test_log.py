@@ -97,9 +97,39 @@ async def test_filters_keep_numbers(scenario: Scenario) -> None:
     assert late[0].version == sc.captures[1].version + 1
 
 
-async def test_unknown_pipeline(scenario: Scenario) -> None:
+async def test_one_execution_is_read_from_its_stream_alone(scenario: Scenario) -> None:
+    """``execution=`` reads that execution's stream and nothing else (no other stream is
+    touched), and gives the same rows, numbers included, as the merged log filtered."""
+    sc = scenario
+    store = sc.engine.store
+    everything = await rows(sc)
+    read: list[str] = []
+    real = store.read_execution
+
+    async def no_head(*a: object, **kw: object) -> object:
+        raise AssertionError("the pipeline's stream was read")
+
+    async def execution(p: str, eid: str, *a: object, **kw: object) -> object:
+        read.append(eid)
+        return await real(p, eid, *a, **kw)  # type: ignore[arg-type]
+
+    store.read_head, store.read_execution = no_head, execution  # type: ignore[assignment]
+    try:
+        for eid in (sc.exec1, sc.exec2):
+            read.clear()
+            got = await rows(sc, execution=eid)
+            assert set(read) == {eid}
+            want = [r for r in everything if r.execution == eid]
+            assert got == want and got[0].type == "ExecutionStarted"
+    finally:
+        del store.read_head, store.read_execution
+
+
+async def test_unknown_pipeline_and_execution(scenario: Scenario) -> None:
     with pytest.raises(AuditError, match="no event log"):
         await rows(Scenario(scenario.engine, "nope"))
+    with pytest.raises(AuditError, match="has no execution 'nope'"):
+        await rows(scenario, execution="nope")
 
 
 async def test_formats(scenario: Scenario) -> None:
