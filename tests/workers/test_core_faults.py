@@ -360,7 +360,7 @@ async def test_sigstopped_orchestrator_is_fenced_out_and_rejoins(
                 p: t for p, t in (await owner_tokens(client, keys)).items()
                 if name_of(holder_of(t)) == "o1"
             }
-            assert len(stopped_tokens) == 2, stopped_tokens
+            assert stopped_tokens, "o1 owned nothing when it was paused"
             frozen = sorted(stopped_tokens)
             # events in its partitions right away: o1's last blocking read (sent before the
             # pause) returns them, so o1 wakes up with work to commit on its stale fences
@@ -385,8 +385,8 @@ async def test_sigstopped_orchestrator_is_fenced_out_and_rejoins(
             assert o1.alive()
 
             o1.resume()
-            await mon.sample()  # o2 still holds them: o1 must first heartbeat, o2 release
             resumed_at = time.monotonic()
+            await mon.sample()  # o2 still holds them: o1 must first heartbeat, o2 release
             await start_some(8, rr, 0.1)
 
             async def rejoined() -> dict[str, list[int]] | None:
