@@ -32,10 +32,18 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
 class RedisServer:
     """``redis-server`` on 127.0.0.1:<free port>, data in ``workdir`` (AOF optional)."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False, port: int | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        appendonly: bool = False,
+        port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.workdir = workdir
         self.appendonly = appendonly
         self.port = port or free_port()
+        self.extra_args = extra_args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -57,6 +65,7 @@ class RedisServer:
             "--appendfsync", "always",
             "--daemonize", "no",
             "--logfile", str(self.workdir / "redis.log"),
+            *self.extra_args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10

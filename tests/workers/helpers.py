@@ -267,6 +267,7 @@ class WorkerProcess:
         claim_idle: float = 0.5,
         shutdown_grace: float = 5.0,
         concurrency: int = 8,
+        partition_lease: float | None = None,
         extra: Sequence[str] = (),
     ) -> None:
         self.url = url
@@ -298,6 +299,7 @@ class WorkerProcess:
             "0.2",
             "--snapshot-every",
             "0.3",
+            *(["--partition-lease", str(partition_lease)] if partition_lease else []),
             *extra,
         ]
         self.proc: subprocess.Popen[bytes] | None = None
@@ -322,6 +324,15 @@ class WorkerProcess:
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen (timers, sockets and all) until :meth:`resume`."""
+        assert self.proc is not None and self.proc.poll() is None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def terminate(self, within: float = 15.0) -> int | None:
         if self.proc is None:
