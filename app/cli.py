@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         else [],
         metavar="AKID:SECRET[:NAME]",
         help="accept SigV4 requests signed with this key, recorded as user NAME (repeatable; "
-        "or STAGELINE_ACCESS_KEYS=AKID:SECRET,...; visible in ps: prefer "
+        "default: $STAGELINE_ACCESS_KEYS=AKID:SECRET,...; visible in ps: prefer "
         "--access-keys-file); with no key at all, auth is off",
     )
     s.add_argument(
@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
         else [],
         metavar="FILE",
         help="file of ACCESS_KEY_ID:SECRET[:NAME] lines (repeatable; "
-        "or STAGELINE_ACCESS_KEYS_FILE)",
+        "default: $STAGELINE_ACCESS_KEYS_FILE)",
     )
     s.add_argument(
         "--region",
@@ -747,7 +747,9 @@ async def _on_checked_store(a: argparse.Namespace, run: Any) -> Any:
             finally:
                 await redis.aclose()
         except MigrationError as err:
-            raise CliError(str(err), EXIT_REFUSED) from None
+            # a wrong --partitions is the command line's mistake; an unmigrated store the data's
+            code = EXIT_USAGE if "partitions" in str(err) else EXIT_REFUSED
+            raise CliError(str(err), code) from None
         except (RedisError, OSError):
             pass
     return await run(a)

@@ -67,6 +67,7 @@ class Origin:
     # Idempotency key: a command repeated with the same id is not applied twice (the
     # repeat gets the first run's events). The API sets it from the SDK's invocation id.
     commandId: str | None = None
+    claimed: str | None = None  # auth off: the access key id the caller claimed (unverified)
 
 
 SYSTEM = Origin()
@@ -307,6 +308,7 @@ class PipelineRepository:
             commandId=command_id,
             requestId=origin.requestId,
             source=origin.source,
+            claimed=origin.claimed,
         )
 
     async def prepare(self, s: PipelineState, cmd: c.Command, *, refresh: bool = False) -> None:
@@ -372,6 +374,19 @@ class PipelineRepository:
         for env in events:
             evolve(s, env)
         s.tokens.clear()
+
+    async def _drop_if_ahead(self, s: PipelineState) -> None:
+        """Drop a cache that is ahead of the store (Redis lost acknowledged writes): found
+        when the pipeline's stream, or the stream of an execution it holds, now ends before
+        what the cache folded."""
+        if await self.store.head_version(s.name) < s.headVersion:
+            self.healed += 1
+            self.forget(s.name)
+            return
+        for eid, x in list(s.executions.items()):
+            if await self.store.execution_version(s.name, eid) < x.version:
+                self.healed += 1
+                del s.executions[eid]
 
     async def heal(self, s: PipelineState, err: ConcurrencyError) -> PipelineState:
         """After a refused append: ``s`` with what was missed, or re-read when the store
@@ -466,6 +481,7 @@ class PipelineRepository:
                 if not fresh:
                     # a refusal on the cached state may be a stale cache: only a fresh one counts
                     fresh = True
+                    await self._drop_if_ahead(s)
                     s = await self.load(pipeline)
                     await self.prepare(s, cmd, refresh=True)
                     continue

@@ -1,8 +1,10 @@
 """The cluster's health read from Redis at call time: workers, lag, pending, dead letters.
 
-Read by ``GET /status`` (``stageline status``), the console and ``/metrics``. Everything
-comes from the dispatch streams' consumer groups (``XINFO GROUPS``/``XINFO CONSUMERS``) and
-the dead-letter streams (``XLEN``), in one pipelined round trip; nothing is kept.
+Read by ``GET /status`` (``stageline status``), the console and ``/metrics``. The runners
+come from the run streams' consumer group (``XINFO GROUPS``/``XINFO CONSUMERS``); the
+orchestrators from the partition owners (``P:owner``, the members' heartbeats in
+``<ns>:members``) and their lag from the entries of ``P:events`` after the owner's
+checkpoint ``P:ckpt`` (counted up to 10,000); dead letters from ``XLEN``. Nothing is kept.
 
 A worker is *alive* when its consumer touched a partition stream within
 :data:`ALIVE_WITHIN_MS` (workers block at most ``--block-ms`` per read, 1 s by default).
@@ -21,7 +23,9 @@ from redis.asyncio import Redis
 from app.store.keys import Keys
 
 ALIVE_WITHIN_MS = 15_000
-GROUPS = (("events", "orchestrators"), ("run", "runners"))
+GROUPS = (("run", "runners"),)
+OWNER_GROUP = "orchestrators"
+LAG_COUNT_CAP = 10_000
 
 JSON = dict[str, Any]
 
@@ -61,6 +65,17 @@ async def _redis_version(redis: Redis) -> tuple[int, ...] | None:
 async def collect_status(redis: Redis, keys: Keys) -> JSON:
     rtt = await redis_round_trip(redis)
     version = await _redis_version(redis)
+    pre = redis.pipeline(transaction=False)
+    for p in range(keys.partitions):
+        pre.get(keys.checkpoint(p))
+        pre.get(keys.owner(p))
+    pre.zrange(keys.members(), 0, -1, withscores=True)
+    pre.time()
+    first: list[Any] = await pre.execute(raise_on_error=False)
+    ckpts = [_s(first[2 * p]) if first[2 * p] else "0" for p in range(keys.partitions)]
+    owners = [_s(first[2 * p + 1]) if first[2 * p + 1] else None for p in range(keys.partitions)]
+    members, now = first[-2], first[-1]
+    now_ms = int(now[0]) * 1000 + int(now[1]) // 1000 if isinstance(now, (list, tuple)) else 0
     pipe = redis.pipeline(transaction=False)
     plan: list[tuple[int, str, str]] = []
     for p in range(keys.partitions):
@@ -69,6 +84,8 @@ async def collect_status(redis: Redis, keys: Keys) -> JSON:
             pipe.xinfo_groups(stream)
             pipe.xinfo_consumers(stream, group)
             plan.append((p, kind, group))
+        pipe.xrange(keys.events(p), min=f"({ckpts[p]}" if ckpts[p] != "0" else "-",
+                    count=LAG_COUNT_CAP)  # fmt: skip
         pipe.xlen(keys.dead(p))
     replies: list[Any] = await pipe.execute(raise_on_error=False)
 
@@ -101,11 +118,29 @@ async def collect_status(redis: Redis, keys: Keys) -> JSON:
             totals["lag"] += entry["lag"] or 0
             totals["pending"] += entry["pending"]
             groups.append(entry)
+        behind = replies[i]
+        i += 1
+        lag = len(behind) if isinstance(behind, list) else None
+        owner = owners[p]
+        holder = owner.rpartition("|")[0] if owner else None
+        groups.insert(
+            0,
+            {"group": OWNER_GROUP, "stream": "events", "lag": lag, "pending": 0, "owner": holder},
+        )
+        totals["lag"] += lag or 0
         dead = replies[i]
         i += 1
         dead_n = dead if isinstance(dead, int) else 0
         totals["deadLetters"] += dead_n
         parts.append({"partition": p, "groups": groups, "deadLetters": dead_n})
+    if isinstance(members, list):  # orchestrators: their heartbeats (server time)
+        for member, expiry in members:
+            holder = _s(member)
+            name = holder.rsplit(".", 1)[0]  # the incarnation suffix: see workers.ownership
+            w = workers.setdefault(
+                (name, OWNER_GROUP), {"name": name, "group": OWNER_GROUP, "pending": 0}
+            )
+            w["idleMs"] = 0 if float(expiry) > now_ms else ALIVE_WITHIN_MS
     out_workers = []
     for w in sorted(workers.values(), key=lambda w: (w["group"], w["name"])):
         w["idleMs"] = w["idleMs"] or 0

@@ -43,6 +43,7 @@ def _origin(ctx: RequestContext) -> Origin:
         correlationId=ctx.request_id,
         source=ctx.source,
         commandId=command_id,
+        claimed=ctx.claimed_key if not ctx.authenticated else None,
     )
 
 

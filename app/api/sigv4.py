@@ -194,6 +194,7 @@ def verify_sigv4(
     service: str = "codepipeline",
     region: str = DEFAULT_REGION,
     max_skew_seconds: float = DEFAULT_MAX_SKEW_SECONDS,
+    required: tuple[str, ...] = REQUIRED_SIGNED,
 ) -> Verified:
     """Verify a SigV4-signed request; return who signed it, the signature and when.
 
@@ -223,7 +224,7 @@ def verify_sigv4(
 
     present = {k for k, _ in pairs}
     signed = set(auth.signed_headers)
-    needed = [*REQUIRED_SIGNED, *(["content-type"] if "content-type" in present else [])]
+    needed = [*required, *(["content-type"] if "content-type" in present else [])]
     for name in needed:
         if name not in signed:
             raise _invalid(f"'{name}' must be a 'SignedHeader' in the AWS Authorization.")

@@ -176,6 +176,7 @@ async def timeline(engine: Engine, name: str, eid: str) -> JSON:
                 "version": env.version,
                 "time": env.time,
                 "actor": env.actor,
+                "claimed": env.claimed,
                 "source": env.source,
                 "requestId": env.requestId,
                 "type": row.type,

@@ -47,6 +47,7 @@ class Ctx(msgspec.Struct, frozen=True):
     commandId: str | None = None
     requestId: str | None = None
     source: str | None = None
+    claimed: str | None = None  # an unverified identity the caller claimed (auth off)
 
 
 def action_kind(a: ActionDeclaration) -> ev.Kind:
@@ -116,6 +117,7 @@ class Decision:
             commandId=ctx.commandId,
             requestId=ctx.requestId,
             source=ctx.source,
+            claimed=ctx.claimed,
         )
         evolve(self.s, env)
         self.events.append(env)

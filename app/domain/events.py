@@ -314,6 +314,7 @@ class Envelope(msgspec.Struct, omit_defaults=True, frozen=True, gc=False):
     commandId: str | None = None
     requestId: str | None = None
     source: str | None = None
+    claimed: str | None = None  # an identity the caller claimed, NOT verified (auth off)
 
 
 class StoredPayload(msgspec.Struct, omit_defaults=True, frozen=True, gc=False):
@@ -328,6 +329,7 @@ class StoredPayload(msgspec.Struct, omit_defaults=True, frozen=True, gc=False):
     commandId: str | None = None
     requestId: str | None = None
     source: str | None = None
+    claimed: str | None = None  # an identity the caller claimed, NOT verified (auth off)
 
 
 _payload_encoder = msgspec.json.Encoder()
@@ -346,6 +348,7 @@ def encode_payload(env: Envelope) -> bytes:
             commandId=env.commandId,
             requestId=env.requestId,
             source=env.source,
+            claimed=env.claimed,
         )
     )
 
@@ -364,6 +367,7 @@ def decode_payload(pipeline: str, version: int, data: bytes) -> Envelope:
         commandId=p.commandId,
         requestId=p.requestId,
         source=p.source,
+        claimed=p.claimed,
     )
 
 

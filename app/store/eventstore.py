@@ -69,6 +69,11 @@ local function last_of(key)
   return tonumber(string.match(last[1][1], '^(%d+)-')), h
 end
 local function tail(key, after, res)
+  -- the entry the writer saw last must still be there, else what it saw was lost
+  if tonumber(after) > 0 and #redis.call('XRANGE', key, after .. '-0', after .. '-0') == 0 then
+    res[#res + 1] = 'gone'
+    return
+  end
   local rows = redis.call('XRANGE', key, (tonumber(after) + 1) .. '-0', '+', 'COUNT', 33)
   if #rows > 32 then return end
   for i = 1, #rows do
@@ -227,6 +232,7 @@ class ConcurrencyError(Exception):
         missing: Sequence[ev.Envelope | tuple[int, ev.HeadRef]] = (),
         *,
         attempt: bool = False,
+        gone: bool = False,
     ) -> None:
         where = "pipeline stream" if stream == HEAD else f"execution {stream}"
         super().__init__(f"{pipeline} ({where}): expected {expected}, stream is at {actual}")
@@ -236,10 +242,13 @@ class ConcurrencyError(Exception):
         self.actual = actual
         self.missing = list(missing)
         self.attempt = attempt
+        self.gone = gone
 
     @property
     def behind(self) -> bool:
-        return not self.attempt and self.actual < self.expected
+        """The store does not hold what the writer saw: it is behind (Redis lost acknowledged
+        writes), or it lost them and others wrote past them (``gone``)."""
+        return self.gone or (not self.attempt and self.actual < self.expected)
 
 
 class Fenced(Exception):
@@ -490,6 +499,8 @@ class EventStore:
         expected = b.head_expected if stream == HEAD else b.exec_expected.get(stream, 0)
         missing: list[HeadItem] = []
         rest = r[3:]
+        if rest and _text(rest[0]) == "gone":
+            return ConcurrencyError(b.pipeline, stream, expected or 0, actual, gone=True)
         for i in range(0, len(rest) - 2, 3):
             seq = _version_of(rest[i])
             if _text(rest[i + 1]) == "r":
@@ -535,6 +546,12 @@ class EventStore:
         """The pipeline's last sequence number (0: no events)."""
         raw: Any = await self.redis.get(self.keys.sequence(pipeline))
         return int(raw) if raw is not None else 0
+
+    async def execution_version(self, pipeline: str, execution_id: str) -> int:
+        last: Any = await self.redis.xrevrange(
+            self.keys.execution_log(pipeline, execution_id), count=1
+        )
+        return _version_of(last[0][0]) if last else 0
 
     async def head_version(self, pipeline: str) -> int:
         last: Any = await self.redis.xrevrange(self.keys.log(pipeline), count=1)

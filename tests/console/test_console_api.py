@@ -91,7 +91,9 @@ def test_login_session_and_read_models(server: Stageline) -> None:
     status, _, body = signed_login(server, "wrong")
     assert status == 403 and json.loads(body)["__type"] == "InvalidSignatureException"
     cookie = login(server)
-    assert get_json(server, "/console/api/whoami", cookie)["actor"] == AKID
+    assert get_json(server, "/console/api/whoami", cookie)["actor"] == (
+        f"arn:aws:iam::000000000000:user/{AKID}"  # the key's principal
+    )
 
     cp = client(server.url)
     cp.create_pipeline(
@@ -150,7 +152,8 @@ def test_login_session_and_read_models(server: Stageline) -> None:
 
     timeline = get_json(server, f"/console/api/pipelines/gated/executions/{eid}/timeline", cookie)
     rejected = [e for e in timeline["events"] if e["type"] == "ApprovalRecorded"]
-    assert rejected and rejected[0]["actor"] == AKID and rejected[0]["source"]
+    assert rejected and rejected[0]["source"]
+    assert rejected[0]["actor"] == f"arn:aws:iam::000000000000:user/{AKID}"
 
     for path in (
         "/console/api/pipelines/nope",
