@@ -39,13 +39,92 @@ def _redis_arg(p: argparse.ArgumentParser) -> None:
         "--redis-url",
         default=default_url(),
         help=f"redis://, rediss:// or unix:// URL (default ${ENV_URL}; "
-        "serve: embedded in-memory Redis when unset)",
+        "serve: embedded in-memory Redis when unset). A password here shows in the process "
+        "list: prefer the environment variable or --redis-url-file",
+    )
+    p.add_argument(
+        "--redis-url-file",
+        metavar="PATH",
+        help="read the Redis URL from this file (keep it mode 0600)",
     )
     p.add_argument(
         "--partitions",
         type=int,
         default=int(os.environ.get("STAGELINE_PARTITIONS", "16")),
         help="fixed number of work partitions (default 16; must match the data in Redis)",
+    )
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as err:
+        raise CliError(f"{what} file {path}: {err.strerror or err}", EXIT_USAGE) from None
+
+
+def _resolve_secrets(a: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Secrets given as files are read here; ones on the command line get a warning."""
+    if getattr(a, "redis_url_file", None):
+        a.redis_url = _read_secret_file(a.redis_url_file, "--redis-url-file") or None
+    elif any(x == "--redis-url" or x.startswith("--redis-url=") for x in argv):
+        from urllib.parse import urlsplit
+
+        if a.redis_url and urlsplit(a.redis_url).password:
+            logging.getLogger("stageline").warning(
+                "the Redis password is on the command line (visible to other users while "
+                "stageline starts); use $%s or --redis-url-file",
+                ENV_URL,
+            )
+    keys_file = getattr(a, "access_keys_file", None)
+    if keys_file:
+        text = _read_secret_file(keys_file, "--access-keys-file")
+        a.access_key = [*a.access_key, *(line for line in text.splitlines() if line.strip())]
+
+
+def _hide_process_title(command: str) -> None:
+    """Replace the command line shown in /proc/<pid>/cmdline (and ps) by ``stageline <cmd>``,
+    and make the process non-dumpable, so nothing it was started with is readable there."""
+    from workers.runners.isolation import harden_process
+
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"stageline {command}")
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+    harden_process()
+
+
+def _action_args(p: argparse.ArgumentParser) -> None:
+    from workers.runners.isolation import DEFAULT_ACTION_USER
+
+    p.add_argument(
+        "--action-user",
+        default=os.environ.get("STAGELINE_ACTION_USER", DEFAULT_ACTION_USER),
+        metavar="USER",
+        help="when running as root, run actions as this unprivileged user "
+        f"(default {DEFAULT_ACTION_USER}; 'root' to opt out; ignored when not root)",
+    )
+    p.add_argument(
+        "--action-workdir",
+        default=os.environ.get("STAGELINE_ACTION_WORKDIR") or None,
+        metavar="DIR",
+        help="where actions' private workspaces are made (default: the system temp dir)",
+    )
+    p.add_argument(
+        "--log-max-lines",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="lines kept per action log; older ones are dropped (default 20000)",
+    )
+    p.add_argument(
+        "--action-timeout",
+        type=int,
+        default=60,
+        metavar="MINUTES",
+        help="time limit of an action that declares no timeoutInMinutes (default 60)",
     )
 
 
@@ -84,7 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         else [],
         metavar="AKID:SECRET",
         help="accept SigV4 requests signed with this key (repeatable; "
-        "or STAGELINE_ACCESS_KEYS=AKID:SECRET,...); with none, auth is off",
+        "or STAGELINE_ACCESS_KEYS=AKID:SECRET,...); with none, auth is off. A secret here "
+        "shows in the process list: prefer the variable or --access-keys-file",
+    )
+    s.add_argument(
+        "--access-keys-file",
+        metavar="PATH",
+        help="read AKID:SECRET pairs (one a line) from this file (keep it mode 0600)",
     )
     s.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback host without access keys"
@@ -98,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="limit of active executions per pipeline, fixed when a pipeline is created "
         "(default 50)",
     )
+    _action_args(s)
 
     w = sub.add_parser("worker", help="run a worker process (orchestrator + action runner)")
     _redis_arg(w)
@@ -117,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["orchestrator", "runner"],
         help="run only this role (repeatable; default both)",
     )
+    _action_args(w)
 
     r = sub.add_parser("retry", help="RetryStageExecution from the command line")
     _redis_arg(r)
@@ -132,7 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _worker_config(a: argparse.Namespace) -> WorkerConfig:
+    from workers.runners.commands_action import ActionSettings
+
+    if a.log_max_lines < 1 or a.action_timeout < 1:
+        raise CliError("--log-max-lines and --action-timeout must be >= 1", EXIT_USAGE)
+    actions = ActionSettings(
+        user=a.action_user,
+        workdir=a.action_workdir,
+        log_max_lines=a.log_max_lines,
+        default_timeout_minutes=a.action_timeout,
+    )
+    _check_action_user(actions.user)
     return WorkerConfig(
+        actions=actions,
         name=getattr(a, "name", None) or default_name(),
         concurrency=a.concurrency,
         lease_ttl_s=getattr(a, "lease_ttl", 30.0),
@@ -145,6 +244,22 @@ def _worker_config(a: argparse.Namespace) -> WorkerConfig:
         block_ms=getattr(a, "block_ms", 1000),
         roles=tuple(getattr(a, "role", None) or ("orchestrator", "runner")),
     )
+
+
+def _check_action_user(name: str | None) -> None:
+    from workers.runners.isolation import resolve_action_user
+
+    try:
+        user = resolve_action_user(name)
+    except ValueError as err:
+        raise CliError(f"--action-user: {err}", EXIT_USAGE) from None
+    log = logging.getLogger("stageline")
+    if os.geteuid() == 0 and user is None:
+        log.warning(
+            "actions run as root (--action-user %s): they can read this host's secrets", name
+        )
+    elif user is not None:
+        log.info("actions run as %s (uid %d)", user.name, user.uid)
 
 
 async def _worker(a: argparse.Namespace) -> None:
@@ -215,6 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run["audit"] = run_audit
     try:
+        _resolve_secrets(a, sys.argv[1:] if argv is None else argv)
+        if argv is None and a.command in ("serve", "worker"):  # a real process, not a test
+            _hide_process_title(a.command)
         result = anyio.run(run[a.command], a)
         return int(result) if isinstance(result, int) else 0
     except KeyboardInterrupt:

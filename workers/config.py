@@ -6,6 +6,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from workers.runners.commands_action import ActionSettings
+
 
 def default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -27,3 +29,4 @@ class WorkerConfig:
     batch: int = 64
     output_tail_bytes: int = 4096
     roles: tuple[str, ...] = ("orchestrator", "runner")
+    actions: ActionSettings = field(default_factory=ActionSettings)  # user, logs, limits
