@@ -25,6 +25,7 @@ from app.domain.model import (
     PipelineDeclaration,
     RetryTrigger,
     StageRetryMode,
+    action_type_problems,
     declaration_problems,
 )
 from app.domain.state import ExecutionState, PipelineState, StageRun, evolve
@@ -367,6 +368,9 @@ def _check_structure(decl: PipelineDeclaration, name: str) -> None:
     problems = declaration_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
+    unrunnable = action_type_problems(decl)
+    if unrunnable:
+        raise DomainError("InvalidActionDeclarationException", "; ".join(unrunnable))
 
 
 def _update(d: Decision, cmd: c.Command) -> None:
