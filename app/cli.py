@@ -26,6 +26,7 @@ from workers.config import WorkerConfig, default_name
 EXIT_USAGE = 2
 EXIT_REFUSED = 3
 EXIT_UNAVAILABLE = 4
+EXIT_NOT_FOUND = 5
 
 
 class CliError(Exception):
@@ -212,6 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("execution_id")
     r.add_argument("--mode", choices=["FAILED_ACTIONS", "ALL_ACTIONS"], default="FAILED_ACTIONS")
 
+    lg = sub.add_parser("logs", help="print the action logs of an execution (and follow them)")
+    _redis_arg(lg)
+    lg.add_argument("pipeline")
+    lg.add_argument("--execution", metavar="ID", help="default: the latest execution with logs")
+    lg.add_argument("--action", metavar="NAME", help="only this action's logs")
+    lg.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing until the execution ends"
+    )
+
     from app.audit.cli import add_audit_parser
 
     add_audit_parser(sub, _redis_arg)
@@ -317,6 +327,27 @@ async def _retry(a: argparse.Namespace) -> None:
         await redis.aclose()
 
 
+async def _logs(a: argparse.Namespace) -> None:
+    from app.logs_cli import NoLogs, print_logs
+
+    if not a.redis_url:
+        raise CliError(f"stageline logs needs --redis-url (or ${ENV_URL})")
+    redis = await connect(a.redis_url)
+    try:
+        await print_logs(
+            redis,
+            Keys(partitions=a.partitions),
+            a.pipeline,
+            execution=a.execution,
+            action=a.action,
+            follow=a.follow,
+        )
+    except NoLogs as err:
+        raise CliError(str(err), EXIT_NOT_FOUND) from None
+    finally:
+        await redis.aclose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -324,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if a.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    run: dict[str, Any] = {"serve": _serve, "worker": _worker, "retry": _retry}
+    run: dict[str, Any] = {"serve": _serve, "worker": _worker, "retry": _retry, "logs": _logs}
     if a.command == "audit":
         from app.audit.cli import run_audit
 

@@ -214,7 +214,7 @@ class ActionLogWriter:
         buf = self.partial + data if self.partial else data
         lines = buf.split(b"\n")
         self.partial = lines.pop()
-        if len(self.partial) > self.line_bytes:
+        while len(self.partial) > self.line_bytes:  # an unfinished line is cut as it grows
             head, self.partial = _cut(self.partial, self.line_bytes)
             lines.append(head)
         self._add(lines, self._now())

@@ -15,6 +15,7 @@ import uvicorn
 from redis.asyncio import Redis
 
 from app.api.handlers import build_handlers
+from app.api.logs_handlers import build_logs_handlers
 from app.api.wire import ASGIApp, build_app
 from app.engine import Engine
 from app.store.connection import connect, describe
@@ -71,6 +72,7 @@ def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
         credentials=dict(cfg.credentials) or None,
         health=healthy,
         max_body_bytes=cfg.max_body_bytes,
+        extra_targets=build_logs_handlers(redis, engine.keys),
     )
 
 

@@ -347,7 +347,10 @@ class _App:
         health: Callable[[], Awaitable[bool]] | None,
         max_body_bytes: int,
         clock: Callable[[], float],
+        extra_targets: Mapping[str, Handler] | None = None,
     ) -> None:
+        # other services' JSON 1.1 targets (full X-Amz-Target -> handler of the JSON object)
+        self.extra_targets = dict(extra_targets or {})
         unknown = sorted(set(handlers) - set(OPERATIONS))
         if unknown:
             raise ValueError(f"handlers for operations without an input shape: {unknown}")
@@ -405,6 +408,11 @@ class _App:
             )
         headers = _headers(scope)
         actor = self._authenticate(scope, headers, body)
+        extra = self.extra_targets.get(_header(headers, "x-amz-target") or "")
+        if extra is not None:
+            ctx = RequestContext(request_id, actor, _source(scope), received_at)
+            await self._extra(extra, headers, body, ctx, send)
+            return
         op = self._operation(headers)
         self._check_content_type(headers)
         request = self._decode(op, body)
@@ -424,6 +432,34 @@ class _App:
                 500,
             ) from None
         await _send(send, 200, payload, request_id)
+
+    async def _extra(
+        self,
+        handler: Handler,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        ctx: RequestContext,
+        send: Send,
+    ) -> None:
+        self._check_content_type(headers)
+        if json_depth_exceeds(body):
+            raise AwsError("ValidationException", "request body is nested too deeply")
+        try:
+            request = msgspec.json.decode(body.strip() or b"{}")
+        except (msgspec.DecodeError, RecursionError):
+            raise AwsError("ValidationException", "request body is not valid JSON") from None
+        if not isinstance(request, dict):
+            raise AwsError("ValidationException", "the request body must be a JSON object")
+        try:
+            payload = encode_result(await handler(request, ctx))
+        except AwsError:
+            raise
+        except Exception:
+            logger.exception("request %s failed", ctx.request_id)
+            raise AwsError(
+                "InternalFailure", f"internal error; request id {ctx.request_id}", 500
+            ) from None
+        await _send(send, 200, payload, ctx.request_id)
 
     async def _health(self, send: Send, request_id: str) -> None:
         ok = True
@@ -522,6 +558,7 @@ def build_app(
     health: Callable[[], Awaitable[bool]] | None = None,
     max_body_bytes: int = 1_048_576,
     clock: Callable[[], float] = time.time,
+    extra_targets: Mapping[str, Handler] | None = None,
 ) -> ASGIApp:
     """The ASGI app serving ``handlers`` (operation name -> async handler).
 
@@ -529,5 +566,7 @@ def build_app(
     operations without a handler answer ``UnsupportedOperationException``; other targets
     ``UnknownOperationException``. ``credentials`` switches SigV4 verification on.
     ``health`` backs ``GET /health`` (200 when it returns True, else 503).
+    ``extra_targets`` serves other JSON 1.1 services on the same endpoint and auth (full
+    ``X-Amz-Target`` -> handler of the request's JSON object), e.g. the logs API.
     """
-    return _App(handlers, credentials, health, max_body_bytes, clock)
+    return _App(handlers, credentials, health, max_body_bytes, clock, extra_targets)
