@@ -220,7 +220,10 @@ class ActionLogWriter:
         self._add(lines, self._now())
 
     def note(self, text: str) -> None:
-        self._add([f"[stageline] {text}".encode()], self._now())
+        """A line of stageline's own (``[stageline] text``); ends an unfinished line first."""
+        lines = [self.partial] if self.partial else []
+        self.partial = b""
+        self._add([*lines, f"[stageline] {text}".encode()], self._now())
 
     def _add(self, lines: list[bytes], ms: int) -> None:
         if not lines:

@@ -401,3 +401,55 @@ async def test_rejects_bad_arguments() -> None:
 async def test_missing_cwd_raises(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         await run_commands(["true"], timeout_s=1, cwd=str(tmp_path / "nope"))
+
+
+# --------------------------------------------------------------------------- output sink
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes | str]] = []
+
+    def write(self, data: bytes) -> None:
+        if self.items and self.items[-1][0] == "out":
+            self.items[-1] = ("out", bytes(self.items[-1][1]) + data)  # type: ignore[arg-type]
+        else:
+            self.items.append(("out", data))
+
+    def note(self, text: str) -> None:
+        self.items.append(("note", text))
+
+
+async def test_sink_gets_all_output_with_command_notes_in_place() -> None:
+    sink = _Sink()
+    result = await run_commands(
+        ["printf no-newline", "echo a; echo b >&2", "true"], timeout_s=5, output=sink
+    )
+    assert result.succeeded, result
+    assert sink.items == [
+        ("note", "Running command 1: printf no-newline"),
+        ("out", b"no-newline"),
+        ("note", "Running command 2: echo a; echo b >&2"),
+        ("out", b"a\nb\n"),
+        ("note", "Running command 3: true"),
+    ]
+    assert result.output_tail == "no-newlinea\nb\n"  # markers never reach the tail
+
+
+def test_demux_finds_markers_split_across_chunks() -> None:
+    from workers.runners.commands import _Demux
+
+    sink, tail = _Sink(), _TailBuffer(1000)
+    demux = _Demux("abc", ["one", "two"], tail, sink)
+    stream = b"x\n\036stageline-abc 1\nout1\n\036not-a-marker\n\036stageline-abc 2\nend"
+    for i in range(len(stream)):  # one byte at a time: the worst split
+        demux.feed(stream[i : i + 1])
+    demux.finish()
+    assert sink.items == [
+        ("out", b"x\n"),
+        ("note", "Running command 1: one"),
+        ("out", b"out1\n\036not-a-marker\n"),
+        ("note", "Running command 2: two"),
+        ("out", b"end"),
+    ]
+    assert tail.text() == "x\nout1\n\036not-a-marker\nend"

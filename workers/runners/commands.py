@@ -12,7 +12,9 @@ The commands are written into a small script that ``eval``\\ s each command in t
 single-quoted, so nothing in one command can break the script's syntax) and records in a
 status file when command *i* starts and with which status it ended. A command that ends the
 shell itself (``exit 3``, ``set -e`` followed by a failure, ``kill -9 $$``) is still named:
-it is the last one that started.
+it is the last one that started. Before each command the script also prints a marker line
+carrying a per-run random nonce; the runner takes it out of the output and puts
+``Running command i: ...`` at that exact place in the log instead.
 
 Process hygiene
 ---------------
@@ -41,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import secrets
 import signal
 import subprocess
 import time
@@ -81,7 +84,6 @@ ERROR_TIMEOUT = "Timeout"
 _MIN_DRAIN_S = 0.25
 _POLL_START_S = 0.005
 _POLL_MAX_S = 0.1
-_STATUS_POLL_S = 0.2
 _SUMMARY_COMMAND_CHARS = 60
 _NOTE_COMMAND_CHARS = 200
 _STATUS_FILE = ".status"
@@ -143,13 +145,19 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def session_script(commands: Sequence[str], status_file: str) -> str:
-    """The POSIX shell script that runs ``commands`` in one session (see module docs)."""
+def session_script(commands: Sequence[str], status_file: str, nonce: str = "") -> str:
+    """The POSIX shell script that runs ``commands`` in one session (see module docs).
+
+    With a ``nonce``, a marker line (``\\036stageline-<nonce> <i>``) is printed to the output
+    before command *i*, so the runner can place "Running command i" exactly in the log.
+    """
     status = _quote(status_file)
     lines = ["# stageline: one shell session for the action's commands"]
     for i, command in enumerate(commands, 1):
+        lines.append(f"printf 'S {i}\\n' >>{status}")
+        if nonce:
+            lines.append(f"printf '\\036stageline-{nonce} {i}\\n'")
         lines += [
-            f"printf 'S {i}\\n' >>{status}",
             f"eval {_quote(command)}",
             "__stageline_rc=$?",
             f"printf 'E {i} %s\\n' \"$__stageline_rc\" >>{status}",
@@ -160,12 +168,11 @@ def session_script(commands: Sequence[str], status_file: str) -> str:
 
 
 class _Status:
-    """Follows the status file the session script appends to."""
+    """Reads the status file the session script appends to (what started, how it ended)."""
 
-    def __init__(self, path: str, commands: Sequence[str], sink: OutputSink | None) -> None:
+    def __init__(self, path: str, commands: Sequence[str]) -> None:
         self.path = path
         self.commands = commands
-        self.sink = sink
         self.offset = 0
         self.partial = b""
         self.started = 0  # index of the last command that started
@@ -189,9 +196,6 @@ class _Status:
                     i = int(fields[1])
                     if 1 <= i <= len(self.commands) and i > self.started:
                         self.started = i
-                        if self.sink is not None:
-                            text = _short(self.commands[i - 1], _NOTE_COMMAND_CHARS)
-                            self.sink.note(f"Running command {i}: {text}")
                 elif fields[0] == b"E":
                     self.ended[int(fields[1])] = int(fields[2])
             except (IndexError, ValueError):
@@ -258,14 +262,14 @@ def _check_dir(path: str) -> None:
 
 
 def _write_script(
-    run_dir: RunDir, commands: Sequence[str], user: ActionUser | None
+    run_dir: RunDir, commands: Sequence[str], user: ActionUser | None, nonce: str
 ) -> tuple[str, str]:
     status_path = os.path.join(run_dir.root, _STATUS_FILE)
     script_path = os.path.join(run_dir.root, _SCRIPT_FILE)
     with open(status_path, "wb"):
         pass
     with open(script_path, "w") as f:
-        f.write(session_script(commands, status_path))
+        f.write(session_script(commands, status_path, nonce))
     os.chmod(script_path, 0o444)
     if user is not None:
         os.chown(status_path, user.uid, user.gid)
@@ -286,11 +290,13 @@ async def _run_session(
     run_dir: RunDir,
     started: float,
 ) -> CommandsResult:
-    status_path, script_path = _write_script(run_dir, commands, user)
+    nonce = secrets.token_hex(8)
+    status_path, script_path = _write_script(run_dir, commands, user, nonce)
     full_env = base_environment(run_dir.home, run_dir.tmp, user, shell)
     if env:
         full_env.update(env)
-    status = _Status(status_path, commands, output)
+    status = _Status(status_path, commands)
+    demux = _Demux(nonce, commands, tail, output)
     returncode: int | None = None
 
     deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s
@@ -299,12 +305,11 @@ async def _run_session(
             [shell, script_path],
             env=full_env,
             cwd=cwd or run_dir.workspace,
-            tail=tail,
-            output=output,
-            status=status,
+            demux=demux,
             kill_grace_s=kill_grace_s,
             user=user,
         )
+    demux.finish()
     status.poll()
     timed_out = timeout_scope.cancelled_caught
     index = status.started
@@ -353,9 +358,7 @@ async def _run_shell(
     *,
     env: Mapping[str, str],
     cwd: str,
-    tail: _TailBuffer,
-    output: OutputSink | None,
-    status: _Status,
+    demux: _Demux,
     kill_grace_s: float,
     user: ActionUser | None,
 ) -> int:
@@ -377,8 +380,7 @@ async def _run_shell(
     assert stdout is not None
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_pump, stdout, tail, output, status)
-            tg.start_soon(_watch_status, status)
+            tg.start_soon(_pump, stdout, demux)
             returncode = await process.wait()
             # Stop the pump: a leftover `cmd &` may hold the pipe open forever.  What remains
             # in the pipe is drained below, once the group is gone.
@@ -395,25 +397,78 @@ async def _run_shell(
                     process.kill()
             # Bounded: a process that escaped the group (setsid) can keep the pipe open.
             with anyio.move_on_after(max(kill_grace_s, _MIN_DRAIN_S)):
-                await _pump(stdout, tail, output, status)
+                await _pump(stdout, demux)
             await process.aclose()
 
 
-async def _pump(
-    stream: ByteReceiveStream, tail: _TailBuffer, output: OutputSink | None, status: _Status
-) -> None:
+async def _pump(stream: ByteReceiveStream, demux: _Demux) -> None:
     with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
         async for chunk in stream:
-            status.poll()  # a command that started before this output is noted first
-            tail.append(chunk)
-            if output is not None:
-                output.write(chunk)
+            demux.feed(chunk)
 
 
-async def _watch_status(status: _Status) -> None:
-    while True:
-        await anyio.sleep(_STATUS_POLL_S)
-        status.poll()
+class _Demux:
+    """Splits the session's output into the commands' own bytes (to the tail and the sink)
+    and the script's marker lines (to the sink as "Running command i" notes)."""
+
+    _MAX_CARRY = 128
+
+    def __init__(
+        self, nonce: str, commands: Sequence[str], tail: _TailBuffer, output: OutputSink | None
+    ) -> None:
+        self.marker = f"\036stageline-{nonce} ".encode()
+        self.commands = commands
+        self.tail = tail
+        self.output = output
+        self.carry = b""
+
+    def _emit(self, data: bytes) -> None:
+        if data:
+            self.tail.append(data)
+            if self.output is not None:
+                self.output.write(data)
+
+    def _note(self, raw: bytes) -> None:
+        try:
+            i = int(raw)
+        except ValueError:
+            return
+        if self.output is not None and 1 <= i <= len(self.commands):
+            text = _short(self.commands[i - 1], _NOTE_COMMAND_CHARS)
+            self.output.note(f"Running command {i}: {text}")
+
+    def feed(self, chunk: bytes) -> None:
+        data = self.carry + chunk if self.carry else chunk
+        self.carry = b""
+        while data:
+            if b"\036" not in data:
+                self._emit(data)
+                return
+            at = data.find(self.marker)
+            if at < 0:
+                j = data.rfind(b"\036")
+                rest = data[j:]
+                if len(rest) < len(self.marker) and self.marker.startswith(rest):
+                    self._emit(data[:j])  # maybe the start of a marker: wait for more
+                    self.carry = rest
+                else:
+                    self._emit(data)
+                return
+            end = data.find(b"\n", at)
+            if end < 0:
+                self._emit(data[:at])
+                if len(data) - at <= self._MAX_CARRY:
+                    self.carry = data[at:]  # the rest of the marker line is still coming
+                else:
+                    self._emit(data[at:])
+                return
+            self._emit(data[:at])
+            self._note(data[at + len(self.marker) : end])
+            data = data[end + 1 :]
+
+    def finish(self) -> None:
+        self._emit(self.carry)
+        self.carry = b""
 
 
 async def _kill_process_group(pgid: int, grace_s: float) -> None:
