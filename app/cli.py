@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -121,6 +122,31 @@ def _action_args(p: argparse.ArgumentParser) -> None:
         help="lines kept per action log; older ones are dropped (default 20000)",
     )
     p.add_argument(
+        "--action-runtime",
+        choices=["process", "docker"],
+        default=os.environ.get("STAGELINE_ACTION_RUNTIME", "process"),
+        help="run each action as a process of this host (default) or in a fresh container",
+    )
+    p.add_argument(
+        "--action-image",
+        default=os.environ.get("STAGELINE_ACTION_IMAGE") or None,
+        metavar="IMAGE",
+        help="docker runtime: the default image (an action's configuration.Image overrides it)",
+    )
+    p.add_argument(
+        "--action-network",
+        default="none",
+        metavar="NETWORK",
+        help="docker runtime: the containers' network (default none: no route to Redis or "
+        "anything else)",
+    )
+    p.add_argument(
+        "--container-cli",
+        default="docker",
+        metavar="PATH",
+        help="docker runtime: the docker-compatible CLI (docker, podman)",
+    )
+    p.add_argument(
         "--action-timeout",
         type=int,
         default=60,
@@ -229,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _worker_config(a: argparse.Namespace) -> WorkerConfig:
-    from workers.runners.commands_action import ActionSettings
+    from workers.runners.commands_action import RUNTIMES, ActionSettings
 
     if a.log_max_lines < 1 or a.action_timeout < 1:
         raise CliError("--log-max-lines and --action-timeout must be >= 1", EXIT_USAGE)
@@ -238,8 +264,16 @@ def _worker_config(a: argparse.Namespace) -> WorkerConfig:
         workdir=a.action_workdir,
         log_max_lines=a.log_max_lines,
         default_timeout_minutes=a.action_timeout,
+        runtime=a.action_runtime,
+        image=a.action_image,
+        network=a.action_network,
+        container_cli=a.container_cli,
     )
     _check_action_user(actions.user)
+    if actions.runtime not in RUNTIMES:
+        raise CliError(f"--action-runtime must be one of {', '.join(RUNTIMES)}", EXIT_USAGE)
+    if actions.runtime == "docker" and shutil.which(actions.container_cli) is None:
+        raise CliError(f"--action-runtime docker: {actions.container_cli} not found", EXIT_USAGE)
     return WorkerConfig(
         actions=actions,
         name=getattr(a, "name", None) or default_name(),

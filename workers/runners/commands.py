@@ -54,6 +54,7 @@ from typing import Protocol
 import anyio
 from anyio.abc import ByteReceiveStream
 
+from workers.runners.container import Container
 from workers.runners.isolation import (
     ActionUser,
     RunDir,
@@ -126,6 +127,8 @@ class CommandsResult:
             noun = "command" if self.commands_run == 1 else "commands"
             return f"{self.commands_run} {noun} succeeded"
         command = _short(self.failed_command or "")
+        if self.failed_command is None and not self.timed_out:
+            return f"the shell session failed to start (exit {self.exit_code})"
         where = f"command {self.failed_index}" if self.failed_index else "command"
         if self.timed_out:
             return f"timed out after {self.duration_s:.1f}s running {where} '{command}'"
@@ -214,14 +217,17 @@ async def run_commands(
     output: OutputSink | None = None,
     shell: str | None = None,
     run_base: str | None = None,
+    container: Container | None = None,
 ) -> CommandsResult:
     """Run ``commands`` in one shell session, stopping at the first failure.
 
     The environment is the minimal base (PATH, HOME, TMPDIR, LANG, USER, LOGNAME, SHELL) with
     ``env`` on top; the worker's own environment is never passed on. ``cwd`` is the working
     directory (default: a fresh private workspace). ``timeout_s`` bounds the whole list
-    (``None`` = no limit). ``user`` runs the shell as that user (needs root). Cancelling the
-    calling task kills the session's process group and re-raises the cancellation.
+    (``None`` = no limit). ``user`` runs the shell as that user (needs root). ``container``
+    runs the session in a fresh container instead (:mod:`workers.runners.container`).
+    Cancelling the calling task kills the session's process group (and container) and
+    re-raises the cancellation.
     """
     if isinstance(commands, str | bytes):
         raise TypeError("commands must be a sequence of command strings, not a single string")
@@ -251,6 +257,7 @@ async def run_commands(
             shell=shell,
             run_dir=run_dir,
             started=started,
+            container=container,
         )
     finally:
         remove_run_dir(run_dir)
@@ -289,6 +296,7 @@ async def _run_session(
     shell: str,
     run_dir: RunDir,
     started: float,
+    container: Container | None = None,
 ) -> CommandsResult:
     nonce = secrets.token_hex(8)
     status_path, script_path = _write_script(run_dir, commands, user, nonce)
@@ -300,15 +308,32 @@ async def _run_session(
     returncode: int | None = None
 
     deadline = math.inf if timeout_s is None else anyio.current_time() + timeout_s
+    workdir = cwd or run_dir.workspace
+    argv: list[str] = [shell, script_path]
+    launch_env: Mapping[str, str] = full_env
+    name = f"stageline-{nonce}"
+    if container is not None:
+        if not (env and "SHELL" in env):
+            full_env["SHELL"] = "/bin/sh"  # the image's shell, not the host's
+        uid, gid = (user.uid, user.gid) if user is not None else (os.getuid(), os.getgid())
+        argv, launch_env = container.command(
+            name=name, script=script_path, env=full_env, cwd=workdir, mount=run_dir.root,
+            uid=uid, gid=gid,
+        )  # fmt: skip
     with anyio.CancelScope(deadline=deadline) as timeout_scope:
-        returncode = await _run_shell(
-            [shell, script_path],
-            env=full_env,
-            cwd=cwd or run_dir.workspace,
-            demux=demux,
-            kill_grace_s=kill_grace_s,
-            user=user,
-        )
+        try:
+            returncode = await _run_shell(
+                argv,
+                env=launch_env,
+                cwd=workdir,
+                demux=demux,
+                kill_grace_s=kill_grace_s,
+                user=user if container is None else None,  # the CLI runs as the worker
+            )
+        finally:
+            if container is not None:
+                with anyio.CancelScope(shield=True):
+                    await container.remove(name)
     demux.finish()
     status.poll()
     timed_out = timeout_scope.cancelled_caught

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import anyio
 from redis.asyncio import Redis
@@ -20,9 +21,13 @@ from app.domain.model import ActionDeclaration
 from app.logs import DEFAULT_LINE_BYTES, DEFAULT_MAX_LINES, DEFAULT_RETENTION_S, ActionLogWriter
 from app.store.keys import Keys
 from workers.runners.commands import DEFAULT_KILL_GRACE_S, CommandsResult, run_commands
+from workers.runners.container import IMAGE_KEY, Container
 from workers.runners.isolation import DEFAULT_ACTION_USER, resolve_action_user
 
-__all__ = ["ActionSettings", "Outcome", "action_environment", "run_commands_job"]
+__all__ = ["RUNTIMES", "ActionSettings", "Outcome", "action_environment", "run_commands_job"]
+
+Runtime = Literal["process", "docker"]
+RUNTIMES: tuple[Runtime, ...] = ("process", "docker")
 
 DEFAULT_TIMEOUT_MINUTES = 60
 SUMMARY_LINES = 5
@@ -41,6 +46,10 @@ class ActionSettings:
     log_retention_s: int = DEFAULT_RETENTION_S
     kill_grace_s: float = DEFAULT_KILL_GRACE_S
     default_timeout_minutes: int = DEFAULT_TIMEOUT_MINUTES
+    runtime: Runtime = "process"  # or "docker": a fresh container per action
+    image: str | None = None  # the docker runtime's default image
+    network: str = "none"  # the docker runtime's network: none = no route anywhere
+    container_cli: str = "docker"  # or podman (docker-compatible CLI)
 
 
 @dataclass(frozen=True)
@@ -109,6 +118,18 @@ async def run_commands_job(
         return Outcome(False, "secrets are not supported", "SecretsNotSupported", str(err))
     minutes = declaration.timeoutInMinutes or settings.default_timeout_minutes
     user = resolve_action_user(settings.user)
+    container: Container | None = None
+    if settings.runtime == "docker":
+        image = (declaration.configuration or {}).get(IMAGE_KEY) or settings.image
+        if not image:
+            return Outcome(
+                False,
+                "no container image",
+                "ConfigurationError",
+                f"the docker runtime needs an image: set configuration.{IMAGE_KEY} on the "
+                "action or start the worker with --action-image",
+            )
+        container = Container(image, settings.container_cli, settings.network)
     writer: ActionLogWriter | None = None
     if redis is not None and keys is not None:
         writer = ActionLogWriter(
@@ -138,6 +159,7 @@ async def run_commands_job(
                 user=user,
                 output=writer,
                 run_base=settings.workdir,
+                container=container,
             )
             tg.cancel_scope.cancel()
     finally:
