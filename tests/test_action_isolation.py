@@ -35,7 +35,7 @@ from tests.conftest import IN_CI, no_redis
 from tests.redis_server import free_port, port_open, redis_binary
 from workers.runners.isolation import ACTION_PATH
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGELINE = str(ROOT / ".venv" / "bin" / "stageline")
@@ -235,7 +235,7 @@ def test_an_action_finds_no_secret_and_cannot_write_redis(deployment: Deployment
     script.write_text(SEARCH)
     control = subprocess.run(
         [sys.executable, str(script), *_search_args(d)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     control_found = [line for line in control.stdout.splitlines() if line.startswith("FOUND ")]
     assert control.returncode == 1, control.stdout + control.stderr
@@ -278,7 +278,7 @@ def test_an_action_finds_no_secret_and_cannot_write_redis(deployment: Deployment
         done = [i for i in items if i["status"] != "InProgress"]
         return done[0] if done else None
 
-    item = wait_for(finished, timeout=90, what="the search action")
+    item = wait_for(finished, timeout=120, what="the search action")
     logs = d.client("logs")
     stream = f"{eid}/{item['actionExecutionId']}"
     events = logs.get_log_events(

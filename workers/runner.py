@@ -27,7 +27,7 @@ from workers import persist
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN, Entry
 from workers.leases import Lease, Leases
-from workers.runners.commands_action import ActionSettings, run_commands_job
+from workers.runners.commands_action import ActionSettings, action_watch, run_commands_job
 
 log = logging.getLogger("stageline.runner")
 
@@ -73,6 +73,9 @@ async def run_commands_action(job: ActionJob) -> ActionResult:
         settings=settings,
         redis=job.engine.redis if job.engine is not None else None,
         keys=job.engine.keys if job.engine is not None else None,
+        still_wanted=action_watch(job.engine, job.pipeline, job.executionId, job.actionExecutionId)
+        if job.engine is not None
+        else None,
     )
     return ActionResult(out.succeeded, out.summary, out.error_code, out.message)
 

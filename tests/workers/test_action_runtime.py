@@ -167,3 +167,48 @@ async def test_stopping_the_worker_kills_the_actions_whole_group(
     events = await reader.forward("hang", stream_name(eid, a.actionExecutionId), 1, 100)
     assert events[-1].message == "[stageline] action stopped before it finished"
     assert events[-1].last
+
+
+async def test_abandon_kills_the_running_action_within_seconds(
+    redis: Redis, shared: Path
+) -> None:
+    bg, leader = shared / "bg", shared / "leader"
+    engine = make_engine(redis)
+    await engine.start()
+    action = ActionDeclaration(
+        name="hang",
+        actionTypeId=COMMANDS,
+        commands=[f"echo $$ > {q(leader)}", f"sleep 600 & echo $! > {q(bg)}", "sleep 600"],
+    )
+    await engine.create_pipeline(pipeline("abandon", {"Build": [action]}))
+
+    async def pids() -> list[int] | None:
+        try:
+            texts = [bg.read_text().strip(), leader.read_text().strip()]
+        except FileNotFoundError:
+            return None
+        return [int(t) for t in texts] if all(t.isdigit() for t in texts) else None
+
+    async with running(redis, actions=ActionSettings(watch_every_s=0.5)):
+        eid = await engine.start_execution("abandon")
+        both = await wait_for(pids, "the action's processes", within=20)
+        t0 = anyio.current_time()
+        await engine.stop_execution("abandon", eid, abandon=True)
+
+        async def gone() -> bool:
+            return not any(_alive(p) for p in both)
+
+        await wait_for(gone, "the abandoned action's processes to be killed", within=10)
+        took = anyio.current_time() - t0
+        x = await wait_status(engine, "abandon", eid, "Stopped")
+        a = latest(x, "Build", "hang")
+
+        async def closed() -> str | None:
+            reader = LogReader(redis, engine.keys)
+            events = await reader.forward("abandon", stream_name(eid, a.actionExecutionId), 1, 50)
+            return events[-1].message if events and events[-1].last else None
+
+        last = await wait_for(closed, "the log's closing line", within=10)
+    assert took < 10
+    assert a.status == "Abandoned"
+    assert last == "[stageline] action abandoned: its processes were stopped"

@@ -25,7 +25,10 @@ Process hygiene
 * On timeout or cancellation the whole group gets SIGTERM, then SIGKILL once ``kill_grace_s``
   has passed with members still alive.  Cleanup runs in a shielded scope; cancellation then
   propagates to the caller, a timeout becomes ``CommandsResult(timed_out=True)``.
-* stdin is ``/dev/null``; stderr is merged into stdout. Only the last ``tail_bytes`` bytes
+* The script first waits for a "go" line on its stdin, written once the runner holds the
+  process, so a spawn interrupted by cancellation cannot leave commands running unseen;
+  then stdin is ``/dev/null`` for the commands.
+* stderr is merged into stdout. Only the last ``tail_bytes`` bytes
   are kept in memory; the complete output goes to ``output`` (an :class:`OutputSink`, e.g.
   the action's log), so memory stays bounded however much a command prints.
 
@@ -155,7 +158,12 @@ def session_script(commands: Sequence[str], status_file: str, nonce: str = "") -
     before command *i*, so the runner can place "Running command i" exactly in the log.
     """
     status = _quote(status_file)
-    lines = ["# stageline: one shell session for the action's commands"]
+    lines = [
+        "# stageline: one shell session for the action's commands",
+        "read __stageline_go || exit 125",  # wait until the runner holds the process
+        "unset __stageline_go",
+        "exec </dev/null",
+    ]
     for i, command in enumerate(commands, 1):
         lines.append(f"printf 'S {i}\\n' >>{status}")
         if nonce:
@@ -390,16 +398,17 @@ async def _run_shell(
     extra: dict[str, object] = {}
     if user is not None:
         extra = {"user": user.uid, "group": user.gid, "extra_groups": []}
-    process = await anyio.open_process(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        cwd=cwd,
-        env=env,
-        start_new_session=True,
-        **extra,  # type: ignore[arg-type]
-    )
+    # Shielded: a cancellation landing while open_process awaits the pipes' setup would lose
+    # the process object of a child that is already running (and never kill it).
+    # The script waits for a "go" line on stdin before it runs anything: should spawning be
+    # interrupted (a cancellation while open_process sets up the pipes), the half-started
+    # shell is killed by asyncio before it could start a command we would never see.
+    with anyio.CancelScope(shield=True):
+        process = await _open(argv, env, cwd, extra)
+        assert process.stdin is not None
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await process.stdin.send(b"go\n")
+        await process.stdin.aclose()
     pgid = process.pid  # setsid() made the shell the leader of a fresh process group
     stdout = process.stdout
     assert stdout is not None
@@ -424,6 +433,21 @@ async def _run_shell(
             with anyio.move_on_after(max(kill_grace_s, _MIN_DRAIN_S)):
                 await _pump(stdout, demux)
             await process.aclose()
+
+
+async def _open(
+    argv: list[str], env: Mapping[str, str], cwd: str, extra: dict[str, object]
+) -> anyio.abc.Process:
+    return await anyio.open_process(
+        argv,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        **extra,  # type: ignore[arg-type]
+    )
 
 
 async def _pump(stream: ByteReceiveStream, demux: _Demux) -> None:

@@ -10,14 +10,16 @@ success), an error code and a message naming the failed command.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import anyio
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from app.domain.model import ActionDeclaration
+from app.engine import Engine
 from app.logs import DEFAULT_LINE_BYTES, DEFAULT_MAX_LINES, DEFAULT_RETENTION_S, ActionLogWriter
 from app.store.keys import Keys
 from workers.runners.commands import DEFAULT_KILL_GRACE_S, CommandsResult, run_commands
@@ -50,6 +52,7 @@ class ActionSettings:
     image: str | None = None  # the docker runtime's default image
     network: str = "none"  # the docker runtime's network: none = no route anywhere
     container_cli: str = "docker"  # or podman (docker-compatible CLI)
+    watch_every_s: float = 1.0  # how often a running action checks it is still wanted
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,10 @@ async def run_commands_job(
     settings: ActionSettings,
     redis: Redis | None = None,
     keys: Keys | None = None,
+    still_wanted: Callable[[], Awaitable[bool]] | None = None,
 ) -> Outcome:
+    """Run the action; with ``still_wanted``, it is checked every ``watch_every_s`` and the
+    session killed as soon as it answers False (the action was abandoned)."""
     try:
         env = action_environment(
             pipeline=pipeline,
@@ -146,10 +152,28 @@ async def run_commands_job(
         )
         await writer.open()
     result: CommandsResult | None = None
+    abandoned = False
+
+    async def watch(scope: anyio.CancelScope) -> None:
+        nonlocal abandoned
+        assert still_wanted is not None
+        while True:
+            await anyio.sleep(settings.watch_every_s)
+            try:
+                wanted = await still_wanted()
+            except (RedisError, OSError):
+                continue  # cannot tell: keep running, ask again
+            if not wanted:
+                abandoned = True
+                scope.cancel()
+                return
+
     try:
         async with anyio.create_task_group() as tg:
             if writer is not None:
                 tg.start_soon(writer.run)
+            if still_wanted is not None:
+                tg.start_soon(watch, tg.cancel_scope)
             result = await run_commands(
                 declaration.commands or [],
                 env=env,
@@ -165,15 +189,33 @@ async def run_commands_job(
     finally:
         if writer is not None:
             with anyio.CancelScope(shield=True):
-                if result is None:
+                if abandoned:
+                    closing = "action abandoned: its processes were stopped"
+                elif result is None:
                     closing = "action stopped before it finished"
                 elif result.succeeded:
                     closing = f"action succeeded: {result.summary()}"
                 else:
                     closing = f"action failed: {result.summary()}"
                 await writer.close(closing)
+    if abandoned:
+        return Outcome(False, "abandoned", "Abandoned", "the action was abandoned while it ran")
     assert result is not None  # else the cancellation propagated
     return outcome(result)
+
+
+def action_watch(
+    engine: Engine, pipeline: str, execution_id: str, aeid: str
+) -> Callable[[], Awaitable[bool]]:
+    """``still_wanted`` for :func:`run_commands_job`: is the action still InProgress?"""
+
+    async def still_wanted() -> bool:
+        s = await engine.repo.load(pipeline)
+        x = s.executions.get(execution_id)
+        a = x.actions.get(aeid) if x is not None else None
+        return a is None or a.status == "InProgress"
+
+    return still_wanted
 
 
 def outcome(r: CommandsResult) -> Outcome:

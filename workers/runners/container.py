@@ -8,7 +8,8 @@
   on a command line), the same user (``--user uid:gid``), no capabilities,
   ``no-new-privileges``, an init process, and ``--network none`` unless the operator allows a
   network (``--action-network``);
-* ``bash`` when the image has it, else ``sh``.
+* ``bash`` when the image has it, else ``sh``;
+* ``--interactive`` only for the session script's "go" line (then stdin is ``/dev/null``).
 
 Stopping: the CLI runs in its own process group like any session; on timeout or
 cancellation that group is killed and the container is removed with ``docker rm -f`` (the
@@ -54,7 +55,7 @@ class Container:
     ) -> tuple[list[str], dict[str, str]]:
         """``(argv, environment)`` of the ``docker run`` that runs ``script``."""
         argv = [
-            self.cli, "run", "--rm", "--name", name, "--init",
+            self.cli, "run", "--rm", "--interactive", "--name", name, "--init",
             "--network", self.network,
             "--user", f"{uid}:{gid}",
             "--cap-drop", "ALL",
