@@ -132,6 +132,18 @@ async def test_long_lines_are_split_and_bursts_stay_bounded(redis: Redis) -> Non
     assert "".join(got[3:5]) == "é" * 60 and "\ufffd" not in "".join(got)
 
 
+def test_log_keys_live_in_the_pipelines_cluster_slot() -> None:
+    from redis.crc import key_slot
+
+    keys = Keys(partitions=PARTITIONS)
+    lk = LogKeys(keys)
+    for name in ("demo", "another.pipeline", "x@y"):
+        slots = {key_slot(k.encode()) for k in keys.pipeline_keys(name)}
+        slots |= {key_slot(k.encode()) for k in (lk.stream(name, "a1"), lk.index(name))}
+        slots.add(key_slot(lk.meta(name).encode()))
+        assert len(slots) == 1, name
+
+
 def test_log_stream_arn() -> None:
     assert log_stream_arn("eu-west-1", "111122223333", "demo", "e-1", "a-1") == (
         "arn:aws:logs:eu-west-1:111122223333:log-group:/aws/codepipeline/demo:log-stream:e-1/a-1"
