@@ -346,3 +346,75 @@ def test_workspace_home_and_tmp_are_private(deployment: Deployment) -> None:
         assert not Path(home).parent.exists()  # removed after the action
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+_READ_ENVIRON = """
+import sys
+try:
+    with open(f"/proc/{sys.argv[1]}/environ", "rb") as f:
+        print("READ" if sys.argv[2].encode() in f.read() else "NOT-THERE")
+except OSError as err:
+    print("DENIED", type(err).__name__)
+"""
+
+_HOLDER = """
+import sys, time, types
+module = sys.modules["isolation"] = types.ModuleType("isolation")
+exec(compile(sys.stdin.readline() and sys.stdin.read(), "isolation.py", "exec"), module.__dict__)
+if sys.argv[1] == "harden":
+    assert module.harden_process()
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("hardened", [False, True])
+def test_a_non_root_worker_hides_its_environment_from_its_actions(hardened: bool) -> None:
+    """A worker that is not root runs actions as its own user; non-dumpable, its
+    /proc/<pid>/environ is still unreadable to them (and readable when not hardened, so
+    the check can fail)."""
+    _check_preconditions()
+    secret = "sl" + secrets.token_hex(12)
+
+    def as_nobody(argv: list[str], **kw: Any) -> Any:
+        return subprocess.Popen(
+            argv, user="nobody", group="nogroup" if _has_group("nogroup") else "nobody",
+            extra_groups=[], cwd="/", **kw,
+        )  # fmt: skip
+
+    assert ACTION_PYTHON is not None
+    # the module's own code (the venv and the checkout may not be readable by nobody)
+    import workers.runners.isolation as isolation
+
+    holder = as_nobody(
+        [ACTION_PYTHON, "-c", _HOLDER, "harden" if hardened else "plain"],
+        env={"PATH": ACTION_PATH, "STAGELINE_SECRET": secret},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdin is not None
+    holder.stdin.write("\n" + Path(isolation.__file__).read_text())
+    holder.stdin.close()
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        reader = as_nobody(
+            [ACTION_PYTHON, "-c", _READ_ENVIRON, str(holder.pid), secret],
+            env={"PATH": ACTION_PATH}, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        out, _ = reader.communicate(timeout=30)
+    finally:
+        holder.kill()
+        holder.wait(10)
+    if hardened:
+        assert out.startswith("DENIED"), out
+    else:
+        assert out.strip() == "READ", out
+
+
+def _has_group(name: str) -> bool:
+    import grp
+
+    try:
+        grp.getgrnam(name)
+    except KeyError:
+        return False
+    return True

@@ -3,6 +3,7 @@ client (CloudWatch Logs subset) and ``stageline logs``, followed while the actio
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -309,6 +310,22 @@ def test_ten_thousand_lines_read_back_through_boto3_and_the_cli(
     )  # fmt: skip
     with pytest.raises(bad.exceptions.ClientError):
         bad.describe_log_groups()
+
+    # aws-cli, unchanged, reads the same stream (its own paging: first page from the head)
+    if shutil.which("aws") is not None:
+        env = {
+            **os.environ, "AWS_ACCESS_KEY_ID": AKID, "AWS_SECRET_ACCESS_KEY": SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_PAGER": "", "AWS_MAX_ATTEMPTS": "1",
+        }  # fmt: skip
+        done = subprocess.run(
+            ["aws", "logs", "get-log-events", "--endpoint-url", live.url, "--start-from-head",
+             "--log-group-name", group, "--log-stream-name", stream, "--limit", "5"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        got = json.loads(done.stdout)
+        assert [e["message"] for e in got["events"]][1:3] == ["out 1", "err 1"]
+        assert got["nextForwardToken"].startswith("f/")
 
     # the CLI prints the same lines
     capsys.readouterr()
