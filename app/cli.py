@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import socket
 import string
 import sys
@@ -155,8 +156,14 @@ def _redis_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis-url",
         default=default_url(),
-        help=f"redis://, rediss:// or unix:// URL (default: ${ENV_URL}; "
-        "serve: embedded in-memory Redis when unset)",
+        help=f"redis://, rediss:// or unix:// URL (default ${ENV_URL}; "
+        "serve: embedded in-memory Redis when unset). A password here shows in the process "
+        "list: prefer the environment variable or --redis-url-file",
+    )
+    p.add_argument(
+        "--redis-url-file",
+        metavar="PATH",
+        help="read the Redis URL from this file (keep it mode 0600)",
     )
     p.add_argument(
         "--partitions",
@@ -221,6 +228,100 @@ def _parse_access_keys(
             if line and not line.startswith("#"):
                 add(line, f"{path}:{n}")
     return creds, names
+
+
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError as err:
+        raise CliError(f"{what} file {path}: {err.strerror or err}", EXIT_USAGE) from None
+
+
+def _resolve_secrets(a: argparse.Namespace, argv: Sequence[str]) -> None:
+    """Secrets given as files are read here; ones on the command line get a warning."""
+    if getattr(a, "redis_url_file", None):
+        a.redis_url = _read_secret_file(a.redis_url_file, "--redis-url-file") or None
+    elif any(x == "--redis-url" or x.startswith("--redis-url=") for x in argv):
+        from urllib.parse import urlsplit
+
+        if a.redis_url and urlsplit(a.redis_url).password:
+            logging.getLogger("stageline").warning(
+                "the Redis password is on the command line (visible to other users while "
+                "stageline starts); use $%s or --redis-url-file",
+                ENV_URL,
+            )
+
+
+def _hide_process_title(command: str) -> None:
+    """Replace the command line shown in /proc/<pid>/cmdline (and ps) by ``stageline <cmd>``,
+    and make the process non-dumpable, so nothing it was started with is readable there."""
+    from workers.runners.isolation import harden_process
+
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"stageline {command}")
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+    harden_process()
+
+
+def _action_args(p: argparse.ArgumentParser) -> None:
+    from workers.runners.isolation import DEFAULT_ACTION_USER
+
+    p.add_argument(
+        "--action-user",
+        default=os.environ.get("STAGELINE_ACTION_USER", DEFAULT_ACTION_USER),
+        metavar="USER",
+        help="when running as root, run actions as this unprivileged user "
+        f"(default {DEFAULT_ACTION_USER}; 'root' to opt out; ignored when not root)",
+    )
+    p.add_argument(
+        "--action-workdir",
+        default=os.environ.get("STAGELINE_ACTION_WORKDIR") or None,
+        metavar="DIR",
+        help="where actions' private workspaces are made (default: the system temp dir)",
+    )
+    p.add_argument(
+        "--log-max-lines",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="lines kept per action log; older ones are dropped (default 20000)",
+    )
+    p.add_argument(
+        "--action-runtime",
+        choices=["process", "docker"],
+        default=os.environ.get("STAGELINE_ACTION_RUNTIME", "process"),
+        help="run each action as a process of this host (default) or in a fresh container",
+    )
+    p.add_argument(
+        "--action-image",
+        default=os.environ.get("STAGELINE_ACTION_IMAGE") or None,
+        metavar="IMAGE",
+        help="docker runtime: the default image (an action's configuration.Image overrides it)",
+    )
+    p.add_argument(
+        "--action-network",
+        default="none",
+        metavar="NETWORK",
+        help="docker runtime: the containers' network (default none: no route to Redis or "
+        "anything else)",
+    )
+    p.add_argument(
+        "--container-cli",
+        default="docker",
+        metavar="PATH",
+        help="docker runtime: the docker-compatible CLI (docker, podman)",
+    )
+    p.add_argument(
+        "--action-timeout",
+        type=int,
+        default=60,
+        metavar="MINUTES",
+        help="time limit of an action that declares no timeoutInMinutes (default 60)",
+    )
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
@@ -361,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("STAGELINE_ACCESS_LOG", "text"),
         help="one line per request on stderr (or $STAGELINE_ACCESS_LOG)",
     )
+    _action_args(s)
 
     w = command("worker", "run a worker process (orchestrator + action runner)")
     _redis_arg(w)
@@ -403,6 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--metrics-host", default="127.0.0.1", help="address for --metrics-port to listen on"
     )
+    _action_args(w)
 
     r = command("retry", "RetryStageExecution: retry a stage of an execution")
     _api_args(r)
@@ -450,6 +553,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="run even though stageline processes look active"
     )
 
+    lg = command("logs", "print the action logs of an execution (and follow them)")
+    _redis_arg(lg)
+    lg.add_argument("pipeline")
+    lg.add_argument("--execution", metavar="ID", help="default: the latest execution with logs")
+    lg.add_argument("--action", metavar="NAME", help="only this action's logs")
+    lg.add_argument(
+        "--follow", "-f", action="store_true", help="keep printing until the execution ends"
+    )
+
     from app.audit.cli import add_audit_parser
 
     def audit_common(ap: argparse.ArgumentParser) -> None:
@@ -462,7 +574,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _worker_config(a: argparse.Namespace) -> WorkerConfig:
+    from workers.runners.commands_action import RUNTIMES, ActionSettings
+
+    if a.log_max_lines < 1 or a.action_timeout < 1:
+        raise CliError("--log-max-lines and --action-timeout must be >= 1", EXIT_USAGE)
+    actions = ActionSettings(
+        user=a.action_user,
+        workdir=a.action_workdir,
+        log_max_lines=a.log_max_lines,
+        default_timeout_minutes=a.action_timeout,
+        runtime=a.action_runtime,
+        image=a.action_image,
+        network=a.action_network,
+        container_cli=a.container_cli,
+    )
+    _check_action_user(actions.user)
+    if actions.runtime not in RUNTIMES:
+        raise CliError(f"--action-runtime must be one of {', '.join(RUNTIMES)}", EXIT_USAGE)
+    if actions.runtime == "docker" and shutil.which(actions.container_cli) is None:
+        raise CliError(f"--action-runtime docker: {actions.container_cli} not found", EXIT_USAGE)
     return WorkerConfig(
+        actions=actions,
         name=getattr(a, "name", None) or default_name(),
         concurrency=a.concurrency,
         lease_ttl_s=getattr(a, "lease_ttl", 30.0),
@@ -476,6 +608,22 @@ def _worker_config(a: argparse.Namespace) -> WorkerConfig:
         partition_lease_s=getattr(a, "partition_lease", 10.0),
         roles=tuple(getattr(a, "role", None) or ("orchestrator", "runner")),
     )
+
+
+def _check_action_user(name: str | None) -> None:
+    from workers.runners.isolation import resolve_action_user
+
+    try:
+        user = resolve_action_user(name)
+    except ValueError as err:
+        raise CliError(f"--action-user: {err}", EXIT_USAGE) from None
+    log = logging.getLogger("stageline")
+    if os.geteuid() == 0 and user is None:
+        log.warning(
+            "actions run as root (--action-user %s): they can read this host's secrets", name
+        )
+    elif user is not None:
+        log.info("actions run as %s (uid %d)", user.name, user.uid)
 
 
 async def _worker(a: argparse.Namespace) -> None:
@@ -755,6 +903,27 @@ async def _on_checked_store(a: argparse.Namespace, run: Any) -> Any:
     return await run(a)
 
 
+async def _logs(a: argparse.Namespace) -> None:
+    from app.logs_cli import NoLogs, print_logs
+
+    if not a.redis_url:
+        raise CliError(f"logs needs --redis-url (or ${ENV_URL})", EXIT_USAGE)
+    redis = await connect(a.redis_url)
+    try:
+        await print_logs(
+            redis,
+            Keys(partitions=a.partitions),
+            a.pipeline,
+            execution=a.execution,
+            action=a.action,
+            follow=a.follow,
+        )
+    except NoLogs as err:
+        raise CliError(str(err), EXIT_REFUSED) from None
+    finally:
+        await redis.aclose()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -773,6 +942,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": _status,
         "watch": _watch,
         "migrate": _migrate,
+        "logs": _logs,
     }
     if a.command == "audit":
         from app.audit.cli import run_audit
@@ -786,6 +956,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         run["audit"] = audit
     try:
+        _resolve_secrets(a, sys.argv[1:] if argv is None else argv)
+        if argv is None and a.command in ("serve", "worker"):  # a real process, not a test
+            _hide_process_title(a.command)
         result = anyio.run(_on_checked_store, a, run[a.command])
         return int(result) if isinstance(result, int) else EXIT_OK
     except KeyboardInterrupt:

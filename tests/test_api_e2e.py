@@ -48,6 +48,7 @@ from tests.api_helpers import (
 )
 from tests.conftest import no_redis
 from tests.redis_server import RedisServer, redis_binary
+from tests.workers.helpers import AS_TEST_USER
 from workers.config import WorkerConfig
 
 REPO = Path(__file__).resolve().parent.parent
@@ -193,6 +194,7 @@ def _worker_config(name: str) -> WorkerConfig:
         shutdown_grace_s=2.0,
         reap_every_s=0.5,
         snapshot_every_s=1.0,
+        actions=AS_TEST_USER,  # its actions write files under the test's private tmp dir
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -93,25 +94,92 @@ async def test_single_and_empty_summaries() -> None:
     assert empty.succeeded and empty.exit_code is None and empty.summary() == "no commands to run"
 
 
-async def test_env_vars_layered_on_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_env_is_minimal_plus_action_vars(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker's environment is never inherited (it holds the deployment's secrets).
     monkeypatch.setenv("STAGELINE_WORKER_VAR", "from-worker")
     monkeypatch.setenv("STAGELINE_OVERRIDDEN", "worker-value")
     result = await run_commands(
-        ['echo "$STAGELINE_ACTION_VAR|$STAGELINE_WORKER_VAR|$STAGELINE_OVERRIDDEN"'],
+        [
+            'echo "$STAGELINE_ACTION_VAR|$STAGELINE_WORKER_VAR|$STAGELINE_OVERRIDDEN"',
+            "env | cut -d= -f1 | sort | tr '\\n' ' '",
+        ],
         env={"STAGELINE_ACTION_VAR": "hello world", "STAGELINE_OVERRIDDEN": "action-value"},
         timeout_s=5,
     )
-    assert result.succeeded
-    assert result.output_tail == "hello world|from-worker|action-value\n"
+    assert result.succeeded, result
+    first, names = result.output_tail.split("\n", 1)
+    assert first == "hello world||action-value"
+    allowed = {"PATH", "HOME", "TMPDIR", "LANG", "USER", "LOGNAME", "SHELL", "PWD", "OLDPWD"}
+    allowed |= {"SHLVL", "_", "STAGELINE_ACTION_VAR", "STAGELINE_OVERRIDDEN"}
+    assert set(names.split()) <= allowed, names
     assert os.environ["STAGELINE_OVERRIDDEN"] == "worker-value"  # caller's env untouched
 
 
-async def test_cwd_and_commands_do_not_share_a_shell(tmp_path: Path) -> None:
+async def test_private_home_and_tmpdir_are_removed_afterwards(tmp_path: Path) -> None:
+    where = tmp_path / "where"
     result = await run_commands(
-        ["pwd", "cd / && export X=1", 'pwd; echo "X=$X"'], cwd=str(tmp_path), timeout_s=5
+        [f'echo "$HOME $TMPDIR $(pwd)" > {where}', 'touch "$HOME/x" "$TMPDIR/y" z'], timeout_s=5
     )
-    assert result.succeeded
-    assert result.output_tail == f"{tmp_path}\n{tmp_path}\nX=\n"
+    assert result.succeeded, result
+    home, tmp, cwd = where.read_text().split()
+    assert os.path.dirname(home) == os.path.dirname(tmp) == os.path.dirname(cwd)
+    assert not Path(home).parent.exists()
+
+
+async def test_commands_share_one_shell_session(tmp_path: Path) -> None:
+    result = await run_commands(
+        [
+            "pwd",
+            f"mkdir -p {tmp_path}/sub && cd {tmp_path}/sub && export X=1 Y='a b'",
+            'pwd; echo "X=$X Y=$Y"',
+            'test "$(pwd)" = ' + f"{tmp_path}/sub",
+            "greet() { echo \"hello $1\"; }",
+            "greet world",
+            "set -u",
+            "(echo $UNSET_VARIABLE) 2>/dev/null || echo nounset carried over",
+        ],
+        cwd=str(tmp_path),
+        timeout_s=5,
+    )
+    assert result.succeeded, result
+    assert result.output_tail == (
+        f"{tmp_path}\n{tmp_path}/sub\nX=1 Y=a b\nhello world\nnounset carried over\n"
+    )
+    assert result.commands_run == 8
+
+
+@pytest.mark.skipif(not shutil.which("bash"), reason="bash is not installed")
+async def test_bash_is_the_shell_where_installed() -> None:
+    result = await run_commands(
+        ["[[ 1 == 1 ]] && echo double-brackets", "shopt -s extglob", "echo ${BASH_VERSION%%.*}"],
+        timeout_s=5,
+    )
+    assert result.succeeded, result
+    assert result.output_tail.startswith("double-brackets\n")
+
+
+async def test_multiline_commands_and_quotes_survive() -> None:
+    result = await run_commands(
+        ["for i in 1 2; do\n  echo \"it's $i\"\ndone", "cat <<'EOF'\n'quoted' $HOME\nEOF"],
+        timeout_s=5,
+    )
+    assert result.succeeded, result
+    assert result.output_tail == "it's 1\nit's 2\n'quoted' $HOME\n"
+
+
+async def test_failure_names_command_index_and_code() -> None:
+    result = await run_commands(["true", "false", "echo never"], timeout_s=5)
+    assert result.failed_index == 2 and result.failed_command == "false"
+    assert result.exit_code == 1 and result.commands_run == 2
+    assert result.summary() == "command 2 'false' exited with 1"
+    # set -e ends the shell inside a command: still named, with its status
+    errexit = await run_commands(["set -e", "echo a; (exit 4); echo b", "echo c"], timeout_s=5)
+    assert errexit.failed_index == 2 and errexit.exit_code == 4
+    assert errexit.output_tail == "a\n"
+    # a syntax error in one command is that command's failure, not the script's
+    syntax = await run_commands(["echo ok", "if then fi (", "echo never"], timeout_s=5)
+    assert not syntax.succeeded and syntax.failed_index == 2, syntax
+    assert syntax.output_tail.startswith("ok\n")
 
 
 async def test_stdin_is_dev_null() -> None:
@@ -136,14 +204,14 @@ async def test_stops_at_first_failure(tmp_path: Path) -> None:
     assert result.commands_run == 2
     assert not result.timed_out
     assert result.error_code() == "CommandFailed"
-    assert result.summary() == "command 'echo boom >&2; exit 3' exited with 3"
+    assert result.summary() == "command 2 'echo boom >&2; exit 3' exited with 3"
     assert result.output_tail == "before\nboom\n"
 
 
 async def test_exit_code_reported_for_failing_program() -> None:
     result = await run_commands(["sh -c 'exit 42'"], timeout_s=5)
     assert result.exit_code == 42
-    assert result.summary() == "command 'sh -c 'exit 42'' exited with 42"
+    assert result.summary() == "command 1 'sh -c 'exit 42'' exited with 42"
     missing = await run_commands(["definitely-not-a-command-xyz"], timeout_s=5)
     assert missing.exit_code == 127
     assert "not found" in missing.output_tail
@@ -154,7 +222,7 @@ async def test_killed_by_signal() -> None:
     assert not result.succeeded
     assert result.exit_code == -9
     assert result.error_code() == "CommandFailed"
-    assert result.summary() == "command 'kill -9 $$' was killed by signal SIGKILL"
+    assert result.summary() == "command 1 'kill -9 $$' was killed by signal SIGKILL"
 
 
 async def test_long_command_is_shortened_in_summary() -> None:
@@ -333,3 +401,55 @@ async def test_rejects_bad_arguments() -> None:
 async def test_missing_cwd_raises(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         await run_commands(["true"], timeout_s=1, cwd=str(tmp_path / "nope"))
+
+
+# --------------------------------------------------------------------------- output sink
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes | str]] = []
+
+    def write(self, data: bytes) -> None:
+        if self.items and self.items[-1][0] == "out":
+            self.items[-1] = ("out", bytes(self.items[-1][1]) + data)  # type: ignore[arg-type]
+        else:
+            self.items.append(("out", data))
+
+    def note(self, text: str) -> None:
+        self.items.append(("note", text))
+
+
+async def test_sink_gets_all_output_with_command_notes_in_place() -> None:
+    sink = _Sink()
+    result = await run_commands(
+        ["printf no-newline", "echo a; echo b >&2", "true"], timeout_s=5, output=sink
+    )
+    assert result.succeeded, result
+    assert sink.items == [
+        ("note", "Running command 1: printf no-newline"),
+        ("out", b"no-newline"),
+        ("note", "Running command 2: echo a; echo b >&2"),
+        ("out", b"a\nb\n"),
+        ("note", "Running command 3: true"),
+    ]
+    assert result.output_tail == "no-newlinea\nb\n"  # markers never reach the tail
+
+
+def test_demux_finds_markers_split_across_chunks() -> None:
+    from workers.runners.commands import _Demux
+
+    sink, tail = _Sink(), _TailBuffer(1000)
+    demux = _Demux("abc", ["one", "two"], tail, sink)
+    stream = b"x\n\036stageline-abc 1\nout1\n\036not-a-marker\n\036stageline-abc 2\nend"
+    for i in range(len(stream)):  # one byte at a time: the worst split
+        demux.feed(stream[i : i + 1])
+    demux.finish()
+    assert sink.items == [
+        ("out", b"x\n"),
+        ("note", "Running command 1: one"),
+        ("out", b"out1\n\036not-a-marker\n"),
+        ("note", "Running command 2: two"),
+        ("out", b"end"),
+    ]
+    assert tail.text() == "x\nout1\n\036not-a-marker\nend"

@@ -6,6 +6,8 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from workers.runners.commands_action import ActionSettings
+
 
 def default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
@@ -30,3 +32,4 @@ class WorkerConfig:
     roles: tuple[str, ...] = ("orchestrator", "runner")
     partition_lease_s: float = 10.0  # a partition's owner lease; another process takes over
     # a dead owner's partitions this long after its last renewal
+    actions: ActionSettings = field(default_factory=ActionSettings)  # user, logs, limits

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
-import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -32,11 +30,9 @@ from workers import persist
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN, Entry
 from workers.leases import Lease, Leases
-from workers.runners.commands import run_commands
+from workers.runners.commands_action import ActionSettings, action_watch, run_commands_job
 
 log = logging.getLogger("stageline.runner")
-
-DEFAULT_TIMEOUT_MINUTES = 60
 
 
 @dataclass(frozen=True)
@@ -49,6 +45,9 @@ class ActionJob:
     actionExecutionId: str
     declaration: ActionDeclaration
     tail_bytes: int
+    attempt: int | None = None  # 1 for the first run of this action in its execution
+    engine: Engine | None = None  # where the action's log goes (none: no log)
+    config: WorkerConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -63,44 +62,25 @@ ActionRunner = Callable[[ActionJob], Awaitable[ActionResult]]
 
 
 async def run_commands_action(job: ActionJob) -> ActionResult:
-    """``AWS/Compute/Commands/1``: the action's commands, with its environment, bounded."""
-    d = job.declaration
-    env = {
-        "CODEPIPELINE_PIPELINE_NAME": job.pipeline,
-        "CODEPIPELINE_STAGE_NAME": job.stage,
-        "CODEPIPELINE_ACTION_NAME": d.name,
-        "CODEPIPELINE_PIPELINE_EXECUTION_ID": job.executionId,
-        "CODEPIPELINE_ACTION_EXECUTION_ID": job.actionExecutionId,
-    }
-    for var in d.environmentVariables or []:
-        if var.type == "SECRETS_MANAGER":
-            return ActionResult(
-                False,
-                summary="secrets are not supported",
-                errorCode="SecretsNotSupported",
-                message=f"environment variable {var.name}: SECRETS_MANAGER is not supported",
-            )
-        env[var.name] = var.value
-    minutes = d.timeoutInMinutes or DEFAULT_TIMEOUT_MINUTES
-    workdir = tempfile.mkdtemp(prefix="stageline-")
-    try:
-        r = await run_commands(
-            d.commands or [],
-            env=env,
-            timeout_s=minutes * 60.0,
-            cwd=workdir,
-            tail_bytes=job.tail_bytes,
-        )
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    if r.succeeded:
-        return ActionResult(True, summary=r.summary())
-    return ActionResult(
-        False,
-        summary=r.summary(),
-        errorCode=r.error_code(),
-        message=f"{r.summary()}\n{r.output_tail}".strip()[:5000],
+    """``AWS/Compute/Commands/1``: one shell session, isolated, its output logged
+    (:mod:`workers.runners.commands_action`)."""
+    settings = job.config.actions if job.config is not None else ActionSettings()
+    out = await run_commands_job(
+        pipeline=job.pipeline,
+        stage=job.stage,
+        execution_id=job.executionId,
+        action_execution_id=job.actionExecutionId,
+        attempt=job.attempt,
+        declaration=job.declaration,
+        tail_bytes=job.tail_bytes,
+        settings=settings,
+        redis=job.engine.redis if job.engine is not None else None,
+        keys=job.engine.keys if job.engine is not None else None,
+        still_wanted=action_watch(job.engine, job.pipeline, job.executionId, job.actionExecutionId)
+        if job.engine is not None
+        else None,
     )
+    return ActionResult(out.succeeded, out.summary, out.error_code, out.message)
 
 
 DEFAULT_RUNNERS: Mapping[str, ActionRunner] = {"commands": run_commands_action}
@@ -342,6 +322,13 @@ class Runner:
             e.actionExecutionId,
             adecl,
             self.config.output_tail_bytes,
+            attempt=e.attempt
+            or sum(
+                a.stageName == e.stageName and a.actionName == e.actionName
+                for a in x.actions.values()
+            ),
+            engine=self.engine,
+            config=self.config,
         )
 
     async def _lose(self, env: ev.Envelope, lease: Lease, why: str) -> None:

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from app.api.handlers import build_handlers
 from app.api.limits import ConnectionLimits, protocol_class, quiet_accept_errors
+from app.api.logs_handlers import build_logs_handlers
 from app.api.replay import RedisReplayCache
 from app.api.sigv4 import DEFAULT_MAX_SKEW_SECONDS, DEFAULT_REGION
 from app.api.wire import DEFAULT_ACCOUNT, ASGIApp, build_app, principal_arn
@@ -89,6 +90,7 @@ def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
         max_in_flight=cfg.limits.max_in_flight,
         health=healthy,
         max_body_bytes=cfg.max_body_bytes,
+        extra_targets=build_logs_handlers(redis, engine.keys),
     )
     from app.console.mount import mount  # /console, /metrics, /status, access log
 

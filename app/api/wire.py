@@ -453,7 +453,10 @@ class _App:
         max_clock_skew: float = DEFAULT_MAX_SKEW_SECONDS,
         replay_cache: ReplayCache | None = None,
         max_in_flight: int | None = None,
+        extra_targets: Mapping[str, Handler] | None = None,
     ) -> None:
+        # other services' JSON 1.1 targets (full X-Amz-Target -> handler of the JSON object)
+        self.extra_targets = dict(extra_targets or {})
         unknown = sorted(set(handlers) - set(OPERATIONS))
         if unknown:
             raise ValueError(f"handlers for operations without an input shape: {unknown}")
@@ -544,6 +547,17 @@ class _App:
             caller = await anyio.to_thread.run_sync(self._authenticate, scope, headers, body)
         else:
             caller = self._authenticate(scope, headers, body)
+        extra = self.extra_targets.get(_header(headers, "x-amz-target") or "")
+        if extra is not None:
+            ctx = RequestContext(
+                request_id,
+                caller.actor,
+                _source(scope),
+                received_at,
+                claimed_key=caller.claimed_key,
+            )
+            await self._extra(extra, headers, body, ctx, send)
+            return
         op = self._operation(headers)
         invocation_id = _invocation_id(headers)
         self._check_content_type(headers)
@@ -582,6 +596,34 @@ class _App:
                 500,
             ) from None
         await _send(send, 200, payload, request_id)
+
+    async def _extra(
+        self,
+        handler: Handler,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        ctx: RequestContext,
+        send: Send,
+    ) -> None:
+        self._check_content_type(headers)
+        if json_depth_exceeds(body):
+            raise AwsError("ValidationException", "request body is nested too deeply")
+        try:
+            request = msgspec.json.decode(body.strip() or b"{}")
+        except (msgspec.DecodeError, RecursionError):
+            raise AwsError("ValidationException", "request body is not valid JSON") from None
+        if not isinstance(request, dict):
+            raise AwsError("ValidationException", "the request body must be a JSON object")
+        try:
+            payload = encode_result(await handler(request, ctx))
+        except AwsError:
+            raise
+        except Exception:
+            logger.exception("request %s failed", ctx.request_id)
+            raise AwsError(
+                "InternalFailure", f"internal error; request id {ctx.request_id}", 500
+            ) from None
+        await _send(send, 200, payload, ctx.request_id)
 
     async def _health(self, send: Send, request_id: str) -> None:
         ok = True
@@ -716,6 +758,7 @@ def build_app(
     health: Callable[[], Awaitable[bool]] | None = None,
     max_body_bytes: int = 1_048_576,
     clock: Callable[[], float] = time.time,
+    extra_targets: Mapping[str, Handler] | None = None,
 ) -> ASGIApp:
     """The ASGI app serving ``handlers`` (operation name -> async handler).
 
@@ -728,7 +771,9 @@ def build_app(
     signatures accepted for mutating operations (default: in this process's memory).
     ``max_in_flight`` caps the requests handled at once (over it: ``503 ThrottlingException``,
     which the SDKs retry; ``/health`` is exempt). ``health`` backs ``GET /health`` (200 when
-    it returns True, else 503).
+    it returns True, else 503). ``extra_targets`` serves other JSON 1.1 services on the same
+    endpoint and auth (full ``X-Amz-Target`` -> handler of the request's JSON object), e.g.
+    the logs API.
     """
     return _App(
         handlers,
@@ -741,4 +786,5 @@ def build_app(
         max_clock_skew=max_clock_skew,
         replay_cache=replay_cache,
         max_in_flight=max_in_flight,
+        extra_targets=extra_targets,
     )

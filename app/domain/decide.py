@@ -25,6 +25,7 @@ from app.domain.model import (
     PipelineDeclaration,
     RetryTrigger,
     StageRetryMode,
+    action_type_problems,
     declaration_problems,
 )
 from app.domain.state import (
@@ -137,6 +138,8 @@ class Decision:
 
     def schedule_action(self, eid: str, stage: str, a: ActionDeclaration) -> None:
         kind = action_kind(a)
+        x = self.x(eid)
+        runs = sum(1 for p in x.actions.values() if p.stageName == stage and p.actionName == a.name)
         self.emit(
             ev.ActionExecutionScheduled(
                 executionId=eid,
@@ -144,7 +147,8 @@ class Decision:
                 actionName=a.name,
                 actionExecutionId=self.ctx.new_id(),
                 runOrder=a.run_order,
-                pipelineVersion=self.x(eid).pipelineVersion,
+                pipelineVersion=x.pipelineVersion,
+                attempt=runs + 1,
                 kind=kind,
                 token=self.ctx.new_id() if kind == "approval" else None,
                 jobId=self.ctx.new_id() if kind == "custom" else None,
@@ -398,6 +402,9 @@ def _check_structure(decl: PipelineDeclaration, name: str) -> None:
     problems = declaration_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
+    unrunnable = action_type_problems(decl)
+    if unrunnable:
+        raise DomainError("InvalidActionDeclarationException", "; ".join(unrunnable))
 
 
 def _update(d: Decision, cmd: c.Command) -> None:

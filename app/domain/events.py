@@ -149,6 +149,7 @@ class ActionExecutionScheduled(Event, tag=True, frozen=True):
     jobId: str | None = None  # custom action job
     jobNonce: str | None = None
     pipelineVersion: int | None = None  # the declaration it runs with (runners need no read)
+    attempt: int | None = None  # 1 for the action's first run in this execution, then 2 ...
 
 
 class ActionExecutionStarted(Event, tag=True, frozen=True):

@@ -196,3 +196,32 @@ def declaration_problems(decl: PipelineDeclaration) -> list[str]:
                     f"action {action.name!r}: Compute/Commands needs a non-empty 'commands'"
                 )
     return problems
+
+
+# Action types the engine itself runs (owner AWS); any Custom/ThirdParty type is run by a job
+# worker polling for it, so those are always accepted.
+ENGINE_ACTION_TYPES = frozenset({("Compute", "Commands", "1"), ("Approval", "Manual", "1")})
+JOB_WORKER_OWNERS = frozenset({"Custom", "ThirdParty"})
+
+
+def action_type_problems(decl: PipelineDeclaration) -> list[str]:
+    """Actions whose type nothing can run: AWS-owned types other than the engine's own.
+
+    One message per such action, naming it (``InvalidActionDeclarationException``).
+    """
+    problems: list[str] = []
+    for stage in decl.stages:
+        for action in stage.actions:
+            t = action.actionTypeId
+            if t.owner in JOB_WORKER_OWNERS:
+                continue
+            if t.owner == "AWS" and (t.category, t.provider, t.version) in ENGINE_ACTION_TYPES:
+                continue
+            problems.append(
+                f"Action declaration for action '{action.name}' in stage '{stage.name}' is "
+                f"invalid: ActionType (Category: '{t.category}', Provider: '{t.provider}', "
+                f"Owner: '{t.owner}', Version: '{t.version}') is not available: stageline "
+                "runs AWS Compute/Commands/1 and Approval/Manual/1; other types need owner "
+                "Custom or ThirdParty (run by a job worker)"
+            )
+    return problems

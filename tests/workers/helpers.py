@@ -8,6 +8,7 @@ real-process worker (``WorkerProcess``: ``stageline worker`` under ``subprocess.
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
 import signal
 import subprocess
@@ -35,6 +36,7 @@ from app.domain.state import ActionExec, ExecutionState, PipelineState
 from app.engine import Engine
 from app.store.keys import Keys
 from workers.config import WorkerConfig
+from workers.runners.commands_action import ActionSettings
 from workers.service import Worker
 
 ROLE = "arn:aws:iam::123456789012:role/stageline"
@@ -42,6 +44,9 @@ PARTITIONS = 4
 COMMANDS = ActionTypeId(category="Compute", owner="AWS", provider="Commands", version="1")
 APPROVAL = ActionTypeId(category="Approval", owner="AWS", provider="Manual", version="1")
 CUSTOM = ActionTypeId(category="Build", owner="Custom", provider="TestBuilder", version="1")
+
+TEST_USER = pwd.getpwuid(os.geteuid()).pw_name
+AS_TEST_USER = ActionSettings(user=TEST_USER)
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGELINE = str(ROOT / ".venv" / "bin" / "stageline")
@@ -132,6 +137,9 @@ def fast_config(redis: Redis, name: str = "w1", **over: Any) -> WorkerConfig:
         "reap_every_s": 0.2,
         "snapshot_every_s": 0.5,
         "shutdown_grace_s": 5.0,
+        # The tests' actions record their runs in files under the test's private tmp dir,
+        # so they run as the test's own user (isolation has its own tests).
+        "actions": AS_TEST_USER,
     }
     base.update(over)
     return WorkerConfig(**base)
@@ -293,6 +301,8 @@ class WorkerProcess:
             str(concurrency),
             "--block-ms",
             "50",
+            "--action-user",
+            TEST_USER,
             "--claim-every",
             "0.2",
             "--reap-every",
