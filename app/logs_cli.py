@@ -108,8 +108,7 @@ async def _finished(engine: Engine, pipeline: str, execution: str | None) -> boo
     if execution is None:
         return False  # nothing yet: wait for the first log
     try:
-        state = await engine.pipeline(pipeline)
+        _, x = await engine.execution(pipeline, execution)
     except DomainError:
-        return True  # the pipeline is gone
-    x = state.executions.get(execution)
-    return x is None or x.status not in _RUNNING
+        return True  # the pipeline or the execution is gone
+    return x.status not in _RUNNING

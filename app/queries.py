@@ -54,6 +54,7 @@ from app.domain.model import (
     StageExecutionStatus,
 )
 from app.domain.state import ActionExec, ExecutionState, PipelineState, StageRun
+from app.logs import log_stream_arn
 
 __all__ = [
     "DEFAULT_ACCOUNT",
@@ -376,13 +377,17 @@ def _action_input(s: PipelineState, x: ExecutionState, a: ActionExec, region: st
     )
 
 
-def _action_output(a: ActionExec) -> JSON:
+def _action_output(s: PipelineState, x: ExecutionState, a: ActionExec, region: str) -> JSON:
+    stream = None
+    if a.kind == "commands":  # the engine ran it: its output is in the logs API
+        stream = log_stream_arn(region, DEFAULT_ACCOUNT, s.name, x.executionId, a.actionExecutionId)
     return {
         "outputArtifacts": [],
         "executionResult": _obj(
             externalExecutionId=a.externalExecutionId or None,
             externalExecutionSummary=a.summary or None,
             errorDetails=_error_details(a),
+            logStreamARN=stream,
         ),
         "outputVariables": dict(a.outputVariables or {}),
     }
@@ -400,7 +405,7 @@ def _action_detail(s: PipelineState, x: ExecutionState, a: ActionExec, region: s
         updatedBy=a.updatedBy,
         status=a.status,
         input=_action_input(s, x, a, region),
-        output=_action_output(a),
+        output=_action_output(s, x, a, region),
     )
 
 

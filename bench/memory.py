@@ -28,7 +28,8 @@ async def _usage(ctx: Ctx, key: str) -> int:
 async def run(ctx: Ctx) -> Record:
     rec = Record(
         name="memory",
-        what="Redis memory per stored event in the pipeline logs (typical events)",
+        what="Redis memory per stored event: every stream of a pipeline (its own, one per "
+    "execution) and the derived indexes, over its event count (typical events)",
         unit="bytes/event",
         target="report; <= 300 bytes",
     )
@@ -39,14 +40,35 @@ async def run(ctx: Ctx) -> Record:
     keys = Keys()
     store = EventStore(ctx.redis, keys)
     log_bytes = log_events = payload_bytes = hash_bytes = 0
+    parts: dict[str, int] = {}  # bytes by kind of key (streams, references, indexes)
     for name in names:
-        log_bytes += await _usage(ctx, keys.log(name))
-        log_events += await ctx.redis.xlen(keys.log(name))
-    for name in names[:2]:  # payload sizes from a sample of pipelines
+        # everything a pipeline's log takes: its own stream (declarations and head
+        # references), one stream per execution, and the derived indexes
+        owned = {
+            "pipeline_stream": [keys.log(name)],
+            "indexes": [
+                keys.executions(name),
+                keys.actions(name),
+                keys.request_tokens(name),
+                keys.approvals(name),
+                keys.sequence(name),
+            ],
+        }
+        eids = await store.execution_ids(name, newest_first=False)
+        owned["execution_streams"] = [keys.execution_log(name, e) for e in eids]
+        owned["attempt_indexes"] = [keys.attempts(name, e) for e in eids]
+        for kind, ks in owned.items():
+            b = sum([await _usage(ctx, k) for k in ks])
+            parts[kind] = parts.get(kind, 0) + b
+            log_bytes += b
+        log_events += await store.version(name)
+    sampled = 0
+    for name in names[:2]:  # payload sizes from a sample of pipelines (full events only)
         for raw in await store.read_raw(name):
-            payload_bytes += len(raw.payload)
-            hash_bytes += len(raw.hash)
-    sampled = sum([await ctx.redis.xlen(keys.log(n)) for n in names[:2]])
+            if not raw.ref:
+                payload_bytes += len(raw.payload)
+                hash_bytes += len(raw.hash)
+                sampled += 1
     dispatch: dict[str, Any] = {}
     for kind, fn in (("events", keys.events), ("run", keys.run)):
         b = n = 0
@@ -62,13 +84,18 @@ async def run(ctx: Ctx) -> Record:
     for name in names:
         other += await _usage(ctx, keys.commands(name)) + await _usage(ctx, keys.snapshot(name))
     cfg: Any = await ctx.redis.config_get("stream-node-max-*")
-    what_if = await _what_if(ctx, keys.log(names[0]), store, names[0])
+    first = (await store.execution_ids(names[0], newest_first=False))[:1]
+    what_if = await _what_if(
+        ctx, keys.execution_log(names[0], first[0]) if first else keys.log(names[0]), store,
+        names[0],
+    )
     per_event = log_bytes / log_events
     rec.value = per_event
     rec.passed = per_event <= 300
     rec.figures = {
         "log_events": log_events,
         "log_bytes": log_bytes,
+        "log_bytes_by_kind": parts,
         "bytes_per_event": per_event,
         "avg_payload_bytes": payload_bytes / sampled,
         "avg_hash_bytes": hash_bytes / sampled,

@@ -183,15 +183,42 @@ def stamp(template: list[bytes], index: int, name: str) -> list[bytes]:
 
 
 def write_pipeline(r: redis.Redis, keys: Keys, name: str, payloads: list[bytes]) -> None:
-    key = keys.log(name)
-    prev = b""
+    """Layout 2: the pipeline's stream (declarations + head references), one stream per
+    execution, per-stream chains, the counter and the derived indexes."""
+    prev: dict[str, bytes] = {}
     pipe = r.pipeline(transaction=False)
+
+    def add(key: str, stream: str, fld: str, v: int, body: bytes) -> None:
+        seed = prev.get(stream, b"") + b"\n" + str(v).encode() + b"\n" + body
+        h = hashlib.sha1(seed).hexdigest().encode()
+        pipe.xadd(key, {fld: body, "h": h}, id=f"{v}-0")
+        prev[stream] = h
+
     for v, payload in enumerate(payloads, 1):
-        h = hashlib.sha1(prev + b"\n" + str(v).encode() + b"\n" + payload).hexdigest().encode()
-        pipe.xadd(key, {"e": payload, "h": h}, id=f"{v}-0")
-        prev = h
+        e = ev.decode_payload(name, v, payload).event
+        eid = ev.execution_of(e)
+        if eid is None:
+            add(keys.log(name), "-", "e", v, payload)
+        else:
+            add(keys.execution_log(name, eid), eid, "e", v, payload)
+            if type(e) in ev.HEAD_EVENTS:
+                add(keys.log(name), "-", "r", v, ev.encode_ref(ev.head_ref(e)))
+            if isinstance(e, ev.ExecutionStarted):
+                pipe.zadd(keys.executions(name), {eid: v})
+            aid = ev.action_of(e)
+            if aid:
+                pipe.hset(keys.attempts(name, eid), aid, v)
+                if isinstance(e, ev.ActionExecutionScheduled):
+                    pipe.zadd(keys.actions(name), {f"{eid}/{aid}": v})
+            tok = getattr(e, "clientRequestToken", None)
+            if tok:
+                pipe.hset(keys.request_tokens(name), tok, eid)
+            apv = getattr(e, "token", None)
+            if apv:
+                pipe.hset(keys.approvals(name), apv, eid)
         if len(pipe) >= 5000:
             pipe.execute()
+    pipe.set(keys.sequence(name), len(payloads))
     pipe.sadd(keys.names(keys.partition(name)), name)
     pipe.execute()
 
@@ -381,7 +408,7 @@ def main() -> None:
     try:
         r = redis.Redis.from_url(server.url)
         keys = Keys(partitions=PARTITIONS)
-        r.hset(keys.config(), "partitions", PARTITIONS)
+        r.hset(keys.config(), mapping={"partitions": PARTITIONS, "layout": 2})
         t0 = time.perf_counter()
         template = history(TEMPLATE, a.per_pipeline)
         results["payloadBytesAvg"] = round(sum(map(len, template)) / len(template))

@@ -80,7 +80,8 @@ async def pipelines(engine: Engine) -> JSON:
         except DomainError:
             continue  # deleted meanwhile
         latest = None
-        listed = q.list_pipeline_executions(s, max_results=1)["pipelineExecutionSummaries"]
+        page = await engine.list_pipeline_executions(name, max_results=1)
+        listed = page["pipelineExecutionSummaries"]
         if listed:
             latest = listed[0]
         rows.append(
@@ -112,7 +113,8 @@ async def pipeline(engine: Engine, name: str) -> JSON:
                 extra["approvals"] = _approvals(x, stage)
                 extra["attempts"] = {n: len(v) for n, v in _attempts_by_action(x, stage).items()}
         stages.append(extra)
-    history = q.list_pipeline_executions(s, max_results=HISTORY)["pipelineExecutionSummaries"]
+    page = await engine.list_pipeline_executions(name, max_results=HISTORY)
+    history = page["pipelineExecutionSummaries"]
     return {
         "name": name,
         "version": decl.version or 1,

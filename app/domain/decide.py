@@ -458,12 +458,27 @@ def _stop(d: Decision, cmd: c.Command) -> None:
         raise DomainError(
             "DuplicatedStopRequestException", f"Execution {eid} is already being stopped"
         )
+    stage = x.currentStage
+    if x.status == "Failed" and cmd.abandon and stage is not None:
+        # A sibling failed and the execution counts as Failed, but actions of the stage may
+        # still run (their results count): abandon reaches them. The execution stays Failed.
+        still = [a for a in x.latest_actions(stage) if a.status == "InProgress"]
+        for a in still:
+            d.emit(
+                ev.ActionExecutionAbandoned(
+                    executionId=eid,
+                    actionExecutionId=a.actionExecutionId,
+                    reason=cmd.reason or "Execution stopped and abandoned",
+                )
+            )
+        if still:
+            return
     if x.status not in ("InProgress", "Stopping"):
+        hint = " (nothing of it is running)" if x.status == "Failed" and cmd.abandon else ""
         raise DomainError(
             "PipelineExecutionNotStoppableException",
-            f"Execution {eid} is {x.status} and cannot be stopped",
+            f"Execution {eid} is {x.status} and cannot be stopped{hint}",
         )
-    stage = x.currentStage
     running = [a for a in x.latest_actions(stage) if a.status == "InProgress"] if stage else []
     if x.waitingFor is not None:
         running = []

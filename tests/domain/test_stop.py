@@ -147,14 +147,41 @@ def _stopped(h: Harness, a: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "end", [_succeeded, _failed, _stopped], ids=["succeeded", "failed", "stopped"]
+    ("end", "abandon"),
+    [
+        (_succeeded, False),
+        (_succeeded, True),
+        (_failed, False),  # a Failed execution is stopped only by abandoning what still runs
+        (_stopped, False),
+        (_stopped, True),
+    ],
+    ids=["succeeded", "succeeded-abandon", "failed", "stopped", "stopped-abandon"],
 )
-@pytest.mark.parametrize("abandon", [False, True])
 def test_not_stoppable(end: Callable[[Harness, str], None], abandon: bool) -> None:
     h, a = in_build()
     end(h, a)
     err = h.error(c.StopExecution(executionId=a, abandon=abandon))
     assert err.type_name == "PipelineExecutionNotStoppableException"
+
+
+def test_abandon_reaches_the_running_sibling_of_a_failed_action() -> None:
+    """Issue 11: b1 failed (the execution is Failed) while b2 still runs: stop with abandon
+    abandons b2; the execution stays Failed and the stage can be retried."""
+    h, a = in_build()
+    h.fail(a, "b1")
+    assert h.x(a).status == "Failed" and h.action(a, "b2").status == "InProgress"
+    envs = h.stop(a, abandon=True, reason="hung")
+    assert types(envs) == ["ActionExecutionAbandoned"]
+    assert h.action(a, "b2").status == "Abandoned"
+    assert h.action(a, "b2").errorMessage == "hung"
+    assert h.x(a).status == "Failed"
+    # nothing runs any more: a second abandon is refused, saying why
+    err = h.error(c.StopExecution(executionId=a, abandon=True))
+    assert err.type_name == "PipelineExecutionNotStoppableException"
+    assert "nothing of it is running" in err.message
+    # and the stage is retryable with both actions (failed + abandoned)
+    h.retry_now(a, "Build", "FAILED_ACTIONS")
+    assert h.action(a, "b1").status == h.action(a, "b2").status == "InProgress"
 
 
 def test_superseded_is_not_stoppable() -> None:

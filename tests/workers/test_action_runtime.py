@@ -212,3 +212,42 @@ async def test_abandon_kills_the_running_action_within_seconds(
     assert took < 10
     assert a.status == "Abandoned"
     assert last == "[stageline] action abandoned: its processes were stopped"
+
+
+async def test_abandon_reaches_a_hung_sibling_in_a_failed_execution(
+    redis: Redis, shared: Path
+) -> None:
+    """Issue 11: a sibling failed, so the execution counts as Failed, and a hung action of
+    the same stage still runs: StopPipelineExecution with abandon kills it within seconds."""
+    leader = shared / "leader"
+    engine = make_engine(redis)
+    await engine.start()
+    hang = ActionDeclaration(
+        name="hang", actionTypeId=COMMANDS, commands=[f"echo $$ > {q(leader)}", "sleep 600"]
+    )
+    boom = ActionDeclaration(name="boom", actionTypeId=COMMANDS, commands=["exit 1"])
+    await engine.create_pipeline(pipeline("hung", {"Build": [hang, boom]}))
+
+    async def pid() -> int | None:
+        try:
+            text = leader.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    async with running(redis, actions=ActionSettings(watch_every_s=0.5)):
+        eid = await engine.start_execution("hung")
+        leader_pid = await wait_for(pid, "the hung action's shell", within=20)
+        await wait_status(engine, "hung", eid, "Failed")  # boom failed; hang still runs
+        t0 = anyio.current_time()
+        await engine.stop_execution("hung", eid, abandon=True)
+
+        async def gone() -> bool:
+            return not _alive(leader_pid)
+
+        await wait_for(gone, "the hung action's processes to be killed", within=10)
+        took = anyio.current_time() - t0
+        x = await wait_status(engine, "hung", eid, "Failed")
+    assert took < 10
+    assert latest(x, "Build", "hang").status == "Abandoned"
+    assert latest(x, "Build", "boom").status == "Failed"

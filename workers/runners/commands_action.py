@@ -210,7 +210,7 @@ def action_watch(
     """``still_wanted`` for :func:`run_commands_job`: is the action still InProgress?"""
 
     async def still_wanted() -> bool:
-        s = await engine.repo.load(pipeline)
+        s = await engine.repo.load(pipeline, [execution_id])  # that execution, caught up
         x = s.executions.get(execution_id)
         a = x.actions.get(aeid) if x is not None else None
         return a is None or a.status == "InProgress"
