@@ -554,7 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     lg = command("logs", "print the action logs of an execution (and follow them)")
-    _redis_arg(lg)
+    _api_args(lg)
     lg.add_argument("pipeline")
     lg.add_argument("--execution", metavar="ID", help="default: the latest execution with logs")
     lg.add_argument("--action", metavar="NAME", help="only this action's logs")
@@ -623,7 +623,7 @@ def _check_action_user(name: str | None) -> None:
             "actions run as root (--action-user %s): they can read this host's secrets", name
         )
     elif user is not None:
-        log.info("actions run as %s (uid %d)", user.name, user.uid)
+        log.debug("actions run as %s (uid %d)", user.name, user.uid)
 
 
 async def _worker(a: argparse.Namespace) -> None:
@@ -904,10 +904,39 @@ async def _on_checked_store(a: argparse.Namespace, run: Any) -> Any:
 
 
 async def _logs(a: argparse.Namespace) -> None:
-    from app.logs_cli import NoLogs, print_logs
+    from app.logs_cli import NoLogs, print_logs, print_logs_via_api
 
-    if not a.redis_url:
-        raise CliError(f"logs needs --redis-url (or ${ENV_URL})", EXIT_USAGE)
+    if not _direct(a):
+        from botocore.exceptions import ClientError, EndpointConnectionError
+
+        from app.cli_client import ApiError, api_client
+
+        api = api_client(a)
+        try:
+            await anyio.to_thread.run_sync(
+                lambda: print_logs_via_api(
+                    api.client,
+                    api.logs,
+                    a.pipeline,
+                    execution=a.execution,
+                    action=a.action,
+                    follow=a.follow,
+                )
+            )
+        except NoLogs as err:
+            raise CliError(str(err), EXIT_REFUSED) from None
+        except ClientError as err:
+            e = err.response.get("Error", {})
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            code = EXIT_UNAVAILABLE if status >= 500 else EXIT_REFUSED
+            raise ApiError(f"{e.get('Code', 'Error')}: {e.get('Message', '')}", code) from None
+        except EndpointConnectionError:
+            raise ApiError(
+                f"cannot reach the API at {api.endpoint} (is 'stageline serve' running? "
+                "set --endpoint-url)",
+                EXIT_UNAVAILABLE,
+            ) from None
+        return
     redis = await connect(a.redis_url)
     try:
         await print_logs(

@@ -64,14 +64,15 @@ class ApiClient:
             }
         self.credentials = creds
         self.placeholder = kwargs
+        config = botocore.config.Config(
+            retries={"total_max_attempts": 2}, connect_timeout=5, read_timeout=30
+        )
         self.client = session.create_client(
-            "codepipeline",
-            endpoint_url=self.endpoint,
-            region_name=region,
-            config=botocore.config.Config(
-                retries={"total_max_attempts": 2}, connect_timeout=5, read_timeout=30
-            ),
-            **kwargs,
+            "codepipeline", endpoint_url=self.endpoint, region_name=region, config=config, **kwargs
+        )
+        # the action logs: the CloudWatch Logs subset served on the same endpoint
+        self.logs = session.create_client(
+            "logs", endpoint_url=self.endpoint, region_name=region, config=config, **kwargs
         )
 
     def call(self, op: str, **params: Any) -> JSON:

@@ -112,3 +112,96 @@ async def _finished(engine: Engine, pipeline: str, execution: str | None) -> boo
     except DomainError:
         return True  # the pipeline or the execution is gone
     return x.status not in _RUNNING
+
+
+# --- through the API (the CloudWatch Logs subset on the stageline endpoint) ----------------
+
+
+def _api_line(e: dict[str, object], where: str) -> str:
+    ms = int(e.get("timestamp", 0))  # type: ignore[call-overload]
+    ts = dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    return f"{ts[:-3]}Z [{where}] {e.get('message', '')}"
+
+
+def print_logs_via_api(
+    cp: object,
+    logs: object,
+    pipeline: str,
+    *,
+    execution: str | None = None,
+    action: str | None = None,
+    follow: bool = False,
+    out: TextIO = sys.stdout,
+    poll_s: float = FOLLOW_POLL_S,
+) -> int:
+    """``print_logs`` through the API: ``logs`` a botocore ``logs`` client and ``cp`` a
+    ``codepipeline`` client of the same endpoint (DescribeLogStreams / GetLogEvents for the
+    lines, ListActionExecutions for stage and action names, GetPipelineExecution to know
+    when a followed execution has ended). Blocking: run it in a thread."""
+    import time
+
+    from app.logs import group_name, parse_stream_name
+
+    group = group_name(pipeline)
+    tokens: dict[str, str | None] = {}  # stream -> next forward token
+    names: dict[str, str] = {}  # action execution id -> "stage/action"
+    printed = 0
+    last_pass = not follow
+    while True:
+        streams: list[dict[str, object]] = []
+        paging: dict[str, str] = {}
+        while True:
+            page = logs.describe_log_streams(logGroupName=group, **paging)  # type: ignore[attr-defined]
+            streams += page.get("logStreams", [])
+            if not page.get("nextToken"):
+                break
+            paging = {"nextToken": page["nextToken"]}
+        parsed = [(s, parse_stream_name(str(s["logStreamName"]))) for s in streams]
+        mine = [(s, p) for s, p in parsed if p is not None]
+        if execution is None and mine:  # the latest execution that has logs
+            newest = max(mine, key=lambda sp: int(sp[0].get("creationTime", 0)))  # type: ignore[call-overload]
+            assert newest[1] is not None
+            execution = newest[1][0]
+        chosen = [(s, p) for s, p in mine if p[0] == execution]
+        if chosen and any(p[1] not in names for _, p in chosen):
+            for d in cp.list_action_executions(  # type: ignore[attr-defined]
+                pipelineName=pipeline, filter={"pipelineExecutionId": execution}
+            )["actionExecutionDetails"]:
+                names[d["actionExecutionId"]] = f"{d['stageName']}/{d['actionName']}"
+        if action is not None:
+            chosen = [(s, p) for s, p in chosen if names.get(p[1], "").endswith(f"/{action}")]
+        for s, p in sorted(chosen, key=lambda sp: int(sp[0].get("creationTime", 0))):  # type: ignore[call-overload]
+            stream = str(s["logStreamName"])
+            where = names.get(p[1], stream)
+            while True:
+                args: dict[str, object] = {
+                    "logGroupName": group,
+                    "logStreamName": stream,
+                    "startFromHead": True,
+                }
+                if tokens.get(stream):
+                    args["nextToken"] = tokens[stream]
+                got = logs.get_log_events(**args)  # type: ignore[attr-defined]
+                for e in got.get("events", []):
+                    print(_api_line(e, where), file=out)
+                    printed += 1
+                same = got.get("nextForwardToken") == tokens.get(stream)
+                tokens[stream] = got.get("nextForwardToken")
+                if same or not got.get("events"):
+                    break
+        out.flush()
+        if last_pass:
+            break
+        if execution is not None:
+            x = cp.get_pipeline_execution(  # type: ignore[attr-defined]
+                pipelineName=pipeline, pipelineExecutionId=execution
+            )["pipelineExecution"]
+            if x["status"] not in _RUNNING:
+                last_pass = True
+                continue
+        time.sleep(poll_s)
+    if not tokens:
+        which = f"execution {execution}" if execution else f"pipeline {pipeline}"
+        what = f" of action {action}" if action else ""
+        raise NoLogs(f"no action logs{what} for {which}")
+    return printed

@@ -16,6 +16,7 @@ import pytest
 from app.api.server import ServeConfig
 from tests.api_helpers import AKID, SECRET, Stageline, client, run_stageline
 from tests.console.browser import browser_page, screenshot
+from tests.workers.helpers import AS_TEST_USER
 from workers.config import WorkerConfig
 
 pytestmark = pytest.mark.timeout(180)
@@ -29,7 +30,10 @@ def server() -> Iterator[Stageline]:
     cfg = ServeConfig(
         port=0,
         credentials={AKID: SECRET},
-        worker=WorkerConfig(name="browser-test", block_ms=None, reap_every_s=0.5),
+        # actions as the test user: they write marker files under its private tmp dir
+        worker=WorkerConfig(
+            name="browser-test", block_ms=None, reap_every_s=0.5, actions=AS_TEST_USER
+        ),
     )
     with run_stageline(cfg) as s:
         yield s
@@ -140,7 +144,7 @@ def test_console_retry_while_sibling_runs_approve_and_read_output(
         flaky_attempt.get_by_text("Output of attempt 1").click()  # closed: not the latest
         first = flaky_attempt.locator("pre")
         output = first.inner_text()
-        assert re.search(r"command 'test -f .*' exited with 1", output)
+        assert re.search(r"command 2 'test -f .*' exited with 1", output)
         assert "checking" in output  # the command's own output (echo checking)
         timeline = page.locator("table[data-timeline]").inner_text()
         assert "StageRetryRequested" in timeline and AKID in timeline
@@ -154,7 +158,9 @@ def test_console_retry_while_sibling_runs_approve_and_read_output(
 
 def test_console_without_auth_stops_an_execution(tmp_path: Path) -> None:
     # (the embedded Redis is one per test process: default partitions, another pipeline name)
-    cfg = ServeConfig(port=0, worker=WorkerConfig(name="browser-stop", block_ms=None))
+    cfg = ServeConfig(
+        port=0, worker=WorkerConfig(name="browser-stop", block_ms=None, actions=AS_TEST_USER)
+    )
     with run_stageline(cfg) as s:
         cp = client(s.url)
         decl = demo(tmp_path, "stoppable")

@@ -101,6 +101,9 @@ class Served:
     log: Path
 
 
+TEST_USER = pwd.getpwuid(os.geteuid()).pw_name
+
+
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     """The README's "Run it" server (`stageline serve`, embedded Redis) on a free port."""
@@ -109,7 +112,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [*stageline_cmd(), "serve", "--port", str(port)],
+            # actions as this user: their marker files live in this user's private tmp dir
+            [*stageline_cmd(), "serve", "--port", str(port), "--action-user", TEST_USER],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -187,6 +191,18 @@ def test_cli_against_the_run_it_server(served: Served, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     row = next(line for line in done.stdout.splitlines() if "Build" in line)
     assert "Failed" in row and "check" in row and eid[:8] in row
+
+    # logs: the action logs through the API (the CloudWatch Logs subset), stage/action named
+    done = run_cli(["logs", "demo", "--execution", eid, *ep], env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert any("[Build/compile]" in line and line.endswith("compiling") for line in lines)
+    assert any("[Build/check]" in line for line in lines)
+    only = run_cli(["logs", "demo", "--execution", eid, "--action", "check", *ep], env)
+    assert only.returncode == 0 and "[Build/compile]" not in only.stdout, only.stderr
+    unknown = "00000000-0000-4000-8000-000000000000"
+    none = run_cli(["logs", "demo", "--execution", unknown, *ep], env)
+    assert none.returncode == 3 and none.stderr.count("\n") == 1, none.stderr
 
     # retry --wait: waits for the stage to end; exit 0 when it succeeded
     (marks / "ok").touch()

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.api.server import ServeConfig
 from tests.api_helpers import Stageline, client, run_stageline, wait_for
+from tests.workers.helpers import AS_TEST_USER
 from workers.config import WorkerConfig
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,7 +35,7 @@ def server() -> Iterator[Stageline]:
     cfg = ServeConfig(
         port=0,
         partitions=PARTITIONS,
-        worker=WorkerConfig(name="metrics-test", block_ms=None),
+        worker=WorkerConfig(name="metrics-test", block_ms=None, actions=AS_TEST_USER),
         access_log="json",
     )
     with run_stageline(cfg) as s:
