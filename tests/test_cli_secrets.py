@@ -43,10 +43,11 @@ def test_a_password_on_the_command_line_gets_a_warning(
 def test_access_keys_file_adds_keys(tmp_path: Path) -> None:
     import argparse
 
-    from app.cli import _resolve_secrets
+    from app.cli import _parse_access_keys, _resolve_secrets
 
     keys = tmp_path / "keys"
     keys.write_text("AKID1:one\n\nAKID2:two\n")
-    a = argparse.Namespace(redis_url=None, access_key=["AKID0:zero"], access_keys_file=str(keys))
+    a = argparse.Namespace(redis_url=None, access_key=["AKID0:zero"], access_keys_file=[str(keys)])
     _resolve_secrets(a, [])
-    assert a.access_key == ["AKID0:zero", "AKID1:one", "AKID2:two"]
+    creds, _ = _parse_access_keys(a.access_key, a.access_keys_file)
+    assert creds == {"AKID0": "zero", "AKID1": "one", "AKID2": "two"}

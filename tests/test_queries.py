@@ -578,9 +578,12 @@ def test_list_action_executions_keeps_every_attempt(story: Story) -> None:
     assert failed["status"] == "Failed" and retry["status"] == "Succeeded"
     assert failed["stageName"] == retry["stageName"] == "Build"
     assert failed["pipelineExecutionId"] == retry["pipelineExecutionId"] == story.a
+    # a Commands action ran on the engine: its output is a log stream of the logs API
+    arn = f"arn:aws:logs:us-east-1:000000000000:log-group:/aws/codepipeline/{s.name}:log-stream:"
     assert failed["output"]["executionResult"] == {
         "externalExecutionSummary": "cc: error: missing file",
         "errorDetails": {"code": "ExitCode2", "message": "make: *** [all] Error 2"},
+        "logStreamARN": f"{arn}{story.a}/{story.c1}",
     }
     assert failed["input"] == {
         "actionTypeId": _type("Compute", "AWS", "Commands"),
@@ -591,7 +594,10 @@ def test_list_action_executions_keeps_every_attempt(story: Story) -> None:
         "namespace": "BuildVars",
     }
     assert retry["startTime"] > failed["startTime"]
-    assert retry["output"]["executionResult"] == {"externalExecutionSummary": "built"}
+    assert retry["output"]["executionResult"] == {
+        "externalExecutionSummary": "built",
+        "logStreamARN": f"{arn}{story.a}/{story.c2}",
+    }
 
     lint = by_id[story.l1]
     assert lint["input"]["configuration"] == {"Mode": "strict"}
