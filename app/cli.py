@@ -775,7 +775,10 @@ async def _migrate(a: argparse.Namespace) -> None:
 
 async def _on_checked_store(a: argparse.Namespace, run: Any) -> Any:
     """Refuse, before anything starts, a store of another layout or partition count
-    (exit 3, one line; a Redis not reachable yet is left to the command's own retries)."""
+    (exit 3, one line; a Redis not reachable yet is left to the command's own retries).
+    A bad audit key file is refused first (exit 2), before Redis is touched."""
+    if a.command in ("serve", "worker"):
+        _audit_key(a)
     if a.command in ("serve", "worker", "retry") and a.redis_url:
         from redis.exceptions import RedisError
 

@@ -631,12 +631,14 @@ async def verify_pipeline(
     unindexed: set[str] | None = None,
     key: bytes | None = None,
     pins: dict[str, tuple[int, str]] | None = None,
+    pinned_seq: int | None = None,
 ) -> PipelineReport:
     """Check one pipeline's streams, chains, payloads, indexes and projections; see the
     module docstring. ``unindexed``: the execution streams its executions index does not
     list, when the caller scanned the keys already (else they are found by a scan).
     ``key``: the audit key, every entry's tag is checked. ``pins``: stream -> (seq, hash)
-    a checkpoint recorded; each stream must still hold that entry with that hash."""
+    a checkpoint recorded; each stream must still hold that entry with that hash
+    (``pinned_seq``: the pipeline's counter the checkpoint recorded)."""
     k = store.keys
     snap_v, snap_head, snap_problem = await _load_snapshot(store, pipeline)
     until = await store.version(pipeline)
@@ -743,15 +745,23 @@ async def verify_pipeline(
             await run.group(seq, group)
     except _Found as found:
         return report(found.problem)
-    for stream, (pseq, phash) in sorted(run.pins.items(), key=lambda t: t[1][0]):
+    if run.pins:  # streams that no longer reach what the checkpoint recorded
+        lost = sorted(run.pins.items(), key=lambda t: (t[1][0], t[0] == HEAD))
+        stream, (pseq, phash) = lost[0]
         now_at = run.last.get(stream)
         where = f"ends at seq {now_at.version}" if now_at else "has no entries"
         if stream != HEAD and stream not in keys:
             where = "was deleted"
+        behind = (
+            f"the sequence counter is at {until}, the checkpoint recorded seq {pinned_seq}; "
+            if pinned_seq is not None and until < pinned_seq
+            else ""
+        )
+        others = f" (and {len(lost) - 1} more streams)" if len(lost) > 1 else ""
         return fail(
             "checkpoint",
-            f"{label(stream)} {where}, but the checkpoint recorded its entry {pseq}-0 "
-            f"(hash {phash}): the stream was deleted, truncated or rolled back since",
+            f"{behind}{label(stream)} {where}, but the checkpoint recorded its entry {pseq}-0 "
+            f"(hash {phash}){others}: deleted, truncated or rolled back since the checkpoint",
             pseq,
             stream,
         )
@@ -992,9 +1002,7 @@ async def verify(
             problems.append(Problem(name, "checkpoint", msg, seq, None, HEAD))
             names = [n for n in names if n != name]
     for name in names:
-        pins = None
-        if name in cp:
-            seq, pins = cp[name]
+        pinned_seq, pins = cp.get(name, (None, None))
         r = await verify_pipeline(
             store,
             name,
@@ -1003,6 +1011,7 @@ async def verify(
             unindexed=found.get(name, set()),
             key=key,
             pins=pins,
+            pinned_seq=pinned_seq,
         )
         if r.ok and name in cp and r.last_version < cp[name][0]:
             msg = (
