@@ -18,6 +18,7 @@ import pytest
 from redis.asyncio import Redis
 
 from app.audit import verify, verify_pipeline
+from app.audit.archive import export_archive, import_archive
 from app.audit.common import AuditError
 from app.audit.keyed import make_checkpoint, read_checkpoint, write_checkpoint
 from app.domain import events as ev
@@ -298,3 +299,26 @@ async def test_rollback_then_new_appends_is_named(keyed: Scenario) -> None:
     report = await verify(sc.engine.store, None, key=KEY, checkpoint=pins)
     (problem,) = report.all_problems()
     assert problem.kind == "checkpoint" and "rewritten or rolled back" in problem.message
+
+
+async def test_export_import_keeps_tags_and_an_older_export_is_named(
+    keyed: Scenario, empty_redis: Redis, tmp_path: Path
+) -> None:
+    """An archive carries the tags: the imported store verifies with the key. Re-importing
+    an export older than the checkpoint (a rollback by archive) is named."""
+    sc = keyed
+    older = tmp_path / "older.jsonl"
+    with older.open("w") as out:
+        await export_archive(sc.engine.store, out)
+    assert '"tag":"' in older.read_text()
+    await sc.engine.start_execution(sc.name, ALICE)
+    pins = await pins_of(sc)
+    target = store_of(empty_redis)
+    await import_archive(target, older)
+    raw = await target.read_raw(sc.name)
+    assert raw and all(r.tag for r in raw)
+    assert (await verify(target, None, key=KEY)).ok  # the archive on its own is intact
+    report = await verify(target, None, key=KEY, checkpoint=pins)
+    (problem,) = report.all_problems()
+    assert problem.pipeline == sc.name and problem.kind == "checkpoint"
+    assert f"the checkpoint recorded seq {pins[sc.name][0]}" in problem.message
