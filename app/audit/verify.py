@@ -30,6 +30,11 @@ The first difference of each pipeline is reported, naming the stream, seq and en
 Without an outside copy of the streams' last hashes a rewrite of a whole chain from some
 point on cannot be told from the log alone: keep the ``head`` a report gives (or its
 ``heads``, per stream) somewhere else and compare later.
+
+With the audit key (``key``), every entry's HMAC tag (field ``m``) is checked in step 2,
+and an untagged entry after a tagged one is reported; with a signed checkpoint
+(``checkpoint``, app/audit/keyed.py) every pipeline and stream it recorded must still be
+there, up to the recorded (seq, hash).
 """
 
 from __future__ import annotations

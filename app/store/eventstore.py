@@ -20,8 +20,10 @@ decisions made for one pipeline) and, for each batch on its own:
    or, for a runner's own attempt (``attempt_expected``), the action's last event must be
    the one the runner saw: other actions of the same execution may have moved meanwhile;
 3. each event gets the next number, goes to its stream with a hash chained to the previous
-   entry of that stream (``sha1(prev \\n seq \\n payload)``, tamper evidence), its head
-   reference to the pipeline's stream, and a copy to the partition's dispatch streams;
+   entry of that stream (``sha1(prev \\n seq \\n payload)``, tamper evidence; with an
+   audit key the writer's HMAC tag is stored as ``m`` and appended to the hashed bytes,
+   ``chain_hash``), its head reference to the pipeline's stream, and a copy to the
+   partition's dispatch streams;
 4. derived indexes are kept: executions by start, request tokens, approval tokens, the
    last event of each action execution.
 
