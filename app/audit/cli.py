@@ -103,6 +103,13 @@ def add_audit_parser(sub: Any, redis_arg: Callable[[argparse.ArgumentParser], No
         help="a signed checkpoint (audit checkpoint --out): also prove that no pipeline, "
         "stream or entry it recorded was removed, cut, rewritten or rolled back (needs the key)",
     )
+    vf.add_argument(
+        "--require-tags",
+        action="store_true",
+        help="with the key: every entry must carry an audit tag (a store written with the key "
+        "from its start; default: untagged entries before the first tagged one are reported "
+        "as unkeyed, not as a failure)",
+    )
     progress_flag(vf)
 
     cp = command(
@@ -173,7 +180,8 @@ def _key(a: argparse.Namespace, needed: str | None = None) -> bytes | None:
 
 
 async def _verify(store: EventStore, a: argparse.Namespace) -> int:
-    key = _key(a, "--checkpoint" if a.checkpoint else None)
+    needs = "--checkpoint" if a.checkpoint else "--require-tags" if a.require_tags else None
+    key = _key(a, needs)
     pins = None
     if a.checkpoint:
         assert key is not None
@@ -189,7 +197,9 @@ async def _verify(store: EventStore, a: argparse.Namespace) -> int:
         names = None
     total = await events_to_replay(store, names or await store.pipelines())
     with Bar(total, "verify", enabled=a.progress) as bar:
-        report = await verify(store, names, progress=bar, key=key, checkpoint=pins)
+        report = await verify(
+            store, names, progress=bar, key=key, checkpoint=pins, require_tags=a.require_tags
+        )
     out = sys.stdout
     for p in report.pipelines:
         if not a.quiet or not p.ok:

@@ -339,9 +339,11 @@ class _Pass:
         snap_v: int | None,
         key: bytes | None = None,
         pins: dict[str, tuple[int, str]] | None = None,
+        require_tags: bool = False,
     ) -> None:
         self.store = store
         self.key = key  # the audit key: every entry's tag is checked
+        self.require_tags = require_tags  # an untagged entry anywhere is a problem
         self.pins = dict(pins or {})  # stream -> (seq, hash) a checkpoint recorded; met: removed
         self.first_tagged: int | None = None
         self.tagged = 0
@@ -410,6 +412,12 @@ class _Pass:
         """With a key: the entry's audit tag is ``want`` (untagged entries only before the
         first tagged one)."""
         if not e.tag:
+            if self.require_tags:
+                msg = (
+                    f"{_at(stream, e)}: the entry has no audit tag (every entry must have one: "
+                    "written without the key, or forged)"
+                )
+                raise self.problem("unkeyed", msg, e.version, e.entry_id, stream)
             if self.first_tagged is not None:
                 msg = (
                     f"{_at(stream, e)}: the entry has no audit tag but seq {self.first_tagged} "
@@ -637,13 +645,15 @@ async def verify_pipeline(
     key: bytes | None = None,
     pins: dict[str, tuple[int, str]] | None = None,
     pinned_seq: int | None = None,
+    require_tags: bool = False,
 ) -> PipelineReport:
     """Check one pipeline's streams, chains, payloads, indexes and projections; see the
     module docstring. ``unindexed``: the execution streams its executions index does not
     list, when the caller scanned the keys already (else they are found by a scan).
     ``key``: the audit key, every entry's tag is checked. ``pins``: stream -> (seq, hash)
     a checkpoint recorded; each stream must still hold that entry with that hash
-    (``pinned_seq``: the pipeline's counter the checkpoint recorded)."""
+    (``pinned_seq``: the pipeline's counter the checkpoint recorded). ``require_tags``:
+    with the key, an entry without a tag is a problem even before the first tagged one."""
     k = store.keys
     snap_v, snap_head, snap_problem = await _load_snapshot(store, pipeline)
     until = await store.version(pipeline)
@@ -667,6 +677,7 @@ async def verify_pipeline(
         snap_v,
         key,
         pins,
+        require_tags,
     )
 
     def report(problem: Problem | None) -> PipelineReport:
@@ -974,6 +985,7 @@ async def verify(
     heads: bool = False,
     key: bytes | None = None,
     checkpoint: dict[str, tuple[int, dict[str, tuple[int, str]]]] | None = None,
+    require_tags: bool = False,
 ) -> VerifyReport:
     """Verify the named pipelines, or all of them and the pipeline listing itself.
 
@@ -1017,6 +1029,7 @@ async def verify(
             key=key,
             pins=pins,
             pinned_seq=pinned_seq,
+            require_tags=require_tags,
         )
         if r.ok and name in cp and r.last_version < cp[name][0]:
             msg = (

@@ -142,6 +142,10 @@ async def test_an_unkeyed_store_verifies_as_unkeyed(redis: Redis) -> None:
     assert p.ok, p.problem
     assert p.tagged == 0 and p.unkeyed == len(raw)
     assert "UNKEYED" in p.summary()
+    # for a store written with the key from its start, untagged entries are all failures
+    report = await verify(sc.engine.store, None, key=KEY, require_tags=True)
+    (problem,) = report.all_problems()
+    assert (problem.kind, problem.version, problem.stream) == ("unkeyed", 1, HEAD)
 
 
 async def test_keyed_after_unkeyed_is_fine_unkeyed_after_keyed_is_flagged(redis: Redis) -> None:

@@ -104,6 +104,10 @@ def test_checkpoint_and_verify_with_it(
     out = capsys.readouterr().out
     assert "audit tags valid" in out and "verified 2 pipeline(s)" in out
     assert SECRET not in out
+    assert main(audit(url, "verify", "--require-tags", *k)) == 0  # tagged from the start
+    capsys.readouterr()
+    assert main(audit(url, "verify", "--require-tags")) == 2
+    assert "--require-tags needs the audit key" in capsys.readouterr().err
 
     cp = tmp_path / "cp.json"
     assert main(audit(url, "checkpoint", "--out", str(cp))) == 2  # no key, no checkpoint
