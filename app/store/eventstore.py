@@ -327,13 +327,13 @@ def event_tag(key: bytes, pipeline: str, stream: str, payload: bytes) -> str:
     """The audit tag of a full event: HMAC-SHA256 over what the writer knows before the
     append (pipeline, stream, payload bytes, which hold the event id), hex."""
     msg = b"stageline-event\n" + pipeline.encode() + b"\n" + stream.encode() + b"\n" + payload
-    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+    return hmac.digest(key, msg, "sha256").hex()
 
 
 def ref_tag(key: bytes, pipeline: str, tag: str, ref: bytes) -> str:
     """The audit tag of a head reference, bound to its event's tag."""
     msg = b"stageline-ref\n" + pipeline.encode() + b"\n" + tag.encode() + b"\n" + ref
-    return hmac.new(key, msg, hashlib.sha256).hexdigest()
+    return hmac.digest(key, msg, "sha256").hex()
 
 
 class EventStore:
