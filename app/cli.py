@@ -176,6 +176,39 @@ def _redis_arg(p: argparse.ArgumentParser) -> None:
 _USER_NAME_CHARS = frozenset(string.ascii_letters + string.digits + "+=,.@_-")
 
 
+def _audit_key_arg(p: argparse.ArgumentParser) -> None:
+    from app.audit.keyed import ENV_KEY_FILE, default_key_file
+
+    p.add_argument(
+        "--audit-key-file",
+        default=default_key_file(),
+        metavar="FILE",
+        help="file holding the audit key (at least 32 bytes; Redis never sees it): new events "
+        f"get HMAC-SHA256 audit tags (or ${ENV_KEY_FILE}; see docs/audit.md)",
+    )
+
+
+def _audit_key(a: argparse.Namespace) -> bytes | None:
+    """The audit key of --audit-key-file (or $STAGELINE_AUDIT_KEY_FILE), None when unset; a
+    bad file is a one-line usage error that never shows the key."""
+    from app.audit.keyed import AuditKeyError, default_key_file, load_audit_key
+
+    path = getattr(a, "audit_key_file", None) or default_key_file()
+    if not path:
+        return None
+    try:
+        return load_audit_key(path)
+    except AuditKeyError as err:
+        raise CliError(str(err), EXIT_USAGE) from None
+
+
+def _log_audit_key(key: bytes | None) -> None:
+    from app.audit.keyed import key_id
+
+    if key is not None:  # the key's public id, never the key
+        logging.getLogger("stageline").warning("audit tags on (key id %s)", key_id(key))
+
+
 def _parse_key(entry: str, where: str) -> tuple[str, str, str | None]:
     """``AKID:SECRET[:NAME]`` -> (akid, secret, name)."""
     parts = entry.split(":")
@@ -371,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_port, default=8080, help="port to listen on")
     _redis_arg(s)
     s.add_argument("--no-workers", action="store_true", help="API only; run workers apart")
+    _audit_key_arg(s)
     s.add_argument(
         "--access-key",
         action="append",
@@ -466,6 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = command("worker", "run a worker process (orchestrator + action runner)")
     _redis_arg(w)
+    _audit_key_arg(w)
     w.add_argument("--concurrency", type=_positive_int, default=8, help="actions run at once")
     w.add_argument(
         "--name",
@@ -635,8 +670,10 @@ async def _worker(a: argparse.Namespace) -> None:
             f"worker needs --redis-url (or ${ENV_URL}): workers in other processes "
             "cannot share the embedded Redis; use 'stageline serve' for a single process"
         )
+    key = _audit_key(a)
+    _log_audit_key(key)
     redis = await connect(a.redis_url)
-    engine = Engine(redis, Keys(partitions=a.partitions))
+    engine = Engine(redis, Keys(partitions=a.partitions), audit_key=key)
     worker = Worker(engine, _worker_config(a))
     logging.getLogger("stageline").warning(
         "worker %s on %s", worker.config.name, a.redis_url.split("@")[-1]
@@ -724,6 +761,8 @@ async def _serve(a: argparse.Namespace) -> None:
         max_in_flight=a.max_in_flight,
     )
     worker = _worker_config(a)
+    audit_key = _audit_key(a)
+    _log_audit_key(audit_key)
     if not a.redis_url:
         import importlib.util
 
@@ -757,6 +796,7 @@ async def _serve(a: argparse.Namespace) -> None:
         max_concurrent_executions=a.max_concurrent_executions,
         worker=worker,
         access_log=None if a.access_log == "off" else a.access_log,
+        audit_key=audit_key,
     )
     try:
         check_exposure(cfg)
@@ -787,9 +827,10 @@ async def _retry(a: argparse.Namespace) -> int:
         from app.engine import Engine
         from app.repository import Origin
 
+        key = _audit_key(a)  # $STAGELINE_AUDIT_KEY_FILE: the event it writes is tagged too
         redis = await connect(a.redis_url)
         try:
-            engine = Engine(redis, Keys(partitions=a.partitions))
+            engine = Engine(redis, Keys(partitions=a.partitions), audit_key=key)
             await engine.start()
 
             async def state() -> dict[str, Any]:
@@ -882,7 +923,10 @@ async def _migrate(a: argparse.Namespace) -> None:
 
 async def _on_checked_store(a: argparse.Namespace, run: Any) -> Any:
     """Refuse, before anything starts, a store of another layout or partition count
-    (exit 3, one line; a Redis not reachable yet is left to the command's own retries)."""
+    (exit 3, one line; a Redis not reachable yet is left to the command's own retries).
+    A bad audit key file is refused first (exit 2), before Redis is touched."""
+    if a.command in ("serve", "worker"):
+        _audit_key(a)
     if a.command in ("serve", "worker", "retry") and a.redis_url:
         from redis.exceptions import RedisError
 

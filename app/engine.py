@@ -47,10 +47,11 @@ class Engine:
         *,
         concurrency_limit: int = 50,
         repository: PipelineRepository | None = None,
+        audit_key: bytes | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys or Keys()
-        self.store = EventStore(redis, self.keys)
+        self.store = EventStore(redis, self.keys, audit_key=audit_key)
         self.repo = repository or PipelineRepository(self.store)
         self.jobs = JobIndex(redis, self.keys)
         self.concurrency_limit = concurrency_limit

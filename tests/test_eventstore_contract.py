@@ -29,6 +29,8 @@ from app.store.eventstore import (
     EventStore,
     Fenced,
     chain_hash,
+    event_tag,
+    ref_tag,
 )
 from app.store.keys import Keys
 
@@ -619,6 +621,42 @@ async def test_hash_chain_per_stream_is_computed_inside_the_append(store: EventS
     # a stored hash is the `h` field as written by the script
     rows: Any = await store.redis.xrange(KEYS.execution_log(p, "x"))
     assert [text(f[b"h"]) for _, f in rows] == [r.hash for r in by_stream["x"]]
+
+
+async def test_with_an_audit_key_each_entry_has_a_tag_the_chain_covers(
+    any_redis: Redis | RedisCluster,
+) -> None:
+    key = b"0123456789abcdef0123456789abcdef"
+    store = EventStore(any_redis, KEYS, audit_key=key)  # type: ignore[arg-type]
+    p = "p"
+    await ok(store, batch(p, created(p)))
+    await ok(store, batch(p, started("x"), entered("x"), scheduled("x", "x1"), taken("x", "x1")))
+    raw = await store.read_raw(p)
+    tags = {r.version: r.tag for r in raw if not r.ref}
+    prev: dict[str, str] = {}
+    for r in raw:
+        if r.ref:
+            assert r.tag == ref_tag(key, p, tags[r.version], r.payload)
+        else:
+            assert r.tag == event_tag(key, p, r.stream, r.payload)
+        # sha1(prev \n seq \n payload \n tag)
+        assert r.hash == chain_hash(prev.get(r.stream, ""), r.version, r.payload, r.tag)
+        assert r.hash != chain_hash(prev.get(r.stream, ""), r.version, r.payload)
+        prev[r.stream] = r.hash
+    assert {r.stream for r in raw} == {HEAD, "x"} and any(r.ref for r in raw)
+    rows: Any = await store.redis.xrange(KEYS.execution_log(p, "x"))
+    assert [text(f[b"m"]) for _, f in rows] == [r.tag for r in raw if r.stream == "x"]
+    # the tag binds the pipeline and the stream: the same payload elsewhere has another
+    one = raw[-1]
+    assert event_tag(key, "q", one.stream, one.payload) != one.tag
+    assert event_tag(key, p, HEAD, one.payload) != one.tag
+    # an unkeyed store writes no `m` field and the plain chain (old entries stay as they are)
+    plain = EventStore(any_redis, KEYS)  # type: ignore[arg-type]
+    await ok(plain, batch("q", created("q")))
+    (entry,) = await plain.read_raw("q")
+    assert entry.tag == "" and entry.hash == chain_hash("", 1, entry.payload)
+    rows = await store.redis.xrange(KEYS.log("q"))
+    assert b"m" not in rows[0][1]
 
 
 async def test_dispatch_streams_get_one_entry_per_event(store: EventStore) -> None:

@@ -48,6 +48,7 @@ class ServeConfig:
     log_level: str = "info"
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     access_log: str | None = "text"  # one line per request: "text", "json" or None (off)
+    audit_key: bytes | None = field(default=None, repr=False)  # tags new events (docs/audit.md)
 
 
 def is_loopback(host: str) -> bool:
@@ -128,6 +129,7 @@ async def serve(
         redis,
         Keys(partitions=cfg.partitions),
         concurrency_limit=cfg.max_concurrent_executions,
+        audit_key=cfg.audit_key,
     )
     await engine.start()
     app = make_app(engine, cfg)

@@ -11,9 +11,10 @@ Archive format 2 (one JSON object per line, ``kind`` says which; the store layou
   - ``{"kind": "pipeline", "pipeline", "seq"}``: its seq counter;
   - one line per stored entry, stream by stream (the pipeline's own stream ``"-"`` first,
     then each execution's in start order), each in seq order: ``{"kind": "event",
-    "pipeline", "stream", "version", "hash", "type", "payload"}`` where ``payload`` is the
+    "pipeline", "stream", "version", "hash", "type", "payload", "tag"}`` where ``payload`` is the
     stored ``e`` field *as a string, byte for byte* (``payloadBase64`` when it is not
-    UTF-8), or ``ref`` the stored head reference (``r``) of a head event;
+    UTF-8), or ``ref`` the stored head reference (``r``) of a head event, and ``tag`` the
+    audit tag (``m``) when the entry has one (written with an audit key);
   - ``{"kind": "commands", "pipeline", "ids": {commandId: "first:last"}}`` lines (the
     command-id table, a thousand ids a line);
   - ``{"kind": "streams", "pipeline", "entries", "streams": {stream: {"last", "head"}}}``:
@@ -87,6 +88,7 @@ class Entry(msgspec.Struct, tag_field="kind", tag="event", omit_defaults=True):
     payload: str | None = None
     payloadBase64: str | None = None  # only for a payload that is not UTF-8
     ref: str | None = None  # a head reference (the pipeline's stream only)
+    tag: str | None = None  # the audit tag (field ``m``) of an entry written with a key
 
     def raw(self) -> bytes:
         if self.ref is not None:
@@ -165,18 +167,24 @@ def _entry(pipeline: str, stream: str, e: RawEntry) -> Entry:
         except (msgspec.DecodeError, msgspec.ValidationError):
             kind = None
         return Entry(
-            pipeline, e.version, e.hash, stream, kind, ref=e.payload.decode("utf-8", "replace")
+            pipeline,
+            e.version,
+            e.hash,
+            stream,
+            kind,
+            ref=e.payload.decode("utf-8", "replace"),
+            tag=e.tag or None,
         )
     try:
         payload = e.payload.decode()
     except UnicodeDecodeError:
         b64 = base64.b64encode(e.payload).decode()
-        return Entry(pipeline, e.version, e.hash, stream, payloadBase64=b64)
+        return Entry(pipeline, e.version, e.hash, stream, payloadBase64=b64, tag=e.tag or None)
     try:
         kind = ev.event_type(ev.decode_payload(pipeline, e.version, e.payload).event)
     except (msgspec.DecodeError, msgspec.ValidationError):
         kind = None
-    return Entry(pipeline, e.version, e.hash, stream, kind, payload)
+    return Entry(pipeline, e.version, e.hash, stream, kind, payload, tag=e.tag or None)
 
 
 async def export_archive(
@@ -398,7 +406,7 @@ class _Checker:
             payload = e.raw()
         except (ValueError, binascii.Error) as err:
             raise AuditError(f"{spot}: bad payload: {err}") from None
-        if e.hash is None or chain_hash(p.hash, e.version, payload) != e.hash:
+        if e.hash is None or chain_hash(p.hash, e.version, payload, e.tag or "") != e.hash:
             raise AuditError(
                 f"{spot}: hash mismatch (the archive, or the store it was exported from, was "
                 "altered; run verify on the source)"
@@ -425,7 +433,7 @@ class _Checker:
         p.last, p.hash = e.version, e.hash
         p.entries += 1
         self.entries += 1
-        return RawEntry(e.version, payload, e.hash, ref=ref, stream=e.stream)
+        return RawEntry(e.version, payload, e.hash, ref=ref, stream=e.stream, tag=e.tag or "")
 
     def _command(self, where: str, p: _Pipeline, cid: str, value: str) -> str:
         parts = value.split(":")

@@ -1,4 +1,5 @@
-"""``stageline audit log|replay|verify|export|import``: the audit tools on the command line.
+"""``stageline audit log|replay|verify|checkpoint|export|import``: the audit tools on the
+command line.
 
 Every subcommand takes ``--redis-url`` and ``--partitions`` like the rest of the CLI. Errors
 are one line on stderr and a non-zero exit (``app.cli.main`` prints ``CliError``);
@@ -20,6 +21,14 @@ from redis.asyncio import Redis
 
 from app.audit.archive import export_archive, import_archive
 from app.audit.common import AuditError, parse_as_of, parse_time, select_pipelines
+from app.audit.keyed import (
+    ENV_KEY_FILE,
+    default_key_file,
+    load_audit_key,
+    make_checkpoint,
+    read_checkpoint,
+    write_checkpoint,
+)
 from app.audit.log import audit_log, format_jsonl, format_table, table_header
 from app.audit.progress import Bar
 from app.audit.replay import events_to_replay, projection, replay
@@ -52,6 +61,14 @@ def add_audit_parser(sub: Any, redis_arg: Callable[[argparse.ArgumentParser], No
             help="progress bar with rate and ETA on stderr (default: when stderr is a terminal)",
         )
 
+    def key_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--audit-key-file",
+            default=default_key_file(),
+            metavar="FILE",
+            help=f"the audit key (or ${ENV_KEY_FILE}): check every entry's audit tag",
+        )
+
     lg = command("log", "the events of a pipeline (or one execution) in order")
     lg.add_argument("--pipeline", required=True, metavar="NAME")
     lg.add_argument(
@@ -79,7 +96,30 @@ def add_audit_parser(sub: Any, redis_arg: Callable[[argparse.ArgumentParser], No
     )
     vf.add_argument("--pipeline", metavar="NAME", help="only this pipeline (default: all)")
     vf.add_argument("--quiet", action="store_true", help="print only the differences")
+    key_flag(vf)
+    vf.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="a signed checkpoint (audit checkpoint --out): also prove that no pipeline, "
+        "stream or entry it recorded was removed, cut, rewritten or rolled back (needs the key)",
+    )
+    vf.add_argument(
+        "--require-tags",
+        action="store_true",
+        help="with the key: every entry must carry an audit tag (a store written with the key "
+        "from its start; default: untagged entries before the first tagged one are reported "
+        "as unkeyed, not as a failure)",
+    )
     progress_flag(vf)
+
+    cp = command(
+        "checkpoint",
+        "verify the store with the audit key, then write every pipeline's seq and every "
+        "stream's last (seq, hash), signed with the key, to a file kept outside Redis",
+    )
+    key_flag(cp)
+    cp.add_argument("--out", required=True, metavar="FILE", help="the checkpoint file to write")
+    progress_flag(cp)
 
     ex = command("export", "write the log to a portable JSONL archive")
     ex.add_argument("--pipeline", metavar="NAME", help="only this pipeline (default: all)")
@@ -130,11 +170,36 @@ async def _replay(store: EventStore, a: argparse.Namespace) -> int:
     return 0
 
 
+def _key(a: argparse.Namespace, needed: str | None = None) -> bytes | None:
+    path = a.audit_key_file or default_key_file()
+    if not path:
+        if needed:
+            raise AuditError(f"{needed} needs the audit key: --audit-key-file (or ${ENV_KEY_FILE})")
+        return None
+    return load_audit_key(path)
+
+
 async def _verify(store: EventStore, a: argparse.Namespace) -> int:
-    names = await select_pipelines(store, a.pipeline) if a.pipeline else None
+    needs = "--checkpoint" if a.checkpoint else "--require-tags" if a.require_tags else None
+    key = _key(a, needs)
+    pins = None
+    if a.checkpoint:
+        assert key is not None
+        pins, _ = read_checkpoint(a.checkpoint, key, store.keys.namespace)
+    if a.pipeline:
+        try:
+            names: list[str] | None = await select_pipelines(store, a.pipeline)
+        except AuditError:
+            if pins is None or a.pipeline not in pins:
+                raise
+            names = [a.pipeline]  # deleted since the checkpoint: verify says so
+    else:
+        names = None
     total = await events_to_replay(store, names or await store.pipelines())
     with Bar(total, "verify", enabled=a.progress) as bar:
-        report = await verify(store, names, progress=bar)
+        report = await verify(
+            store, names, progress=bar, key=key, checkpoint=pins, require_tags=a.require_tags
+        )
     out = sys.stdout
     for p in report.pipelines:
         if not a.quiet or not p.ok:
@@ -150,6 +215,34 @@ async def _verify(store: EventStore, a: argparse.Namespace) -> int:
     out.write(f"verification FAILED: {len(problems)} problem(s)\n")
     print(f"stageline: verify: {problems[0]}", file=sys.stderr)
     return EXIT_DIFFERENCE
+
+
+async def _checkpoint(store: EventStore, a: argparse.Namespace) -> int:
+    key = _key(a, "audit checkpoint")
+    assert key is not None
+    total = await events_to_replay(store, await store.pipelines())
+    with Bar(total, "checkpoint", enabled=a.progress) as bar:
+        report = await verify(store, None, progress=bar, key=key, heads=True)
+    if not report.ok:
+        problems = report.all_problems()
+        for problem in problems:
+            print(f"FAIL {problem}")
+        print(
+            f"stageline: checkpoint: not written, the store does not verify ({len(problems)} "
+            f"problem(s); first: {problems[0]})",
+            file=sys.stderr,
+        )
+        return EXIT_DIFFERENCE
+    pins = {p.pipeline: (p.last_version, p.heads) for p in report.pipelines}
+    doc = make_checkpoint(key, store.keys.namespace, store.keys.partitions, pins)
+    write_checkpoint(a.out, doc)
+    streams = sum(len(h) for _, h in pins.values())
+    print(
+        f"checkpoint {a.out}: {len(pins)} pipeline(s), {streams} streams, signed with key "
+        f"{doc['keyId']}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 async def _export(store: EventStore, a: argparse.Namespace) -> int:
@@ -173,6 +266,7 @@ _COMMANDS = {
     "log": _log,
     "replay": _replay,
     "verify": _verify,
+    "checkpoint": _checkpoint,
     "export": _export,
     "import": _import,
 }

@@ -109,6 +109,7 @@ class StreamEntry:
     payload: bytes | None
     hash: str | None
     ref: bytes | None = None
+    tag: str = ""  # the audit tag (field ``m``), '' when written without a key
     version: int = field(init=False)  # the part before '-' (the pipeline's seq)
     seq: int = field(init=False)  # the part after it (always 0 when the store wrote it)
 
@@ -127,9 +128,14 @@ def entries_of(rows: Any) -> list[StreamEntry]:
     out: list[StreamEntry] = []
     for rid, fields in rows:
         h = fields.get(b"h")
+        m = fields.get(b"m")
         out.append(
             StreamEntry(
-                text(rid), fields.get(b"e"), text(h) if h is not None else None, fields.get(b"r")
+                text(rid),
+                fields.get(b"e"),
+                text(h) if h is not None else None,
+                fields.get(b"r"),
+                text(m) if m is not None else "",
             )
         )
     return out

@@ -30,12 +30,18 @@ The first difference of each pipeline is reported, naming the stream, seq and en
 Without an outside copy of the streams' last hashes a rewrite of a whole chain from some
 point on cannot be told from the log alone: keep the ``head`` a report gives (or its
 ``heads``, per stream) somewhere else and compare later.
+
+With the audit key (``key``), every entry's HMAC tag (field ``m``) is checked in step 2,
+and an untagged entry after a tagged one is reported; with a signed checkpoint
+(``checkpoint``, app/audit/keyed.py) every pipeline and stream it recorded must still be
+there, up to the recorded (seq, hash).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import hmac
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -69,7 +75,7 @@ from app.domain.state import (
     head_of,
     new_state,
 )
-from app.store.eventstore import HEAD, EventStore, chain_hash
+from app.store.eventstore import HEAD, EventStore, chain_hash, event_tag, ref_tag
 
 ProblemKind = Literal[
     "entry-id",
@@ -85,6 +91,9 @@ ProblemKind = Literal[
     "projection",
     "index",
     "listing",
+    "tag",
+    "unkeyed",
+    "checkpoint",
 ]
 
 
@@ -111,10 +120,26 @@ class PipelineReport:
     problem: Problem | None = None
     streams: int = 0
     heads: dict[str, tuple[int, str]] = field(default_factory=dict)  # stream -> last seq, hash
+    # with an audit key: entries whose tag was checked, and entries without a tag (written
+    # without a key, all before the first tagged one); None without a key
+    tagged: int | None = None
+    unkeyed: int = 0
 
     @property
     def ok(self) -> bool:
         return self.problem is None
+
+    def _tags(self) -> str:
+        if self.tagged is None:
+            return ""
+        if not self.unkeyed:
+            return f", {self.tagged} audit tags valid"
+        if not self.tagged:
+            return f", UNKEYED ({self.unkeyed} entries without audit tags: not authenticated)"
+        return (
+            f", {self.tagged} audit tags valid, {self.unkeyed} older entries unkeyed (not "
+            "authenticated)"
+        )
 
     def summary(self) -> str:
         if self.problem is not None:
@@ -126,7 +151,7 @@ class PipelineReport:
         )
         return (
             f"ok   {self.pipeline}: {self.events} events in {self.streams} streams, chains "
-            f"intact, head {self.last_version}:{self.head}, {snap}"
+            f"intact, head {self.last_version}:{self.head}, {snap}{self._tags()}"
         )
 
 
@@ -184,7 +209,7 @@ def _hash_problem(
     for f in following:
         if f.hash is None or f.body is None:
             break
-        if chain_hash(p, f.version, body) == f.hash:
+        if chain_hash(p, f.version, body, e.tag) == f.hash:
             return problem(
                 f"{where}: events reordered (the payload stored at seq {e.version} was "
                 f"hashed as seq {f.version}; seqs {e.version} and {f.version} of this stream "
@@ -197,7 +222,7 @@ def _hash_problem(
     if (
         nxt.body is not None
         and nxt.hash is not None
-        and chain_hash(e.hash, nxt.version, nxt.body) == nxt.hash
+        and chain_hash(e.hash, nxt.version, nxt.body, nxt.tag) == nxt.hash
     ):
         return problem(
             f"{where}: payload edited (the stored hash is not this payload's, and the chain "
@@ -312,8 +337,17 @@ class _Pass:
         until: int,
         keys: dict[str, str],
         snap_v: int | None,
+        key: bytes | None = None,
+        pins: dict[str, tuple[int, str]] | None = None,
+        require_tags: bool = False,
     ) -> None:
         self.store = store
+        self.key = key  # the audit key: every entry's tag is checked
+        self.require_tags = require_tags  # an untagged entry anywhere is a problem
+        self.pins = dict(pins or {})  # stream -> (seq, hash) a checkpoint recorded; met: removed
+        self.first_tagged: int | None = None
+        self.tagged = 0
+        self.unkeyed = 0
         self.pipeline = pipeline
         self.until = until
         self.keys = keys  # stream -> key
@@ -356,13 +390,52 @@ class _Pass:
             msg = f"{_at(stream, e)}: a head reference in an execution's stream"
             raise self.problem("stream", msg, e.version, e.entry_id, stream)
         prev = self.prev.get(stream, "")
-        if e.hash is None or chain_hash(prev, e.version, e.body) != e.hash:
+        if e.hash is None or chain_hash(prev, e.version, e.body, e.tag) != e.hash:
             following = await read_entries(
                 self.store.redis, self.keys[stream], e.entry_id, _DIAGNOSE_AHEAD, self.until
             )
             raise _Found(_hash_problem(self.pipeline, stream, e, following))
+        pin = self.pins.get(stream)
+        if pin is not None and pin[0] == e.version:
+            if pin[1] != e.hash:
+                msg = (
+                    f"{_at(stream, e)}: the checkpoint recorded this entry with hash {pin[1]}, "
+                    f"it now has {e.hash}: {label(stream)} was rewritten or rolled back to an "
+                    "older state since the checkpoint"
+                )
+                raise self.problem("checkpoint", msg, e.version, e.entry_id, stream)
+            del self.pins[stream]
         self.prev[stream] = e.hash
         self.last[stream] = e
+
+    def check_tag(self, stream: str, e: StreamEntry, want: str) -> None:
+        """With a key: the entry's audit tag is ``want`` (untagged entries only before the
+        first tagged one)."""
+        if not e.tag:
+            if self.require_tags:
+                msg = (
+                    f"{_at(stream, e)}: the entry has no audit tag (every entry must have one: "
+                    "written without the key, or forged)"
+                )
+                raise self.problem("unkeyed", msg, e.version, e.entry_id, stream)
+            if self.first_tagged is not None:
+                msg = (
+                    f"{_at(stream, e)}: the entry has no audit tag but seq {self.first_tagged} "
+                    "before it has one (an unkeyed entry after keyed ones: written without the "
+                    "key, or forged with its tag stripped)"
+                )
+                raise self.problem("unkeyed", msg, e.version, e.entry_id, stream)
+            self.unkeyed += 1
+            return
+        if not hmac.compare_digest(e.tag, want):
+            msg = (
+                f"{_at(stream, e)}: audit tag does not match (the entry was edited or forged, "
+                "or the audit key is not the one it was written with)"
+            )
+            raise self.problem("tag", msg, e.version, e.entry_id, stream)
+        if self.first_tagged is None:
+            self.first_tagged = e.version
+        self.tagged += 1
 
     async def group(self, seq: int, group: list[tuple[str, StreamEntry]]) -> None:
         """Checks of the entries stored under one seq (the event, and its reference)."""
@@ -394,6 +467,11 @@ class _Pass:
             )
         stream, e = fulls[0]
         assert e.payload is not None
+        if self.key is not None:
+            self.check_tag(stream, e, event_tag(self.key, self.pipeline, stream, e.payload))
+            for s, r in refs:
+                assert r.ref is not None
+                self.check_tag(s, r, ref_tag(self.key, self.pipeline, e.tag, r.ref))
         try:
             env = ev.decode_payload(self.pipeline, e.version, e.payload)
         except (msgspec.DecodeError, msgspec.ValidationError) as err:
@@ -472,7 +550,7 @@ class _Pass:
             h = before[0][1].get(b"h", b"") if before else b""
             nxt = after[0]
             assert nxt.body is not None
-            if chain_hash(text(h), nxt.version, nxt.body) != nxt.hash:
+            if chain_hash(text(h), nxt.version, nxt.body, nxt.tag) != nxt.hash:
                 found = (
                     stream,
                     (
@@ -564,10 +642,18 @@ async def verify_pipeline(
     batch: int = 1000,
     progress: Progress | None = None,
     unindexed: set[str] | None = None,
+    key: bytes | None = None,
+    pins: dict[str, tuple[int, str]] | None = None,
+    pinned_seq: int | None = None,
+    require_tags: bool = False,
 ) -> PipelineReport:
     """Check one pipeline's streams, chains, payloads, indexes and projections; see the
     module docstring. ``unindexed``: the execution streams its executions index does not
-    list, when the caller scanned the keys already (else they are found by a scan)."""
+    list, when the caller scanned the keys already (else they are found by a scan).
+    ``key``: the audit key, every entry's tag is checked. ``pins``: stream -> (seq, hash)
+    a checkpoint recorded; each stream must still hold that entry with that hash
+    (``pinned_seq``: the pipeline's counter the checkpoint recorded). ``require_tags``:
+    with the key, an entry without a tag is a problem even before the first tagged one."""
     k = store.keys
     snap_v, snap_head, snap_problem = await _load_snapshot(store, pipeline)
     until = await store.version(pipeline)
@@ -584,7 +670,14 @@ async def verify_pipeline(
         keys[eid] = k.execution_log(pipeline, eid)
     firsts = await _firsts(store, keys, until)
     run = _Pass(
-        store, pipeline, until, {s: keys[s] for s in keys if s in firsts or s == HEAD}, snap_v
+        store,
+        pipeline,
+        until,
+        {s: keys[s] for s in keys if s in firsts or s == HEAD},
+        snap_v,
+        key,
+        pins,
+        require_tags,
     )
 
     def report(problem: Problem | None) -> PipelineReport:
@@ -598,6 +691,8 @@ async def verify_pipeline(
             problem,
             len(heads),
             heads,
+            run.tagged if key is not None else None,
+            run.unkeyed,
         )
 
     def fail(
@@ -666,6 +761,26 @@ async def verify_pipeline(
             await run.group(seq, group)
     except _Found as found:
         return report(found.problem)
+    if run.pins:  # streams that no longer reach what the checkpoint recorded
+        lost = sorted(run.pins.items(), key=lambda t: (t[1][0], t[0] == HEAD))
+        stream, (pseq, phash) = lost[0]
+        now_at = run.last.get(stream)
+        where = f"ends at seq {now_at.version}" if now_at else "has no entries"
+        if stream != HEAD and stream not in keys:
+            where = "was deleted"
+        behind = (
+            f"the sequence counter is at {until}, the checkpoint recorded seq {pinned_seq}; "
+            if pinned_seq is not None and until < pinned_seq
+            else ""
+        )
+        others = f" (and {len(lost) - 1} more streams)" if len(lost) > 1 else ""
+        return fail(
+            "checkpoint",
+            f"{behind}{label(stream)} {where}, but the checkpoint recorded its entry {pseq}-0 "
+            f"(hash {phash}){others}: deleted, truncated or rolled back since the checkpoint",
+            pseq,
+            stream,
+        )
 
     # 3. the end
     last = run.expected - 1
@@ -868,11 +983,18 @@ async def verify(
     batch: int = 1000,
     progress: Progress | None = None,
     heads: bool = False,
+    key: bytes | None = None,
+    checkpoint: dict[str, tuple[int, dict[str, tuple[int, str]]]] | None = None,
+    require_tags: bool = False,
 ) -> VerifyReport:
     """Verify the named pipelines, or all of them and the pipeline listing itself.
 
     The reports keep each pipeline's ``head`` digest; ``heads=True`` keeps every stream's
-    last (seq, hash) too (memory then grows with the executions of all pipelines)."""
+    last (seq, hash) too (memory then grows with the executions of all pipelines).
+    ``key``: the audit key (every entry's tag is checked). ``checkpoint``: pipeline ->
+    (seq counter, stream -> (last seq, hash)) of a signed checkpoint (app/audit/keyed.py,
+    its signature already checked): each pipeline it names must still exist, its counter
+    not be behind, each of its streams hold that entry with that hash."""
     problems: list[Problem] = []
     if pipelines is not None:
         names = list(pipelines)
@@ -885,9 +1007,47 @@ async def verify(
         names = sorted(set(listed) | streams)
     found = await unindexed_execution_streams(store)  # one scan of the keys for all
     reports = []
+    cp = checkpoint or {}
+    wanted = None if pipelines is None else set(names)
+    for name in sorted(cp):
+        if (wanted is None or name in wanted) and not await _exists(store, name):
+            seq, recorded = cp[name]
+            msg = (
+                f"deleted: the checkpoint recorded this pipeline at seq {seq} with "
+                f"{len(recorded)} streams, the store holds none of its events"
+            )
+            problems.append(Problem(name, "checkpoint", msg, seq, None, HEAD))
+            names = [n for n in names if n != name]
     for name in names:
+        pinned_seq, pins = cp.get(name, (None, None))
         r = await verify_pipeline(
-            store, name, batch=batch, progress=progress, unindexed=found.get(name, set())
+            store,
+            name,
+            batch=batch,
+            progress=progress,
+            unindexed=found.get(name, set()),
+            key=key,
+            pins=pins,
+            pinned_seq=pinned_seq,
+            require_tags=require_tags,
         )
+        if r.ok and name in cp and r.last_version < cp[name][0]:
+            msg = (
+                f"the sequence counter and streams end at seq {r.last_version}, but the "
+                f"checkpoint recorded seq {cp[name][0]}: events removed or the pipeline "
+                "rolled back since"
+            )
+            r = dataclasses.replace(
+                r, problem=Problem(name, "checkpoint", msg, r.last_version + 1, None, HEAD)
+            )
         reports.append(r if heads else dataclasses.replace(r, heads={}))
     return VerifyReport(reports, problems)
+
+
+async def _exists(store: EventStore, pipeline: str) -> bool:
+    """Whether any key of the pipeline's events is left (its stream, counter, index)."""
+    k = store.keys
+    n: Any = await store.redis.exists(
+        k.log(pipeline), k.sequence(pipeline), k.executions(pipeline)
+    )
+    return bool(n)

@@ -20,8 +20,10 @@ decisions made for one pipeline) and, for each batch on its own:
    or, for a runner's own attempt (``attempt_expected``), the action's last event must be
    the one the runner saw: other actions of the same execution may have moved meanwhile;
 3. each event gets the next number, goes to its stream with a hash chained to the previous
-   entry of that stream (``sha1(prev \\n seq \\n payload)``, tamper evidence), its head
-   reference to the pipeline's stream, and a copy to the partition's dispatch streams;
+   entry of that stream (``sha1(prev \\n seq \\n payload)``, tamper evidence; with an
+   audit key the writer's HMAC tag is stored as ``m`` and appended to the hashed bytes,
+   ``chain_hash``), its head reference to the pipeline's stream, and a copy to the
+   partition's dispatch streams;
 4. derived indexes are kept: executions by start, request tokens, approval tokens, the
    last event of each action execution.
 
@@ -34,7 +36,9 @@ when every batch went through.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import hmac
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,8 +59,9 @@ APPEND_LUA = r"""
 -- (seq, log, cmd, xs, tok, apv) and per execution stream 2 keys (stream, attempts).
 -- ARGV: maxlen, fence token, checkpoint, batch count; per batch: pipeline, command id,
 -- head expected ('-' = unchecked), stream count, per stream 4 (execution, mode v|a|-,
--- expected, attempt id), event count, per event 8 (stream index, type, payload, head ref,
--- run route, action id, request token, approval token), lease count, per lease 2
+-- expected, attempt id), event count, per event 9 (stream index, type, payload, head ref,
+-- run route, action id, request token, approval token, audit tags '' or 'event tag ref tag'),
+-- lease count, per lease 2
 -- (member, expiry ms) to add, release count, per release 1 (member) to remove.
 local maxlen = ARGV[1]
 if ARGV[2] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[2] then return {{'fenced'}} end
@@ -85,6 +90,11 @@ local function tail(key, after, res)
     end
   end
 end
+local function tagged(t) if t == '' then return '' end return '\n' .. t end
+local function put(key, id, f, body, h, t)
+  if t == '' then redis.call('XADD', key, id, f, body, 'h', h)
+  else redis.call('XADD', key, id, f, body, 'h', h, 'm', t) end
+end
 local out = {}
 local all_ok = true
 local ki, ai = 7, 5
@@ -103,7 +113,7 @@ for g = 1, tonumber(ARGV[4]) do
   end
   local ne = tonumber(ARGV[ai])
   local e0 = ai + 1
-  ai = e0 + ne * 8
+  ai = e0 + ne * 9
   local nl = tonumber(ARGV[ai])
   local l0 = ai + 1
   ai = l0 + nl * 2
@@ -146,28 +156,29 @@ for g = 1, tonumber(ARGV[4]) do
     local first, last = 0, 0
     local named = false
     for j = 0, ne - 1 do
-      local b = e0 + j * 8
+      local b = e0 + j * 9
       local si, typ, payload, ref = tonumber(ARGV[b]), ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+      local tag, rtag = string.match(ARGV[b + 8], '^(%S*) ?(%S*)$')
       local seq = redis.call('INCR', seqk)
       if first == 0 then first = seq end
       last = seq
       local id = seq .. '-0'
       local eid, hp, xp = '', '', ''
       if si == 0 then
-        local h = redis.sha1hex(hh .. '\n' .. seq .. '\n' .. payload)
-        redis.call('XADD', logk, id, 'e', payload, 'h', h)
+        local h = redis.sha1hex(hh .. '\n' .. seq .. '\n' .. payload .. tagged(tag))
+        put(logk, id, 'e', payload, h, tag)
         hp = tostring(hl); hh = h; hl = seq
         named = true
       else
         local s = st[si]
         eid = s[1]
-        local h = redis.sha1hex(xh[si] .. '\n' .. seq .. '\n' .. payload)
-        redis.call('XADD', s[2], id, 'e', payload, 'h', h)
+        local h = redis.sha1hex(xh[si] .. '\n' .. seq .. '\n' .. payload .. tagged(tag))
+        put(s[2], id, 'e', payload, h, tag)
         xp = tostring(xl[si]); xh[si] = h; xl[si] = seq
         if ARGV[b + 5] ~= '' then redis.call('HSET', s[3], ARGV[b + 5], seq) end
         if ref ~= '' then
-          local rh = redis.sha1hex(hh .. '\n' .. seq .. '\n' .. ref)
-          redis.call('XADD', logk, id, 'r', ref, 'h', rh)
+          local rh = redis.sha1hex(hh .. '\n' .. seq .. '\n' .. ref .. tagged(rtag))
+          put(logk, id, 'r', ref, rh, rtag)
           hp = tostring(hl); hh = rh; hl = seq
         end
         if typ == 'ExecutionStarted' then redis.call('ZADD', xsk, seq, eid) end
@@ -303,6 +314,7 @@ class RawEntry:
     hash: str
     ref: bool = False
     stream: str = HEAD
+    tag: str = ""  # the audit tag (field ``m``), '' for an entry written without a key
 
 
 HeadItem = ev.Envelope | tuple[int, ev.HeadRef]
@@ -313,9 +325,24 @@ def runs_on_engine(e: ev.Event) -> bool:
     return isinstance(e, ev.ActionExecutionScheduled) and e.kind == "commands"
 
 
-def chain_hash(prev: str, version: int, payload: bytes) -> str:
-    """The hash the append script stores: sha1(prev \\n seq \\n payload), hex."""
-    return hashlib.sha1(prev.encode() + b"\n" + str(version).encode() + b"\n" + payload).hexdigest()
+def chain_hash(prev: str, version: int, payload: bytes, tag: str = "") -> str:
+    """The hash the append script stores: sha1(prev \\n seq \\n payload [\\n tag]), hex
+    (the audit tag, field ``m``, when the entry has one)."""
+    data = prev.encode() + b"\n" + str(version).encode() + b"\n" + payload
+    return hashlib.sha1(data + b"\n" + tag.encode() if tag else data).hexdigest()
+
+
+def event_tag(key: bytes, pipeline: str, stream: str, payload: bytes) -> str:
+    """The audit tag of a full event: HMAC-SHA256 over what the writer knows before the
+    append (pipeline, stream, payload bytes, which hold the event id), hex."""
+    msg = b"stageline-event\n" + pipeline.encode() + b"\n" + stream.encode() + b"\n" + payload
+    return hmac.digest(key, msg, "sha256").hex()
+
+
+def ref_tag(key: bytes, pipeline: str, tag: str, ref: bytes) -> str:
+    """The audit tag of a head reference, bound to its event's tag."""
+    msg = b"stageline-ref\n" + pipeline.encode() + b"\n" + tag.encode() + b"\n" + ref
+    return hmac.digest(key, msg, "sha256").hex()
 
 
 class EventStore:
@@ -326,8 +353,10 @@ class EventStore:
         *,
         dispatch_maxlen: int = 200_000,
         route: Callable[[ev.Event], bool] = runs_on_engine,
+        audit_key: bytes | None = None,
     ) -> None:
         self.redis = redis
+        self._audit_key = audit_key  # tags new entries (app/audit/keyed.py); never sent
         self.keys = keys or Keys()
         self.dispatch_maxlen = dispatch_maxlen
         self._route = route
@@ -464,19 +493,28 @@ class EventStore:
             else:
                 argv += [eid, "-", 0, ""]
         argv.append(len(b.envelopes))
+        key = self._audit_key
         for env in b.envelopes:
             e = env.event
             eid = ev.execution_of(e)
             head = type(e) in ev.HEAD_EVENTS
+            payload = ev.encode_payload(env)
+            ref = ev.encode_ref(ev.head_ref(e)) if head else b""
+            tags = ""
+            if key is not None:
+                tags = event_tag(key, p, eid or HEAD, payload)
+                if ref:
+                    tags += " " + ref_tag(key, p, tags, ref)
             argv += [
                 0 if eid is None else streams.index(eid) + 1,
                 type(e).__name__,
-                ev.encode_payload(env),
-                ev.encode_ref(ev.head_ref(e)) if head else "",
+                payload,
+                ref,
                 "1" if self._route(e) else "0",
                 ev.action_of(e) or "",
                 getattr(e, "clientRequestToken", None) or "",
                 getattr(e, "token", None) or "",
+                tags,
             ]
         argv.append(len(b.leases))
         for member, expiry in b.leases:
@@ -678,6 +716,7 @@ class EventStore:
                     fields[b"r"] if ref else fields.get(b"e", b""),
                     _text(fields.get(b"h", b"")),
                     ref=ref,
+                    tag=_text(fields.get(b"m", b"")),
                 )
             )
         return out
@@ -696,7 +735,7 @@ class EventStore:
         out: list[RawEntry] = []
         for stream, key in await self.stream_keys(pipeline):
             for r in await self.read_raw_stream(key):
-                out.append(RawEntry(r.version, r.payload, r.hash, ref=r.ref, stream=stream))
+                out.append(dataclasses.replace(r, stream=stream))
         return out
 
     async def pipelines(self) -> list[str]:
@@ -730,9 +769,9 @@ class EventStore:
 
     _RESTORE_LUA = r"""
 -- KEYS: 1 seq, 2 names, 3 xs, 4 as, 5 tok, 6 apv, 7 log; per execution stream 2 (stream, xa).
--- ARGV: 1 pipeline, 2 stream count, the execution ids, entry count, per entry 9: stream
+-- ARGV: 1 pipeline, 2 stream count, the execution ids, entry count, per entry 10: stream
 -- index (0 = the pipeline's), seq, field (e|r), payload, hash, type, action execution id,
--- request token, approval token.
+-- request token, approval token, audit tag ('' = none).
 local function last_of(key)
   local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)
   if #last == 0 then return 0, '' end
@@ -754,21 +793,28 @@ end
 local n = tonumber(ARGV[3 + ns])
 local b0 = 4 + ns
 for j = 0, n - 1 do
-  local b = b0 + j * 9
+  local b = b0 + j * 10
   local si, seq = tonumber(ARGV[b]), tonumber(ARGV[b + 1])
   local s = sim[si]
   if seq < 1 or seq <= s[1] then return {'order', tostring(si), ARGV[b + 1], tostring(s[1])} end
-  local hh = redis.sha1hex(s[2] .. '\n' .. ARGV[b + 1] .. '\n' .. ARGV[b + 3])
+  local tg = ARGV[b + 9]
+  if tg ~= '' then tg = '\n' .. tg end
+  local hh = redis.sha1hex(s[2] .. '\n' .. ARGV[b + 1] .. '\n' .. ARGV[b + 3] .. tg)
   if hh ~= ARGV[b + 4] then return {'hash', tostring(si), ARGV[b + 1]} end
   s[1] = seq
   s[2] = hh
 end
 local top, named = 0, false
 for j = 0, n - 1 do
-  local b = b0 + j * 9
+  local b = b0 + j * 10
   local si, seq = tonumber(ARGV[b]), ARGV[b + 1]
   local s = st[si]
-  redis.call('XADD', s[1], seq .. '-0', ARGV[b + 2], ARGV[b + 3], 'h', ARGV[b + 4])
+  if ARGV[b + 9] == '' then
+    redis.call('XADD', s[1], seq .. '-0', ARGV[b + 2], ARGV[b + 3], 'h', ARGV[b + 4])
+  else
+    redis.call('XADD', s[1], seq .. '-0', ARGV[b + 2], ARGV[b + 3], 'h', ARGV[b + 4],
+               'm', ARGV[b + 9])
+  end
   if tonumber(seq) > top then top = tonumber(seq) end
   if si == 0 then
     if ARGV[b + 2] == 'e' then named = true end
@@ -791,7 +837,7 @@ return {'ok', tostring(n)}
     async def restore(self, pipeline: str, entries: Sequence[RawEntry]) -> int:
         """Write stored entries back as they were: each into its stream (``entry.stream``:
         ``HEAD`` or an execution id) under its id ``<seq>-0``, with its payload (a head
-        reference when ``entry.ref``) and hash, in one atomic call; the derived indexes
+        reference when ``entry.ref``), hash and audit tag, in one atomic call; the derived indexes
         (executions, actions, request and approval tokens, last event per action
         execution, the seq counter, the partition's names) are derived from the events
         as the append script does. For ``audit import`` and ``stageline migrate``.
@@ -837,7 +883,9 @@ return {'ok', tostring(n)}
                 aid = ev.action_of(body) or ""
                 tok = getattr(body, "clientRequestToken", None) or ""
                 apv = getattr(body, "token", None) or ""
-            rows += [si, e.version, "r" if e.ref else "e", e.payload, e.hash, typ, aid, tok, apv]
+            rows += [
+                si, e.version, "r" if e.ref else "e", e.payload, e.hash, typ, aid, tok, apv, e.tag
+            ]
         keys = [
             k.sequence(pipeline),
             k.names(k.partition(pipeline)),

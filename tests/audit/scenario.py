@@ -156,8 +156,8 @@ class Scenario:
         )
 
 
-async def build(redis: Redis, name: str = "audited") -> Scenario:
-    engine = Engine(redis, Keys(partitions=PARTITIONS))
+async def build(redis: Redis, name: str = "audited", audit_key: bytes | None = None) -> Scenario:
+    engine = Engine(redis, Keys(partitions=PARTITIONS), audit_key=audit_key)
     engine.repo.clock = Clock()
     await engine.start()
     sc = Scenario(engine, name)
