@@ -16,13 +16,32 @@ from typing import Any
 
 import anyio
 from redis.asyncio import Redis
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("stageline.consumer")
 
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+# Redis cannot take this now, but may in a moment: unreachable, loading, failing over, or
+# out of memory (maxmemory reached: writes refused until memory is freed). Workers keep
+# running what they run, back off and write again; they never drop a result for it.
+REDIS_DOWN: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    OutOfMemoryError,
+    BusyLoadingError,
+    ReadOnlyError,
+    ClusterDownError,
+    TryAgainError,
+)
 
 
 @dataclass(frozen=True)

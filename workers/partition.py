@@ -47,6 +47,7 @@ from workers.ownership import Fence
 
 log = logging.getLogger("stageline.partition")
 
+FENCED_OR_DOWN: tuple[type[BaseException], ...] = (Fenced, *REDIS_DOWN)
 ROUNDS = 8  # commit rounds for one batch of entries before the rest is retried later
 CHECKPOINT_EVERY_S = 1.0  # the checkpoint of entries that needed no reaction, at most this late
 
@@ -165,7 +166,7 @@ class PartitionOwner:
             if entries:
                 try:
                     await self.handle(entries, last)
-                except (Fenced, *REDIS_DOWN):
+                except FENCED_OR_DOWN:
                     raise
                 except Exception:
                     log.exception("partition %d: handling a batch failed", self.partition)
@@ -253,7 +254,7 @@ class PartitionOwner:
                 try:
                     await self.handle([entry])
                     break
-                except (Fenced, *REDIS_DOWN):
+                except FENCED_OR_DOWN:
                     raise
                 except Exception as err:
                     if attempt == self.config.max_deliveries:
