@@ -6,9 +6,10 @@ every tenth of them failed and retried (FAILED_ACTIONS) once; ``growth-fresh`` n
 history is made in this process through the engine, without workers: ``Engine.start_execution``,
 the action completed directly with ``CompleteAction`` through ``engine.repo.execute``, the
 retry through ``Engine.retry_stage`` (applied with ``ApplyStageRetry`` when no worker does
-it), a few executions at a time. One worker process then reacts to that history once (until
-a probe execution on each pipeline has Succeeded, at most ``growth_settle_s``; it writes its
-snapshots when it stops), as workers running all along would have. Then, for the fresh
+it), a few executions at a time. Its dispatch entries are then dropped (workers running all
+along would have consumed them as it was made; every reaction was decided while it was
+written) and one worker process runs until a probe execution on each pipeline has Succeeded
+(at most ``growth_settle_s``; it writes its snapshots when it stops). Then, for the fresh
 pipeline and then the big one:
 
 1. StartPipelineExecution latency: ``M`` executions started one at a time through
@@ -143,6 +144,13 @@ async def _settle(ctx: Ctx, engine: Engine) -> dict[str, Any]:
     execution started on each pipeline now has Succeeded (it comes after the history), or
     until ``growth_settle_s`` has passed, then stops (writing its snapshots)."""
     budget = ctx.settings.growth_settle_s
+    # Workers running all along would have taken in (and trimmed) the history's dispatch
+    # entries as it was made; the history is complete (every reaction was decided while it
+    # was written), so they are dropped here rather than replayed by one worker at once.
+    keys = engine.keys
+    for p in range(keys.partitions):
+        await ctx.redis.xtrim(keys.events(p), maxlen=0)
+        await ctx.redis.xtrim(keys.run(p), maxlen=0)
     gate = f"bench:gate:{uuid.uuid4().hex}"
     worker = _worker(ctx, gate)
     await worker.start(word="GATE")
