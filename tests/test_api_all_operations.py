@@ -206,6 +206,23 @@ def test_responses_carry_aws_defaults_and_milliseconds(cp: Any) -> None:
     cp.delete_pipeline(name=name)
 
 
+def test_validation_messages_name_the_value(cp: Any) -> None:
+    with pytest.raises(cp.exceptions.ValidationException) as exc:
+        cp.get_pipeline_execution(pipelineName="p", pipelineExecutionId="not-a-uuid")
+    assert error_message(exc.value) == (
+        "1 validation error detected: Value 'not-a-uuid' at 'pipelineExecutionId' failed to "
+        "satisfy constraint: Member must satisfy regular expression pattern: "
+        "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    )
+    raw_client = client(cp.meta.endpoint_url, validate=False)  # no client-side checks
+    with pytest.raises(cp.exceptions.ValidationException) as exc:
+        raw_client.list_pipeline_executions(pipelineName="p", maxResults=0)
+    assert "Value '0' at 'maxResults' failed to satisfy constraint" in error_message(exc.value)
+    with pytest.raises(cp.exceptions.ValidationException) as exc:  # a list is not repeated
+        raw_client.start_pipeline_execution(name="p", variables=[])
+    assert error_message(exc.value).startswith("1 validation error detected: Value at 'variables'")
+
+
 # --- tags ---------------------------------------------------------------------------------
 
 
@@ -475,6 +492,10 @@ def test_rpc_v2_cbor_raw_requests(server: Stageline) -> None:
         url, "GetPipelineExecution", {"pipelineName": name, "pipelineExecutionId": "x" * 36}
     )
     assert status == 400 and err["Error"]["Code"] == "ValidationException"
+    assert err["Error"]["Message"].startswith(
+        f"1 validation error detected: Value '{'x' * 36}' at 'pipelineExecutionId' failed to "
+        "satisfy constraint: Member must satisfy regular expression pattern: "
+    )
     # protocol errors
     path = "/service/CodePipeline_20150709/operation/ListPipelines"
     cbor_headers = {"Content-Type": "application/cbor", "smithy-protocol": "rpc-v2-cbor"}

@@ -84,7 +84,8 @@ def _plain(value: Any) -> Any:
 
 
 def decode_request(body: bytes, cls: type[msgspec.Struct], message: Any) -> Any:
-    """``body`` as ``cls``; ``message`` turns a msgspec.ValidationError into the AWS sentence."""
+    """``body`` as ``cls``; ``message(exc, cls, document)`` turns a msgspec.ValidationError
+    into the AWS sentence."""
     if not body:
         obj: Any = {}
     else:
@@ -99,10 +100,11 @@ def decode_request(body: bytes, cls: type[msgspec.Struct], message: Any) -> Any:
             f"1 validation error detected: the request body must be a CBOR map, "
             f"got {type(obj).__name__}",
         )
+    plain = _plain(obj)
     try:
-        return msgspec.convert(_plain(obj), type=cls)
+        return msgspec.convert(plain, type=cls)
     except msgspec.ValidationError as exc:
-        raise AwsError("ValidationException", message(exc, cls)) from None
+        raise AwsError("ValidationException", message(exc, cls, plain)) from None
 
 
 def _tag_timestamps(shape: Any, value: Any) -> Any:

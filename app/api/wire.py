@@ -718,7 +718,9 @@ class _App:
         try:
             return msgspec.json.decode(body, type=OPERATIONS[op])
         except msgspec.ValidationError as exc:
-            raise AwsError("ValidationException", validation_message(exc, OPERATIONS[op])) from None
+            from app.api.validation import json_message  # (it builds on this module)
+
+            raise AwsError("ValidationException", json_message(exc, OPERATIONS[op], body)) from None
         except msgspec.DecodeError as exc:
             raise AwsError(
                 "ValidationException", f"request body is not valid JSON: {exc}"
@@ -730,7 +732,9 @@ class _App:
 
 
 def _decode_cbor(op: str, body: bytes) -> Any:
-    return cbor.decode_request(body, OPERATIONS[op], validation_message)
+    from app.api.validation import aws_validation_message
+
+    return cbor.decode_request(body, OPERATIONS[op], aws_validation_message)
 
 
 def _encode_cbor(op: str, result: Any) -> bytes:
