@@ -33,7 +33,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from app.api.server import ServeConfig
-from tests.api_helpers import Stageline, client, run_stageline, wait_for
+from tests.api_helpers import AKID, SECRET, Stageline, client, run_stageline, wait_for
 from tests.minimal_requests import minimal_requests
 from tests.shape_walk import MODEL, walk
 from workers.config import WorkerConfig
@@ -510,7 +510,7 @@ def test_rpc_v2_cbor_raw_requests(server: Stageline) -> None:
     _cbor_call(url, "DeletePipeline", {"name": name})
 
 
-def cbor_client(url: str, tmp_path: Path) -> Any:
+def cbor_client(url: str, tmp_path: Path, *, secret: str = SECRET) -> Any:
     """A botocore client that picks rpc-v2-cbor: the same model with only that protocol."""
     loader = botocore.loaders.Loader()
     model = loader.load_service_model("codepipeline", "service-2")
@@ -525,8 +525,8 @@ def cbor_client(url: str, tmp_path: Path) -> Any:
         "codepipeline",
         endpoint_url=url,
         region_name="us-east-1",
-        aws_access_key_id="AKIDEXAMPLE",
-        aws_secret_access_key="secret",
+        aws_access_key_id=AKID,
+        aws_secret_access_key=secret,
         config=botocore.config.Config(retries={"total_max_attempts": 1}),
     )
 
@@ -549,6 +549,18 @@ def test_rpc_v2_cbor_with_botocore(server: Stageline, tmp_path: Path) -> None:
     with pytest.raises(cp.exceptions.PipelineNotFoundException):
         cp.get_pipeline_state(name=unique("ghost"))
     cp.delete_pipeline(name=name)
+
+
+def test_rpc_v2_cbor_is_signed_like_json(tmp_path: Path) -> None:
+    cfg = _config(workers=False, credentials={AKID: SECRET})
+    with run_stageline(cfg) as srv:
+        good = cbor_client(srv.url, tmp_path / "good", secret=SECRET)
+        assert "pipelines" in good.list_pipelines()
+        bad = cbor_client(srv.url, tmp_path / "bad", secret="wrong")
+        with pytest.raises(ClientError) as exc:
+            bad.list_pipelines()
+        assert error_code(exc.value) == "InvalidSignatureException"
+        assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
 
 
 # --- aws-strict and limits ----------------------------------------------------------------

@@ -814,6 +814,9 @@ def test_cli_serve_flags_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> No
     )
     assert cfg.credentials == {"K1": "s1", "K2": "s2"}
     assert cfg.max_concurrent_executions == 3
+    assert cfg.aws_strict is False  # off by default
+    assert cli_main([*argv, "--aws-strict"]) == 0
+    assert seen[1].aws_strict is True
 
 
 # --- paused server: every RetryStageExecution error, deterministically ---------------------
