@@ -329,6 +329,8 @@ def test_custom_action_types(cp: Any) -> None:
     assert f"Provider: '{provider}'" in error_message(refused.value)
     assert "in action 'ship' is not available" in error_message(refused.value)
 
+    with pytest.raises(cp.exceptions.ActionTypeNotFoundException):
+        cp.poll_for_jobs(actionTypeId=tid)
     out = cp.create_custom_action_type(
         category="Deploy",
         provider=provider,
@@ -370,6 +372,7 @@ def test_custom_action_types(cp: Any) -> None:
     with pytest.raises(cp.exceptions.ActionTypeNotFoundException):
         cp.get_action_type(category="Build", owner="ThirdParty", provider="Nope", version="1")
 
+    assert cp.poll_for_jobs(actionTypeId=tid)["jobs"] == []
     cp.create_pipeline(pipeline=decl)  # now the type exists
     cp.delete_pipeline(name=decl["name"])
 

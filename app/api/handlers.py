@@ -257,6 +257,7 @@ def build_handlers(
     # --- job workers ---------------------------------------------------------------------
 
     async def poll_for_jobs(inp: s.PollForJobsInput, ctx: RequestContext) -> JSON:
+        await ops.check_custom_type(inp.actionTypeId)
         found = await engine.poll_for_jobs(
             inp.actionTypeId, inp.maxBatchSize or 1, dict(inp.queryParam or {})
         )

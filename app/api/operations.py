@@ -157,6 +157,14 @@ class Operations:
                     f"in region '{self.region.upper().replace('-', '_')}'",
                 )
 
+    async def check_custom_type(self, t: ActionTypeId) -> None:
+        """PollForJobs of a Custom type that was never created: ActionTypeNotFoundException."""
+        if t.owner == "Custom" and t.key not in (await self.catalog.load()).action_types:
+            raise AwsError(
+                "ActionTypeNotFoundException",
+                f"{_type_text(t)} does not exist: create it with CreateCustomActionType",
+            )
+
     async def tag_new_pipeline(self, name: str, tags: dict[str, str]) -> None:
         if not tags:
             return

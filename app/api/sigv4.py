@@ -8,10 +8,11 @@ using the request's own ``X-Amz-Date`` as the timestamp. Only header-based signi
 
 Stricter than "the signature matches": the credential scope must name the expected service
 and region, ``host``, ``x-amz-date`` and ``x-amz-target`` (and ``content-type`` when the
-request has one) must be signed (an rpc-v2-cbor request, ``/service/...``, names its operation
-in the signed path and has no ``x-amz-target``), an ``X-Amz-Content-SHA256`` header must match the body, and
-the request must be signed within ``max_skew_seconds`` of the server's clock. Replays of an
-accepted signature are the caller's business (:mod:`app.api.replay`): this module is pure.
+request has one) must be signed (an rpc-v2-cbor request, ``/service/...``, names its
+operation in the signed path and has no ``x-amz-target``), an ``X-Amz-Content-SHA256``
+header must match the body, and the request must be signed within ``max_skew_seconds`` of
+the server's clock. Replays of an accepted signature are the caller's business
+(:mod:`app.api.replay`): this module is pure.
 
 Errors are the ones AWS's JSON services send (name, HTTP status, wording where AWS has one):
 
