@@ -447,6 +447,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="allow a non-loopback host without access keys"
     )
     s.add_argument(
+        "--aws-strict",
+        action="store_true",
+        help="also enforce AWS's source-stage rules (>= 2 stages, source actions only and "
+        "always in the first stage, an artifactStore)",
+    )
+    s.add_argument(
         "--max-connections",
         type=int,
         default=1000,
@@ -792,6 +798,7 @@ async def _serve(a: argparse.Namespace) -> None:
         max_clock_skew_s=a.max_clock_skew,
         limits=limits,
         insecure=a.insecure,
+        aws_strict=a.aws_strict,
         partitions=a.partitions,
         max_concurrent_executions=a.max_concurrent_executions,
         worker=worker,

@@ -51,6 +51,7 @@ import msgspec
 from app.domain.errors import DomainError
 from app.domain.model import (
     ActionDeclaration,
+    PipelineDeclaration,
     StageExecutionStatus,
 )
 from app.domain.state import ActionExec, ExecutionState, PipelineState, StageRun
@@ -61,6 +62,7 @@ __all__ = [
     "DEFAULT_REGION",
     "MAX_RESULTS",
     "cursor_item",
+    "declaration_document",
     "find_job",
     "get_job_details",
     "get_pipeline",
@@ -135,13 +137,40 @@ def get_pipeline(
             )
         decl = found
     return {
-        "pipeline": msgspec.to_builtins(decl),
+        "pipeline": declaration_document(decl),
         "metadata": _obj(
             pipelineArn=pipeline_arn(s.name, region=region, account=account),
             created=s.created,
             updated=s.updated,
         ),
     }
+
+
+def _action_document(a: ActionDeclaration) -> JSON:
+    doc: JSON = msgspec.to_builtins(a)
+    doc.setdefault("runOrder", 1)
+    doc.setdefault("inputArtifacts", [])
+    doc.setdefault("outputArtifacts", [])
+    t = a.actionTypeId
+    if t.category == "Approval" or t.owner != "AWS":
+        doc.setdefault("configuration", {})
+    return doc
+
+
+def declaration_document(decl: PipelineDeclaration) -> JSON:
+    """A PipelineDeclaration as AWS returns it: every action with ``runOrder`` (1),
+    ``inputArtifacts`` and ``outputArtifacts`` ([]) and, for approvals and custom/third-party
+    actions, ``configuration`` ({}) filled in when the caller left them out."""
+    doc: JSON = msgspec.to_builtins(decl)
+    doc["version"] = decl.version or 1
+    for stage_doc, stage in zip(doc["stages"], decl.stages, strict=True):
+        stage_doc["actions"] = [_action_document(a) for a in stage.actions]
+    return doc
+
+
+def _identity(value: str | None) -> str | None:
+    """An identity as AWS sends it: an ARN, or nothing (never a worker or key name)."""
+    return value if value is not None and value.startswith("arn:") else None
 
 
 def pipeline_summary(s: PipelineState) -> JSON:
@@ -185,7 +214,7 @@ def _action_execution(a: ActionExec) -> JSON:
         summary=_text(a.summary, _SUMMARY_MAX),
         lastStatusChange=_last_status_change(a),
         token=a.token if a.kind == "approval" else None,
-        lastUpdatedBy=a.updatedBy,
+        lastUpdatedBy=_identity(a.updatedBy) if a.kind == "approval" else None,
         externalExecutionId=_text(a.externalExecutionId, _EXTERNAL_ID_MAX),
         errorDetails=_error_details(a),
     )
@@ -194,14 +223,18 @@ def _action_execution(a: ActionExec) -> JSON:
 def _retry_metadata(run: StageRun) -> JSON | None:
     if run.manualRetries == 0 and run.autoRetries == 0:
         return None
+    # AWS sends both counters once a stage was retried (0 for the kind that never ran, below
+    # the model's documented minimum of 1: a deviation of the service from its own model).
     return _obj(
-        autoStageRetryAttempt=run.autoRetries or None,  # RetryAttempt has min 1
-        manualStageRetryAttempt=run.manualRetries or None,
+        autoStageRetryAttempt=run.autoRetries,
+        manualStageRetryAttempt=run.manualRetries,
         latestRetryTrigger=run.latestTrigger,
     )
 
 
-def _stage_state(s: PipelineState, stage_name: str, action_names: list[str]) -> JSON:
+def _stage_state(
+    s: PipelineState, stage_name: str, action_names: list[str], *, first: bool = False
+) -> JSON:
     doc: JSON = {"stageName": stage_name}
     waiters = s.waiting.get(stage_name) or []
     if waiters:
@@ -216,7 +249,8 @@ def _stage_state(s: PipelineState, stage_name: str, action_names: list[str]) -> 
             )
         doc["inboundExecution"] = inbound[0]  # the next one to enter
         doc["inboundExecutions"] = inbound
-    doc["inboundTransitionState"] = {"enabled": True}
+    if not first:  # AWS has no transition into the first stage
+        doc["inboundTransitionState"] = {"enabled": True}
 
     run: StageRun | None = None
     x: ExecutionState | None = None
@@ -259,7 +293,10 @@ def get_pipeline_state(s: PipelineState) -> JSON:
     return _obj(
         pipelineName=decl.name,
         pipelineVersion=decl.version or 1,
-        stageStates=[_stage_state(s, st.name, [a.name for a in st.actions]) for st in decl.stages],
+        stageStates=[
+            _stage_state(s, st.name, [a.name for a in st.actions], first=i == 0)
+            for i, st in enumerate(decl.stages)
+        ],
         created=s.created,
         updated=s.updated,
     )
@@ -402,7 +439,7 @@ def _action_detail(s: PipelineState, x: ExecutionState, a: ActionExec, region: s
         actionName=a.actionName,
         startTime=a.startTime,
         lastUpdateTime=a.lastUpdateTime,
-        updatedBy=a.updatedBy,
+        updatedBy=_identity(a.updatedBy),
         status=a.status,
         input=_action_input(s, x, a, region),
         output=_action_output(s, x, a, region),

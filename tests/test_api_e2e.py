@@ -319,8 +319,15 @@ def test_pipeline_crud_and_list_pagination(cp: Any) -> None:
     assert old["stages"][0]["actions"][0]["commands"] == ["echo hi"]
     with pytest.raises(cp.exceptions.PipelineVersionNotFoundException):
         cp.get_pipeline(name=names[0], version=7)
-    with pytest.raises(cp.exceptions.PipelineNotFoundException):
-        cp.update_pipeline(pipeline=pipeline(unique("ghost"), stage("B", commands("e", "true"))))
+    ghost = unique("ghost")
+    with pytest.raises(cp.exceptions.PipelineNotFoundException) as missing:
+        cp.get_pipeline(name=ghost)
+    wording = f"Account '000000000000' does not have a pipeline with name '{ghost}'"
+    assert missing.value.response["Error"]["Message"] == wording
+    # PipelineNotFoundException is not among UpdatePipeline's modelled errors
+    with pytest.raises(cp.exceptions.ValidationException) as invalid:
+        cp.update_pipeline(pipeline=pipeline(ghost, stage("B", commands("e", "true"))))
+    assert invalid.value.response["Error"]["Message"] == wording
 
     # ListPipelines: one per page, following nextToken; ours are all there, none repeated
     seen: list[str] = []
@@ -438,7 +445,11 @@ def test_retry_failed_actions_while_sibling_runs_then_all_actions(cp: Any, marks
     view = stages(cp, name)["Build"]
     assert view["actions"]["slow"]["actionExecutionId"] == slow["actionExecutionId"]
     assert view["actions"]["slow"]["status"] == "InProgress"
-    assert view["retry"] == {"manualStageRetryAttempt": 1, "latestRetryTrigger": "ManualStageRetry"}
+    assert view["retry"] == {
+        "autoStageRetryAttempt": 0,
+        "manualStageRetryAttempt": 1,
+        "latestRetryTrigger": "ManualStageRetry",
+    }
     assert execution_status(cp, name, eid) == "InProgress"
     # nothing failed any more: not retryable. The same call as the accepted one above, so
     # sent in a later second: within one second it has the same SigV4 signature, which the
@@ -531,6 +542,7 @@ def test_automatic_stage_retry(cp: Any, marks: Path) -> None:
     wait_status(cp, name, eid, "Succeeded")
     assert stages(cp, name)["Build"]["retry"] == {
         "autoStageRetryAttempt": 1,
+        "manualStageRetryAttempt": 0,
         "latestRetryTrigger": "AutomatedStageRetry",
     }
     assert [s for _, s in attempts(action_executions(cp, name, eid), "once-flaky")] == [
@@ -542,11 +554,21 @@ def test_automatic_stage_retry(cp: Any, marks: Path) -> None:
 def test_custom_action_job_worker(cp: Any) -> None:
     """A job worker written with boto3 fails the first job and completes the retried one."""
     name = unique("jobs")
-    cp.create_pipeline(
-        pipeline=pipeline(
-            name, stage("Build", custom("external")), stage("Done", commands("d", "true"))
-        )
+    decl = pipeline(name, stage("Build", custom("external")), stage("Done", commands("d", "true")))
+    # as in AWS, a Custom action needs its type created first
+    with pytest.raises(cp.exceptions.InvalidActionDeclarationException) as refused:
+        cp.create_pipeline(pipeline=decl)
+    assert "ActionType (Category: 'Build', Provider: 'E2EBuilder', Owner: 'Custom', Version: " \
+        "'1') in action 'external' is not available" in refused.value.response["Error"]["Message"]
+    details = {"minimumCount": 0, "maximumCount": 1}
+    cp.create_custom_action_type(
+        category="Build",
+        provider="E2EBuilder",
+        version="1",
+        inputArtifactDetails=details,
+        outputArtifactDetails=details,
     )
+    cp.create_pipeline(pipeline=decl)
     eid = cp.start_pipeline_execution(name=name)["pipelineExecutionId"]
     worker = client(cp.meta.endpoint_url)
 
@@ -794,6 +816,9 @@ def test_cli_serve_flags_reach_the_server(monkeypatch: pytest.MonkeyPatch) -> No
     )
     assert cfg.credentials == {"K1": "s1", "K2": "s2"}
     assert cfg.max_concurrent_executions == 3
+    assert cfg.aws_strict is False  # off by default
+    assert cli_main([*argv, "--aws-strict"]) == 0
+    assert seen[1].aws_strict is True
 
 
 # --- paused server: every RetryStageExecution error, deterministically ---------------------

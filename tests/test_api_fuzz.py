@@ -29,6 +29,7 @@ from hypothesis import HealthCheck, currently_in_test_context, event, given, set
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 
+from app import catalog as cat
 from app.api.server import ServeConfig, make_app
 from app.api.shapes import OPERATIONS
 from app.api.wire import ASGIApp
@@ -137,6 +138,10 @@ class World:
         await e.start()
         await e.create_pipeline(DEMO)
         await e.create_pipeline(FLOW)
+        key = msgspec.convert(CUSTOM, ActionTypeId).key  # FLOW's custom type, as created
+        await cat.CatalogStore(self.redis, e.keys.namespace).change(
+            lambda c: [cat.ActionTypeCreated(key=key, declaration={"id": CUSTOM}, at=0.0)]
+        )
         # demo: an execution whose Gate stage failed (a1 rejected) while a2 is still waiting
         e1 = self.demo_execution = await e.start_execution("demo", client_request_token="tok-1")
         s = await e.pipeline("demo")

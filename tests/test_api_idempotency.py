@@ -33,7 +33,7 @@ DECL: dict[str, Any] = {
                     "name": "a",
                     "actionTypeId": {
                         "category": "Build",
-                        "owner": "Custom",
+                        "owner": "ThirdParty",  # a job action needing no custom type
                         "provider": "X",
                         "version": "1",
                     },

@@ -37,7 +37,7 @@ def declaration(name: str) -> dict[str, Any]:
                         "name": "a",
                         "actionTypeId": {
                             "category": "Build",
-                            "owner": "Custom",
+                            "owner": "ThirdParty",  # a job action needing no custom type
                             "provider": "X",
                             "version": "1",
                         },

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import base64
 import functools
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
+from app import catalog as cat
 from app import queries as q
 from app.api import shapes as s
 from app.api.errors import AwsError
-from app.api.wire import Handler, RequestContext
+from app.api.operations import Operations, check_tags
+from app.api.wire import DEFAULT_ACCOUNT, Handler, RequestContext
 from app.domain.errors import DomainError
+from app.domain.model import aws_strict_problems, declaration_problems
 from app.engine import Engine
+from app.queries import DEFAULT_REGION
 from app.repository import Origin
 
 JSON = dict[str, Any]
@@ -47,19 +52,61 @@ def _origin(ctx: RequestContext) -> Origin:
     )
 
 
-def _aws(fn: Callable[[Any, RequestContext], Awaitable[JSON]]) -> Handler:
+_NOT_FOUND = re.compile(r"^Pipeline '(?P<name>.*)' not found$", re.S)
+
+
+def _milliseconds(value: Any) -> Any:
+    """Timestamps (the only floats in CodePipeline outputs) cut to milliseconds, as AWS."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _milliseconds(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_milliseconds(v) for v in value]
+    return value
+
+
+def not_found_message(name: str, account: str = DEFAULT_ACCOUNT) -> str:
+    return f"Account '{account}' does not have a pipeline with name '{name}'"
+
+
+def _aws(fn: Callable[[Any, RequestContext], Awaitable[JSON]], account: str) -> Handler:
     @functools.wraps(fn)
     async def wrapper(inp: Any, ctx: RequestContext) -> JSON:
         try:
-            return await fn(inp, ctx)
+            out: JSON = _milliseconds(await fn(inp, ctx))
+            return out
         except DomainError as err:
-            raise AwsError(err.type_name, err.message, err.status) from None
+            message = err.message
+            m = _NOT_FOUND.match(message)
+            if err.type_name == "PipelineNotFoundException" and m is not None:
+                message = not_found_message(m["name"], account)
+            raise AwsError(err.type_name, message, err.status) from None
 
     return wrapper
 
 
-def build_handlers(engine: Engine) -> dict[str, Handler]:
+def build_handlers(
+    engine: Engine,
+    *,
+    region: str = DEFAULT_REGION,
+    account: str = DEFAULT_ACCOUNT,
+    aws_strict: bool = False,
+) -> dict[str, Handler]:
+    """Every CodePipeline operation's handler. ``aws_strict`` adds AWS's source-stage rules
+    (:func:`app.domain.model.aws_strict_problems`) to CreatePipeline/UpdatePipeline."""
     h: dict[str, Callable[[Any, RequestContext], Awaitable[JSON]]] = {}
+    ops = Operations(engine, region=region, account=account, origin=_origin)
+
+    async def check_declaration(decl: Any) -> None:
+        problems = declaration_problems(decl)  # limits first, in every mode (as the engine)
+        if problems:
+            raise AwsError("InvalidStructureException", "; ".join(problems))
+        if aws_strict:
+            problems = aws_strict_problems(decl)
+            if problems:
+                raise AwsError("InvalidStructureException", problems[0])
+        await ops.check_action_types(decl)
 
     # --- the heart -----------------------------------------------------------------------
 
@@ -72,20 +119,45 @@ def build_handlers(engine: Engine) -> dict[str, Handler]:
     # --- pipelines -----------------------------------------------------------------------
 
     async def create_pipeline(inp: s.CreatePipelineInput, ctx: RequestContext) -> JSON:
+        tags = check_tags(inp.tags)
+        if len(tags) > cat.MAX_TAGS:
+            raise AwsError(
+                "TooManyTagsException",
+                f"The pipeline would have {len(tags)} tags; the limit is {cat.MAX_TAGS}",
+            )
+        await check_declaration(inp.pipeline)
         st = await engine.create_pipeline(inp.pipeline, _origin(ctx))
-        out = q.get_pipeline(st)
-        return {"pipeline": out["pipeline"], "tags": msgspec.to_builtins(inp.tags or [])}
+        await ops.tag_new_pipeline(inp.pipeline.name, tags)
+        out = q.get_pipeline(st, region=region, account=account)
+        result: JSON = {"pipeline": out["pipeline"]}
+        if tags:
+            result["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
+        return result
 
     async def get_pipeline(inp: s.GetPipelineInput, ctx: RequestContext) -> JSON:
-        return q.get_pipeline(await engine.head(inp.name), version=inp.version)
+        return q.get_pipeline(
+            await engine.head(inp.name), version=inp.version, region=region, account=account
+        )
 
     async def update_pipeline(inp: s.UpdatePipelineInput, ctx: RequestContext) -> JSON:
-        await engine.head(inp.pipeline.name)
+        try:
+            await engine.head(inp.pipeline.name)
+        except DomainError:  # PipelineNotFoundException is not among UpdatePipeline's errors
+            raise AwsError(
+                "ValidationException", not_found_message(inp.pipeline.name, account)
+            ) from None
+        await check_declaration(inp.pipeline)
         st = await engine.update_pipeline(inp.pipeline, _origin(ctx))
-        return {"pipeline": q.get_pipeline(st)["pipeline"]}
+        return {"pipeline": q.get_pipeline(st, region=region, account=account)["pipeline"]}
 
     async def delete_pipeline(inp: s.DeletePipelineInput, ctx: RequestContext) -> JSON:
+        try:
+            resource: str | None = await ops.pipeline_resource(inp.name)
+        except DomainError:
+            resource = None  # DeletePipeline of a missing pipeline: the engine answers
         await engine.delete_pipeline(inp.name, _origin(ctx))
+        if resource is not None:
+            await ops.forget_pipeline(resource)
         return {}
 
     async def list_pipelines(inp: s.ListPipelinesInput, ctx: RequestContext) -> JSON:
@@ -186,12 +258,20 @@ def build_handlers(engine: Engine) -> dict[str, Handler]:
     # --- job workers ---------------------------------------------------------------------
 
     async def poll_for_jobs(inp: s.PollForJobsInput, ctx: RequestContext) -> JSON:
+        await ops.check_custom_type(inp.actionTypeId)
         found = await engine.poll_for_jobs(
             inp.actionTypeId, inp.maxBatchSize or 1, dict(inp.queryParam or {})
         )
         return {
             "jobs": [
-                q.job_document(j.state, j.ref.executionId, j.ref.actionExecutionId) for j in found
+                q.job_document(
+                    j.state,
+                    j.ref.executionId,
+                    j.ref.actionExecutionId,
+                    account=account,
+                    region=region,
+                )
+                for j in found
             ]
         }
 
@@ -200,7 +280,9 @@ def build_handlers(engine: Engine) -> dict[str, Handler]:
 
     async def get_job_details(inp: s.GetJobDetailsInput, ctx: RequestContext) -> JSON:
         j = await engine.job(inp.jobId)
-        return q.get_job_details(j.state, j.ref.executionId, j.ref.actionExecutionId)
+        return q.get_job_details(
+            j.state, j.ref.executionId, j.ref.actionExecutionId, account=account, region=region
+        )
 
     async def put_job_success_result(
         inp: s.PutJobSuccessResultInput, ctx: RequestContext
@@ -251,4 +333,5 @@ def build_handlers(engine: Engine) -> dict[str, Handler]:
         PutJobSuccessResult=put_job_success_result,
         PutJobFailureResult=put_job_failure_result,
     )
-    return {name: _aws(fn) for name, fn in h.items()}
+    h.update(ops.handlers())
+    return {name: _aws(fn, account) for name, fn in h.items()}

@@ -41,6 +41,7 @@ class ServeConfig:
     account_id: str = DEFAULT_ACCOUNT
     max_clock_skew_s: float = DEFAULT_MAX_SKEW_SECONDS
     insecure: bool = False
+    aws_strict: bool = False  # AWS's source-stage rules on CreatePipeline/UpdatePipeline
     partitions: int = 16
     max_body_bytes: int = 1_048_576
     max_concurrent_executions: int = 50  # per pipeline, fixed when it is created
@@ -82,7 +83,9 @@ def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
         for akid in cfg.credentials
     }
     api = build_app(
-        build_handlers(engine),
+        build_handlers(
+            engine, region=cfg.region, account=cfg.account_id, aws_strict=cfg.aws_strict
+        ),
         credentials=dict(cfg.credentials) or None,
         principals=principals,
         region=cfg.region,

@@ -295,3 +295,15 @@ OPERATIONS: dict[str, type[msgspec.Struct]] = {
     "PutApprovalResult": PutApprovalResultInput,
 }
 """Operation name (the part after ``CodePipeline_20150709.``) -> its input Struct."""
+
+
+def _generated() -> None:
+    """The remaining operations of the model decode into Structs built from the model."""
+    from app.api.modelshapes import input_struct, service_model
+
+    for op in service_model().operation_names:
+        if op not in OPERATIONS:
+            OPERATIONS[op] = input_struct(op)
+
+
+_generated()

@@ -8,9 +8,11 @@ using the request's own ``X-Amz-Date`` as the timestamp. Only header-based signi
 
 Stricter than "the signature matches": the credential scope must name the expected service
 and region, ``host``, ``x-amz-date`` and ``x-amz-target`` (and ``content-type`` when the
-request has one) must be signed, an ``X-Amz-Content-SHA256`` header must match the body, and
-the request must be signed within ``max_skew_seconds`` of the server's clock. Replays of an
-accepted signature are the caller's business (:mod:`app.api.replay`): this module is pure.
+request has one) must be signed (an rpc-v2-cbor request, ``/service/...``, names its
+operation in the signed path and has no ``x-amz-target``), an ``X-Amz-Content-SHA256``
+header must match the body, and the request must be signed within ``max_skew_seconds`` of
+the server's clock. Replays of an accepted signature are the caller's business
+(:mod:`app.api.replay`): this module is pure.
 
 Errors are the ones AWS's JSON services send (name, HTTP status, wording where AWS has one):
 
@@ -225,6 +227,9 @@ def verify_sigv4(
     present = {k for k, _ in pairs}
     signed = set(auth.signed_headers)
     needed = [*required, *(["content-type"] if "content-type" in present else [])]
+    if "x-amz-target" not in present and url_path.startswith("/service/"):
+        # rpc-v2-cbor: the operation is in the (signed) path, there is no X-Amz-Target
+        needed.remove("x-amz-target")
     for name in needed:
         if name not in signed:
             raise _invalid(f"'{name}' must be a 'SignedHeader' in the AWS Authorization.")

@@ -41,6 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.api import cbor
 from app.api.errors import AwsError
 from app.api.replay import MemoryReplayCache, ReplayCache
 from app.api.shapes import OPERATIONS
@@ -328,12 +329,33 @@ async def _send(
     await send({"type": "http.response.body", "body": body})
 
 
-async def _send_error(send: Send, err: AwsError, request_id: str) -> None:
-    body = msgspec.json.encode({"__type": err.type_name, "message": err.message})
+async def _send_error(send: Send, err: AwsError, request_id: str, rpc_cbor: bool = False) -> None:
     extra = [(b"x-amzn-errortype", err.type_name.encode())]
     if isinstance(err, _MethodNotAllowed):
         extra.append((b"allow", err.allow.encode()))
+    if rpc_cbor:
+        await _send_cbor(send, err.status, cbor.encode_error(err), request_id, extra)
+        return
+    body = msgspec.json.encode({"__type": err.type_name, "message": err.message})
     await _send(send, err.status, body, request_id, extra)
+
+
+async def _send_cbor(
+    send: Send,
+    status: int,
+    body: bytes,
+    request_id: str,
+    extra: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [
+        (b"content-type", cbor.CONTENT_TYPE),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-amzn-requestid", request_id.encode()),
+        (b"smithy-protocol", cbor.PROTOCOL),
+        *(extra or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 # --- event store faults -------------------------------------------------------------------
@@ -508,19 +530,20 @@ class _App:
             body = await _read_body(receive, self.max_body_bytes)
         except _Disconnected:
             return
+        rpc_cbor = scope["path"].startswith("/service/")  # smithy rpc-v2-cbor
         try:
             await self._route(scope, body, request_id, received_at, send)
         except AwsError as err:
-            await _send_error(send, err, request_id)
+            await _send_error(send, err, request_id, rpc_cbor)
         except Exception as exc:  # a bug outside the handler: still an AWS-shaped answer
             fault = store_error(exc)
             if fault is not None:  # e.g. the replay cache's Redis
                 logger.warning("request %s: %s: %s", request_id, fault.message, exc)
-                await _send_error(send, fault, request_id)
+                await _send_error(send, fault, request_id, rpc_cbor)
                 return
             logger.exception("request %s failed", request_id)
             failure = AwsError("InternalFailure", f"internal error; request id {request_id}", 500)
-            await _send_error(send, failure, request_id)
+            await _send_error(send, failure, request_id, rpc_cbor)
 
     async def _route(
         self, scope: Scope, body: bytes | None, request_id: str, received_at: float, send: Send
@@ -532,7 +555,8 @@ class _App:
                 raise _MethodNotAllowed(method, path, "GET")
             await self._health(send, request_id)
             return
-        if path != "/":
+        cbor_op = cbor.operation_from_path(path)  # rpc-v2-cbor: the operation is in the path
+        if path != "/" and cbor_op is None:
             raise AwsError("NotFoundException", f"no such resource: {path}", 404)
         if method != "POST":
             raise _MethodNotAllowed(method, path, "POST")
@@ -558,13 +582,19 @@ class _App:
             )
             await self._extra(extra, headers, body, ctx, send)
             return
-        op = self._operation(headers)
         invocation_id = _invocation_id(headers)
-        self._check_content_type(headers)
-        if big:
-            request = await anyio.to_thread.run_sync(self._decode, op, body)
+        decode: Callable[[str, bytes], Any] = self._decode
+        if cbor_op is not None:
+            op = self._supported(cbor_op)
+            cbor.check_headers(headers, body)
+            decode = _decode_cbor
         else:
-            request = self._decode(op, body)
+            op = self._operation(headers)
+            self._check_content_type(headers)
+        if big:
+            request = await anyio.to_thread.run_sync(decode, op, body)
+        else:
+            request = decode(op, body)
         reserved = False  # this request recorded its signature as used
         if caller.signature is not None and not is_read_only(op):
             reserved = await self._check_replay(caller, invocation_id, request)
@@ -578,7 +608,7 @@ class _App:
         )
         try:
             result = await self.handlers[op](request, ctx)
-            payload = encode_result(result)
+            payload = encode_result(result) if cbor_op is None else _encode_cbor(op, result)
         except AwsError as err:
             if reserved and err.status < 500 and caller.signature is not None:
                 # refused: nothing was accepted, so a repeat of the call may try again
@@ -595,6 +625,9 @@ class _App:
                 f"internal error processing {op}; request id {request_id}",
                 500,
             ) from None
+        if cbor_op is not None:
+            await _send_cbor(send, 200, payload, request_id)
+            return
         await _send(send, 200, payload, request_id)
 
     async def _extra(
@@ -692,7 +725,9 @@ class _App:
                 "UnknownOperationException",
                 f"unknown target {target!r}: expected {TARGET_PREFIX}<Operation>",
             )
-        op = target.removeprefix(TARGET_PREFIX)
+        return self._supported(target.removeprefix(TARGET_PREFIX))
+
+    def _supported(self, op: str) -> str:
         if op not in self.model_operations:
             raise AwsError("UnknownOperationException", f"unknown operation {op!r}")
         if op not in self.handlers:
@@ -725,7 +760,9 @@ class _App:
         try:
             return msgspec.json.decode(body, type=OPERATIONS[op])
         except msgspec.ValidationError as exc:
-            raise AwsError("ValidationException", validation_message(exc, OPERATIONS[op])) from None
+            from app.api.validation import json_message  # (it builds on this module)
+
+            raise AwsError("ValidationException", json_message(exc, OPERATIONS[op], body)) from None
         except msgspec.DecodeError as exc:
             raise AwsError(
                 "ValidationException", f"request body is not valid JSON: {exc}"
@@ -734,6 +771,16 @@ class _App:
             raise AwsError(
                 "ValidationException", "request body is not valid JSON: nested too deeply"
             ) from None
+
+
+def _decode_cbor(op: str, body: bytes) -> Any:
+    from app.api.validation import aws_validation_message
+
+    return cbor.decode_request(body, OPERATIONS[op], aws_validation_message)
+
+
+def _encode_cbor(op: str, result: Any) -> bytes:
+    return cbor.encode_result(op, msgspec.json.decode(encode_result(result)))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -169,14 +169,36 @@ class PipelineDeclaration(msgspec.Struct, frozen=True, omit_defaults=True):
         raise KeyError(name)
 
 
+# AWS's documented quotas (CodePipeline "Quotas" page), enforced in every mode.
+MAX_STAGES = 50  # stages in a pipeline
+MAX_ACTIONS_PER_STAGE = 50  # actions in a stage
+MAX_PARALLEL_ACTIONS = 50  # actions with the same runOrder in a stage
+
+
 def declaration_problems(decl: PipelineDeclaration) -> list[str]:
-    """Structural rules the shape alone cannot express (unique names, non-empty stages).
+    """Structural rules the shape alone cannot express (unique names, non-empty stages) and
+    AWS's limits (:data:`MAX_STAGES`, :data:`MAX_ACTIONS_PER_STAGE`; name lengths are in the
+    shape).
 
     Returned as human-readable messages; an empty list means the declaration is valid.
     """
     problems: list[str] = []
     if not decl.stages:
         problems.append("pipeline must have at least one stage")
+    if len(decl.stages) > MAX_STAGES:
+        problems.append(
+            f"Pipeline has {len(decl.stages)} stage(s). "
+            f"There should be a maximum of {MAX_STAGES} stages in a pipeline"
+        )
+        return problems  # the rest would repeat per stage
+    for stage in decl.stages:
+        if len(stage.actions) > MAX_ACTIONS_PER_STAGE:
+            problems.append(
+                f"Stage '{stage.name}' has {len(stage.actions)} action(s). "
+                f"There should be a maximum of {MAX_ACTIONS_PER_STAGE} actions in a stage"
+            )
+    if problems:
+        return problems
     seen_stages: set[str] = set()
     for stage in decl.stages:
         if stage.name in seen_stages:
@@ -224,4 +246,35 @@ def action_type_problems(decl: PipelineDeclaration) -> list[str]:
                 "runs AWS Compute/Commands/1 and Approval/Manual/1; other types need owner "
                 "Custom or ThirdParty (run by a job worker)"
             )
+    return problems
+
+
+def aws_strict_problems(decl: PipelineDeclaration) -> list[str]:
+    """AWS's source-stage rules, checked only under ``serve --aws-strict``: at least two
+    stages, source actions in the first stage and only there, an artifact store.
+
+    Messages are AWS's own wording where it is known.
+    """
+    problems: list[str] = []
+    if len(decl.stages) < 2:
+        problems.append(
+            f"Pipeline has only {len(decl.stages)} stage(s). "
+            "There should be a minimum of 2 stages in a pipeline"
+        )
+    if decl.artifactStore is None and not decl.artifactStores:
+        problems.append("Pipeline must have an artifactStore or artifactStores")
+    for i, stage in enumerate(decl.stages):
+        for action in stage.actions:
+            is_source = action.actionTypeId.category == "Source"
+            if i == 0 and not is_source:
+                problems.append(
+                    f"Stage '{stage.name}' (the first stage) can only contain source actions, "
+                    f"but action '{action.name}' is of category "
+                    f"'{action.actionTypeId.category}'"
+                )
+            elif i > 0 and is_source:
+                problems.append(
+                    f"Action '{action.name}' in stage '{stage.name}' is a source action; "
+                    "source actions can only be in the first stage"
+                )
     return problems
