@@ -90,6 +90,19 @@ async def test_create_refuses_unrunnable_type(app: ASGIApp, bad: dict[str, str])
 
 
 async def test_update_refuses_unrunnable_type_and_keeps_the_pipeline(app: ASGIApp) -> None:
+    # a Custom action's type must exist first (as in AWS: CreateCustomActionType)
+    status, _ = await _post(
+        app,
+        "CreateCustomActionType",
+        {
+            "category": "Build",
+            "provider": "MyBuilder",
+            "version": "1",
+            "inputArtifactDetails": {"minimumCount": 0, "maximumCount": 5},
+            "outputArtifactDetails": {"minimumCount": 0, "maximumCount": 5},
+        },
+    )
+    assert status == 200
     status, _ = await _post(app, "CreatePipeline", {"pipeline": _decl(*RUNNABLE)})
     assert status == 200
     decl = _decl(*RUNNABLE, _type("Deploy", "AWS", "CodeDeploy"))
