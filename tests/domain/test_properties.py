@@ -64,6 +64,7 @@ class Run:
         self.h = h
         self.accepted: list[str] = []
         self.refused: list[str] = []
+        self.boundaries: list[int] = [len(h.log)]  # log lengths between two commands
 
     def __repr__(self) -> str:  # hypothesis prints this for a failing example
         decl = self.h.state.declaration
@@ -234,6 +235,8 @@ def runs(draw: st.DrawFn) -> Run:
             run.refused.append(f"{type(cmd).__name__}:{e.type_name}")
             continue
         run.accepted.append(type(cmd).__name__)
+        if len(h.log) != run.boundaries[-1]:
+            run.boundaries.append(len(h.log))
     return run
 
 
