@@ -426,3 +426,91 @@ def test_stop_of_a_stopping_execution_with_abandon_stops_it() -> None:
         "Execution stopped and abandoned"
     }
     assert h.run_of(a, "Build").status == "Stopped"
+
+
+# --- stored forms -----------------------------------------------------------------------------
+
+
+def test_every_envelope_field_round_trips_through_the_stored_payload() -> None:
+    env = ev.Envelope(
+        id="i",
+        pipeline="p",
+        version=7,
+        time=1.5,
+        actor="worker:w",
+        event=ev.StageFailed(executionId=UNKNOWN, stageName="S", reason="r", autoRetry=True),
+        correlationId="corr",
+        causationId="cause",
+        commandId="cmd",
+        requestId="req",
+        source="src",
+    )
+    data = ev.encode_payload(env)
+    assert ev.decode_payload("p", 7, data) == env
+    assert msgspec.json.decode(data) == {
+        "id": "i",
+        "time": 1.5,
+        "actor": "worker:w",
+        "event": {
+            "type": "StageFailed",
+            "executionId": UNKNOWN,
+            "stageName": "S",
+            "reason": "r",
+            "autoRetry": True,
+        },
+        "correlationId": "corr",
+        "causationId": "cause",
+        "commandId": "cmd",
+        "requestId": "req",
+        "source": "src",
+    }
+    # the pipeline and version are the stream's
+    back = ev.decode_payload("q", 9, data)
+    assert (back.pipeline, back.version) == ("q", 9)
+    assert ev.event_type(env.event) == "StageFailed"
+
+
+def test_execution_and_action_of_an_event() -> None:
+    assert ev.execution_of(ev.PipelineDeleted()) is None
+    assert ev.execution_of(ev.ExecutionSucceeded(executionId="x")) == "x"
+    assert ev.action_of(ev.ExecutionSucceeded(executionId="x")) is None
+    assert (
+        ev.action_of(
+            ev.JobAcknowledged(executionId="x", actionExecutionId="a", jobId="j", nonce="n")
+        )
+        == "a"
+    )
+    assert ev.head_ref(ev.ExecutionWaiting(executionId="x", stageName="S")) == ev.HeadRef(
+        t="ExecutionWaiting", x="x", s="S", a=False
+    )
+    assert ev.head_ref(ev.PipelineDeleted()) == ev.HeadRef(t="PipelineDeleted", x="")
+
+
+def test_errors_say_what_and_why() -> None:
+    err = DomainError("SomeException", "because")
+    assert (str(err), err.type_name, err.message, err.status) == (
+        "SomeException: because",
+        "SomeException",
+        "because",
+        400,
+    )
+    assert DomainError("ConflictException", "x", status=409).status == 409
+    need = NeedExecutions(["a", "b"])
+    assert (str(need), need.ids) == ("executions needed: a, b", ["a", "b"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="evolve re-creates an execution from an ExecutionStarted it already folded when "
+    "the pipeline was deleted since (only a partial state checks the head's version, "
+    "_folded), although folding an event twice is documented to change nothing",
+)
+def test_refolding_a_deleted_execution_start_changes_nothing() -> None:
+    h = Harness()
+    h.create()
+    a = h.start()
+    h.run(c.DeletePipeline())
+    s = fold(h.name, h.log)
+    assert s.executions == {}
+    fold(h.name, stream_of(h.log, a)[:1], s)  # its start, seen again (a dispatch stream)
+    assert s.executions == {}
