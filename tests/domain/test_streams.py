@@ -514,3 +514,86 @@ def test_refolding_a_deleted_execution_start_changes_nothing() -> None:
     assert s.executions == {}
     fold(h.name, stream_of(h.log, a)[:1], s)  # its start, seen again (a dispatch stream)
     assert s.executions == {}
+
+
+# --- more of what mutation testing found untested ----------------------------------------------
+
+
+def test_a_pending_automated_retry_is_applied_as_automated() -> None:
+    """The event catalogue allows a requested retry of either trigger: applying it keeps it."""
+    h, a = in_build()
+    h.fail(a, "b1")
+    h.succeed(a, "b2")
+    requested = ev.StageRetryRequested(
+        executionId=a, stageName="Build", retryMode="FAILED_ACTIONS", trigger="AutomatedStageRetry"
+    )
+    env = ev.Envelope(
+        id="r",
+        pipeline=h.name,
+        version=h.state.version + 1,
+        time=1.0,
+        actor="system",
+        event=requested,
+    )
+    evolve(h.state, env)
+    h.log.append(env)
+    assert h.run_of(a, "Build").pendingTrigger == "AutomatedStageRetry"
+    envs = h.apply(a, "Build")
+    (started,) = of_type(envs, ev.StageRetryStarted)
+    assert started.trigger == "AutomatedStageRetry"
+    run = h.run_of(a, "Build")
+    assert (run.autoRetries, run.manualRetries, run.latestTrigger) == (1, 0, "AutomatedStageRetry")
+
+
+def test_a_stopping_execution_s_running_action_can_still_be_taken() -> None:
+    h, a = in_build()
+    h.stop(a)
+    assert h.x(a).status == "Stopping"
+    b1 = h.aid(a, "b1")
+    envs = h.run(c.StartAction(executionId=a, actionExecutionId=b1, worker="w1"))
+    assert types(envs) == ["ActionExecutionStarted"]
+    assert h.x(a).actions[b1].worker == "w1"
+    # ... and one of a failed execution (a sibling of the failed action)
+    h2, x = in_build()
+    h2.fail(x, "b1")
+    b2 = h2.aid(x, "b2")
+    assert types(h2.run(c.StartAction(executionId=x, actionExecutionId=b2, worker="w"))) == [
+        "ActionExecutionStarted"
+    ]
+    # but not an ended one
+    err = h2.error(c.StartAction(executionId=x, actionExecutionId=h2.aid(x, "b1"), worker="w"))
+    assert err.type_name == "ActionNotRunnableException"
+    assert "Failed" in err.message
+
+
+@pytest.mark.parametrize("status", ["Approved", "Rejected"])
+def test_approval_result_names_the_execution_and_keeps_the_summary(status: str) -> None:
+    h = Harness()
+    h.create(make_decl({"Gate": [("ok", 1, "approval")], "Next": ["n"]}))
+    a = h.start()
+    gate = h.action(a, "ok")
+    assert gate.token is not None
+    envs = h.run(
+        c.PutApproval(
+            stageName="Gate", actionName="ok", token=gate.token, status=status, summary="lgtm"
+        )  # type: ignore[arg-type]
+    )
+    (recorded,) = of_type(envs, ev.ApprovalRecorded)
+    assert (recorded.executionId, recorded.actionExecutionId) == (a, gate.actionExecutionId)
+    assert (recorded.status, recorded.summary) == (status, "lgtm")
+    ended = h.x(a).actions[gate.actionExecutionId]
+    assert (ended.summary, ended.updatedBy) == ("lgtm", "tester")
+    if status == "Approved":
+        (ok,) = of_type(envs, ev.ActionExecutionSucceeded)
+        assert (ok.executionId, ok.summary) == (a, "lgtm")
+        assert h.x(a).currentStage == "Next"
+        return
+    (failed,) = of_type(envs, ev.ActionExecutionFailed)
+    assert (failed.executionId, failed.errorCode, failed.message) == (a, "Rejected", "lgtm")
+    (stage_failed,) = of_type(envs, ev.StageFailed)
+    assert stage_failed.reason == "Approval 'ok' was rejected"
+    assert h.x(a).statusSummary == "Approval 'ok' was rejected"
+    again = h.error(
+        c.PutApproval(stageName="Gate", actionName="ok", token=gate.token, status="Approved")
+    )
+    assert again.type_name == "ApprovalAlreadyCompletedException"
