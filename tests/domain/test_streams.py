@@ -597,3 +597,93 @@ def test_approval_result_names_the_execution_and_keeps_the_summary(status: str) 
         c.PutApproval(stageName="Gate", actionName="ok", token=gate.token, status="Approved")
     )
     assert again.type_name == "ApprovalAlreadyCompletedException"
+
+
+def test_an_actions_result_is_kept_field_by_field() -> None:
+    h, a = in_build()
+    h.actor = "worker:w1"
+    b1, b2 = h.aid(a, "b1"), h.aid(a, "b2")
+    h.run(
+        c.CompleteAction(
+            executionId=a,
+            actionExecutionId=b1,
+            succeeded=True,
+            summary="built",
+            externalExecutionId="ext-1",
+            outputVariables={"K": "V"},
+        )
+    )
+    ok = h.x(a).actions[b1]
+    assert (ok.status, ok.summary, ok.externalExecutionId, ok.outputVariables) == (
+        "Succeeded",
+        "built",
+        "ext-1",
+        {"K": "V"},
+    )
+    assert (ok.updatedBy, ok.lastUpdateTime, ok.errorCode) == ("worker:w1", h.now, None)
+    h.actor = "worker:w2"
+    h.run(
+        c.CompleteAction(
+            executionId=a,
+            actionExecutionId=b2,
+            succeeded=False,
+            errorCode="Exit3",
+            message="broke",
+            summary="sum",
+            externalExecutionId="ext-2",
+        )
+    )
+    bad = h.x(a).actions[b2]
+    assert (bad.status, bad.errorCode, bad.errorMessage, bad.summary) == (
+        "Failed",
+        "Exit3",
+        "broke",
+        "sum",
+    )
+    assert (bad.externalExecutionId, bad.updatedBy, bad.lastUpdateTime) == (
+        "ext-2",
+        "worker:w2",
+        h.now,
+    )
+    x = h.x(a)
+    assert (x.status, x.statusSummary) == ("Failed", "Action 'b2' failed: Exit3: broke")
+    assert x.lastUpdateTime == h.now and x.version == h.state.version
+    # a failure without a code or message
+    h2, y = in_build()
+    h2.run(c.CompleteAction(executionId=y, actionExecutionId=h2.aid(y, "b1"), succeeded=False))
+    plain = h2.action(y, "b1")
+    assert (plain.errorCode, plain.errorMessage, plain.summary) == ("JobFailed", "", None)
+    assert h2.x(y).statusSummary == "Action 'b1' failed: JobFailed"
+
+
+def test_abandoned_actions_keep_the_reason() -> None:
+    h, a = in_build()
+    h.stop(a, abandon=True, reason="no more")
+    for name in ("b1", "b2"):
+        gone = h.action(a, name)
+        assert (gone.status, gone.errorMessage) == ("Abandoned", "no more")
+    x = h.x(a)
+    assert (x.status, x.statusSummary, x.stopAbandon) == ("Stopped", "no more", None)
+
+
+def test_execution_started_keeps_its_trigger() -> None:
+    h = Harness()
+    h.create()
+    eid = h.exec_ids()
+    h.run(
+        c.StartExecution(
+            executionId=eid,
+            triggerType="CloudWatchEvent",
+            triggerDetail="rule",
+            clientRequestToken="t",
+        )
+    )
+    x = h.x(eid)
+    assert (x.triggerType, x.triggerDetail, x.pipelineVersion) == ("CloudWatchEvent", "rule", 1)
+    assert (x.startTime, x.started, h.state.tokens) == (h.now, 1 + 1, {"t": eid})
+    (started,) = of_type(h.log, ev.ExecutionStarted)
+    assert (started.triggerType, started.triggerDetail, started.clientRequestToken) == (
+        "CloudWatchEvent",
+        "rule",
+        "t",
+    )
