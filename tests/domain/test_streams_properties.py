@@ -305,6 +305,22 @@ def test_head_from_references_equals_head_of_full_fold(run: Run, data: st.DataOb
         assert back.partial and back.executions == {} and back.tokens == {}
         assert encode_head(back) == encode_head(full)
         assert back.version == full.headVersion
+    # references read again (a retried read, a dispatch stream) change nothing
+    refs = head_from_refs(run.h.name, log)
+    for e in log[k:]:
+        if type(e.event) in ev.HEAD_EVENTS:
+            evolve_ref(refs, e.version, ev.head_ref(e.event))
+    assert encode_head(refs) == encode_head(run.h.state)
+    assert refs.version == max(
+        [
+            0,
+            *(
+                e.version
+                for e in log
+                if type(e.event) in ev.HEAD_EVENTS or type(e.event) in ev.PIPELINE_EVENTS
+            ),
+        ]
+    )
     # head_of leaves the state it is given alone
     before = encode(full)
     head_of(full)
