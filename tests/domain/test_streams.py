@@ -17,6 +17,7 @@ from app.domain.state import (
     copy_state,
     encode_head,
     evolve,
+    evolve_execution,
     evolve_ref,
     execution_from,
     fold,
@@ -687,3 +688,22 @@ def test_execution_started_keeps_its_trigger() -> None:
         "rule",
         "t",
     )
+
+
+def test_an_execution_event_folded_twice_counts_once() -> None:
+    h, a = in_build()
+    h.fail(a, "b1")
+    h.retry_now(a, "Build", "FAILED_ACTIONS")
+    (retried,) = [e for e in h.log if isinstance(e.event, ev.StageRetryStarted)]
+    s = head_from_refs(h.name, [e for e in h.log if e.version <= retried.version])
+    x = execution_from(stream_of([e for e in h.log if e.version <= retried.version], a))
+    assert x is not None
+    s.executions[a] = x
+    evolve_execution(s, retried)  # already folded: nothing
+    assert s.executions[a].stages["Build"].manualRetries == 1
+    for e in h.log:
+        if e.version > retried.version:
+            evolve_execution(s, e)
+            evolve_execution(s, e)
+    assert msgspec.json.encode(s.executions[a]) == msgspec.json.encode(h.x(a))
+    assert s.version == h.state.version

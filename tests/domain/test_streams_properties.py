@@ -361,6 +361,7 @@ def test_loaded_executions_caught_up_equal_full_fold(run: Run, data: st.DataObje
             if kind in ev.HEAD_EVENTS:
                 evolve_ref(s, e.version, ev.head_ref(e.event))
             evolve_execution(s, e)
+            evolve_execution(s, e)  # read twice (the log and a dispatch stream): no change
     full = run.h.state
     assert encode_head(s) == encode_head(full)
     assert s.version == full.version
