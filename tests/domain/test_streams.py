@@ -707,3 +707,41 @@ def test_an_execution_event_folded_twice_counts_once() -> None:
             evolve_execution(s, e)
     assert msgspec.json.encode(s.executions[a]) == msgspec.json.encode(h.x(a))
     assert s.version == h.state.version
+
+
+def test_stage_index_names_a_missing_stage() -> None:
+    decl = make_decl(THREE)
+    assert decl.stage_index("Deploy") == 2
+    with pytest.raises(KeyError, match="Nope"):
+        decl.stage_index("Nope")
+
+
+def test_a_declaration_logged_without_a_version_is_version_1() -> None:
+    """Old logs may hold a declaration without ``version``: it is version 1."""
+    h = Harness()
+    env = ev.Envelope(
+        id="c",
+        pipeline=h.name,
+        version=1,
+        time=1.0,
+        actor="system",
+        event=ev.PipelineCreated(declaration=make_decl(THREE)),
+    )
+    assert env.event.declaration.version is None  # type: ignore[union-attr]
+    evolve(h.state, env)
+    h.log.append(env)
+    assert sorted(h.state.declarations) == [1]
+    a = h.to_build()
+    assert h.x(a).pipelineVersion == 1
+    h.fail(a, "b1")
+    assert types(h.retry(a, "Build", "FAILED_ACTIONS")) == ["StageRetryRequested"]
+    h.update()
+    assert sorted(h.state.declarations) == [1, 2]
+
+
+def test_all_actions_retry_with_actions_running_says_what_can_retry_now() -> None:
+    h, a = in_build()
+    h.fail(a, "b1")
+    err = h.retry_error(a, "Build", "ALL_ACTIONS")
+    assert err.type_name == "StageNotRetryableException"
+    assert err.message.endswith("(FAILED_ACTIONS can retry now)")
