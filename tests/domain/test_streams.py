@@ -388,6 +388,8 @@ def test_stop_while_a_failed_stage_waits_for_its_siblings_to_retry() -> None:
     assert h.run_of(a, "Build").status == "Failed"  # not InProgress: stays Failed
     envs = h.succeed(a, "b2")
     assert types(envs)[:2] == ["ActionExecutionSucceeded", "ExecutionStopped"]
+    (stopped,) = of_type(envs, ev.ExecutionStopped)
+    assert stopped.reason == "halt"  # the stop's reason, recorded in the event too
     assert h.x(a).status == "Stopped"
     assert h.run_of(a, "Build").status == "Failed"
     assert h.x(a).statusSummary == "halt"
