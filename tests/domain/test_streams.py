@@ -747,3 +747,12 @@ def test_all_actions_retry_with_actions_running_says_what_can_retry_now() -> Non
     err = h.retry_error(a, "Build", "ALL_ACTIONS")
     assert err.type_name == "StageNotRetryableException"
     assert err.message.endswith("(FAILED_ACTIONS can retry now)")
+
+
+def test_a_long_failure_message_is_cut_to_2000_characters() -> None:
+    h, a = in_build()
+    h.run(complete(h, a, "b1", ok=False, errorCode="E", message="m" * 3000))
+    reason = h.x(a).statusSummary
+    assert reason is not None and len(reason) == 2000
+    assert reason.startswith("Action 'b1' failed: E: mmm")
+    assert h.action(a, "b1").errorMessage == "m" * 3000  # the action keeps all of it
