@@ -583,6 +583,10 @@ def test_approval_result_names_the_execution_and_keeps_the_summary(status: str) 
     )
     (recorded,) = of_type(envs, ev.ApprovalRecorded)
     assert (recorded.executionId, recorded.actionExecutionId) == (a, gate.actionExecutionId)
+    # the recorded approval alone (a fold that stops there) keeps who approved and why
+    upto = fold(h.name, [e for e in h.log if e.version <= envs[0].version])
+    kept = upto.executions[a].actions[gate.actionExecutionId]
+    assert (kept.status, kept.summary, kept.updatedBy) == ("InProgress", "lgtm", "tester")
     assert (recorded.status, recorded.summary) == (status, "lgtm")
     ended = h.x(a).actions[gate.actionExecutionId]
     assert (ended.summary, ended.updatedBy) == ("lgtm", "tester")
