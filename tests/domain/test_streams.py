@@ -760,3 +760,41 @@ def test_a_long_failure_message_is_cut_to_2000_characters() -> None:
     assert reason is not None and len(reason) == 2000
     assert reason.startswith("Action 'b1' failed: E: mmm")
     assert h.action(a, "b1").errorMessage == "m" * 3000  # the action keeps all of it
+
+
+def test_declaration_problems_are_named() -> None:
+    from app.domain.model import ActionDeclaration, declaration_problems
+
+    assert declaration_problems(make_decl(THREE)) == []
+    empty = msgspec.structs.replace(make_decl(THREE), stages=[])
+    assert declaration_problems(empty) == ["pipeline must have at least one stage"]
+    src = make_decl(THREE).stages[0]
+    no_commands = ActionDeclaration(name="cmd", actionTypeId=src.actions[0].actionTypeId)
+    bad = msgspec.structs.replace(
+        make_decl(THREE),
+        stages=[
+            src,
+            src,
+            msgspec.structs.replace(src, name="Empty", actions=[]),
+            msgspec.structs.replace(src, name="Twice", actions=[src.actions[0], src.actions[0]]),
+            msgspec.structs.replace(src, name="Cmd", actions=[no_commands]),
+        ],
+    )
+    assert declaration_problems(bad) == [
+        "duplicate stage name 'Source'",
+        "stage 'Empty' must have at least one action",
+        "duplicate action name 'src' in stage 'Twice'",
+        "action 'cmd': Compute/Commands needs a non-empty 'commands'",
+    ]
+    h = Harness()
+    err = h.error(c.CreatePipeline(declaration=bad))
+    assert err.type_name == "InvalidStructureException"
+    assert err.message == "; ".join(declaration_problems(bad))
+    err = h.error(c.CreatePipeline(declaration=make_decl(THREE, name="other")))
+    assert err.message == "declaration name 'other' is not 'p'"
+    h.create(make_decl(THREE))
+    err = h.error(c.UpdatePipeline(declaration=empty))
+    assert (err.type_name, err.message) == (
+        "InvalidStructureException",
+        "pipeline must have at least one stage",
+    )
