@@ -763,7 +763,7 @@ def test_a_long_failure_message_is_cut_to_2000_characters() -> None:
 
 
 def test_declaration_problems_are_named() -> None:
-    from app.domain.model import ActionDeclaration, declaration_problems
+    from app.domain.model import ActionDeclaration, ActionTypeId, declaration_problems
 
     assert declaration_problems(make_decl(THREE)) == []
     empty = msgspec.structs.replace(make_decl(THREE), stages=[])
@@ -778,6 +778,26 @@ def test_declaration_problems_are_named() -> None:
             msgspec.structs.replace(src, name="Empty", actions=[]),
             msgspec.structs.replace(src, name="Twice", actions=[src.actions[0], src.actions[0]]),
             msgspec.structs.replace(src, name="Cmd", actions=[no_commands]),
+            # not Compute/Commands of AWS: no 'commands' needed
+            msgspec.structs.replace(
+                src,
+                name="Others",
+                actions=[
+                    ActionDeclaration(
+                        name=f"o{i}",
+                        actionTypeId=ActionTypeId(
+                            category=cat, owner=owner, provider=prov, version="1"
+                        ),
+                    )
+                    for i, (owner, cat, prov) in enumerate(
+                        [
+                            ("Custom", "Compute", "Commands"),
+                            ("AWS", "Build", "Commands"),
+                            ("AWS", "Compute", "Other"),
+                        ]
+                    )
+                ],
+            ),
         ],
     )
     assert declaration_problems(bad) == [
