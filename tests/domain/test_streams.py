@@ -818,3 +818,48 @@ def test_declaration_problems_are_named() -> None:
         "InvalidStructureException",
         "pipeline must have at least one stage",
     )
+
+
+def test_the_last_head_event_folded_again_changes_nothing() -> None:
+    h = Harness()
+    h.create(make_decl(THREE, mode="QUEUED"))
+    h.start()
+    b = h.start()  # waits: its ExecutionWaiting is the head's last event
+    last = h.log[-1]
+    assert isinstance(last.event, ev.ExecutionWaiting) and last.version == h.state.headVersion
+    s = fold(h.name, h.log)
+    evolve(s, last)
+    assert s.waiting == {"Source": [b]}
+    assert msgspec.json.encode(s) == msgspec.json.encode(h.state)
+    refs = head_from_refs(h.name, h.log)
+    evolve_ref(refs, last.version, ev.head_ref(last.event))
+    assert encode_head(refs) == encode_head(h.state)
+
+
+def test_events_carry_the_context_of_the_command() -> None:
+    h = Harness()
+    ctx = Ctx(
+        now=5.0,
+        new_id=IdGen(prefix=0xD),
+        actor="AKID",
+        correlationId="corr",
+        causationId="cause",
+        commandId="cmd",
+        requestId="req",
+        source="api",
+    )
+    (env,) = decide(h.state, c.CreatePipeline(declaration=make_decl(THREE)), ctx)
+    assert (env.id, env.pipeline, env.version, env.time, env.actor) == (
+        "0000000d-0000-4000-8000-000000000001",
+        "p",
+        1,
+        5.0,
+        "AKID",
+    )
+    assert (env.correlationId, env.causationId, env.commandId, env.requestId, env.source) == (
+        "corr",
+        "cause",
+        "cmd",
+        "req",
+        "api",
+    )
