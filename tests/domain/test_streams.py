@@ -863,3 +863,33 @@ def test_events_carry_the_context_of_the_command() -> None:
         "req",
         "api",
     )
+
+
+def test_an_update_without_a_mode_records_the_default_mode() -> None:
+    h = Harness()
+    h.create(make_decl(THREE, mode="QUEUED"))
+    h.run(c.UpdatePipeline(declaration=make_decl(THREE)))
+    assert h.state.declaration is not None
+    assert (h.state.declaration.executionMode, h.state.declaration.version) == ("SUPERSEDED", 2)
+
+
+def test_a_pending_all_actions_retry_is_rejected_while_an_action_runs() -> None:
+    """Re-checked when applied: a requested ALL_ACTIONS retry (the catalogue allows any)
+    cannot start while a sibling still runs."""
+    h, a = in_build()
+    h.fail(a, "b1")  # b2 still runs
+    env = ev.Envelope(
+        id="r",
+        pipeline=h.name,
+        version=h.state.version + 1,
+        time=1.0,
+        actor="system",
+        event=ev.StageRetryRequested(executionId=a, stageName="Build", retryMode="ALL_ACTIONS"),
+    )
+    evolve(h.state, env)
+    h.log.append(env)
+    envs = h.apply(a, "Build")
+    (rejected,) = of_type(envs, ev.StageRetryRejected)
+    assert rejected.errorType == "StageNotRetryableException"
+    assert "ALL_ACTIONS needs them to finish" in rejected.reason
+    assert h.run_of(a, "Build").pendingRetry is None
