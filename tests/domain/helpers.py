@@ -131,6 +131,15 @@ def of_type(envs: Iterable[ev.Envelope], kind: type[Any]) -> list[Any]:
     return [e.event for e in envs if isinstance(e.event, kind)]
 
 
+def check_error(err: DomainError) -> None:
+    """A refusal is clear: an error name and a one-line human-readable message."""
+    assert err.type_name.endswith("Exception"), err.type_name
+    assert isinstance(err.message, str) and err.message.strip(), err.type_name
+    assert "\n" not in err.message
+    assert str(err) == f"{err.type_name}: {err.message}"
+    assert err.status == (409 if err.type_name == "ConflictException" else 400)
+
+
 # --- harness ---------------------------------------------------------------------------------
 
 
@@ -167,6 +176,7 @@ class Harness:
         with pytest.raises(DomainError) as info:
             self.run(cmd)
         assert encode(self.state) == before
+        check_error(info.value)
         return info.value
 
     # -- shortcuts --

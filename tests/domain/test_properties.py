@@ -20,7 +20,7 @@ from app.domain import commands as c
 from app.domain import events as ev
 from app.domain.errors import DomainError
 from app.domain.state import ACTIVE_STATUSES, PipelineState, copy_state, fold
-from tests.domain.helpers import Harness, make_decl
+from tests.domain.helpers import Harness, check_error, make_decl
 
 MODEL = botocore.session.get_session().get_service_model("codepipeline")
 PIPELINE_STATUSES = frozenset(MODEL.shape_for("PipelineExecutionStatus").enum)
@@ -64,6 +64,7 @@ class Run:
         self.h = h
         self.accepted: list[str] = []
         self.refused: list[str] = []
+        self.boundaries: list[int] = [len(h.log)]  # log lengths between two commands
 
     def __repr__(self) -> str:  # hypothesis prints this for a failing example
         decl = self.h.state.declaration
@@ -231,9 +232,12 @@ def runs(draw: st.DrawFn) -> Run:
         try:
             h.run(cmd)
         except DomainError as e:
+            check_error(e)
             run.refused.append(f"{type(cmd).__name__}:{e.type_name}")
             continue
         run.accepted.append(type(cmd).__name__)
+        if len(h.log) != run.boundaries[-1]:
+            run.boundaries.append(len(h.log))
     return run
 
 
