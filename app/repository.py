@@ -242,6 +242,9 @@ class PipelineRepository:
                     del s.absent[:-64]
             else:
                 s.executions[eid] = loaded
+                # decide numbers new events after the state's version: never behind what
+                # it holds
+                s.version = max(s.version, loaded.version)
                 if eid in s.absent:
                     s.absent.remove(eid)
 

@@ -106,10 +106,16 @@ class Decision:
             else:
                 self.own(eid)
         ctx = self.ctx
+        # the next number after everything the state holds: a partial state's execution may
+        # be newer than its head (the store renumbers on append; these are provisional)
+        top = self.s.version
+        held = self.s.executions.get(eid) if isinstance(eid, str) else None
+        if held is not None and held.version > top:
+            top = held.version
         env = ev.Envelope(
             id=ctx.new_id(),
             pipeline=self.s.name,
-            version=self.s.version + 1,
+            version=top + 1,
             time=ctx.now,
             actor=ctx.actor,
             event=cast(ev.AnyEvent, e),
