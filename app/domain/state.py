@@ -245,9 +245,10 @@ def evolve(s: PipelineState, env: ev.Envelope) -> PipelineState:
 
 
 def _folded(s: PipelineState, eid: str, v: int) -> bool:
-    """A partial state that has folded its head past ``v`` without holding execution
-    ``eid``: the execution exists but is not loaded (do not create a blank one)."""
-    return s.partial and v <= s.headVersion
+    """A state that has folded its head past ``v`` without holding execution ``eid``: a
+    partial state that did not load it, or a full one whose pipeline was deleted since (do
+    not create a blank one: folding an event again changes nothing)."""
+    return v <= s.headVersion
 
 
 def evolve_ref(s: PipelineState, version: int, ref: ev.HeadRef) -> PipelineState:

@@ -497,12 +497,6 @@ def test_errors_say_what_and_why() -> None:
     assert (str(need), need.ids) == ("executions needed: a, b", ["a", "b"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="evolve re-creates an execution from an ExecutionStarted it already folded when "
-    "the pipeline was deleted since (only a partial state checks the head's version, "
-    "_folded), although folding an event twice is documented to change nothing",
-)
 def test_refolding_a_deleted_execution_start_changes_nothing() -> None:
     h = Harness()
     h.create()
