@@ -293,7 +293,8 @@ class Engine:
             x = s.executions.get(ref.executionId)
             a = x.actions.get(ref.actionExecutionId) if x is not None else None
             if x is None or a is None or a.status != "InProgress" or a.acknowledged:
-                await self.jobs.close(ref)
+                ended = x is None or a is None or a.status != "InProgress"
+                await self.jobs.close(ref, finished=ended)
                 continue
             if query:
                 adecl = s.action_declaration(x, a.stageName, a.actionName)
@@ -359,5 +360,5 @@ class Engine:
             ),
             origin,
         )
-        await self.jobs.close(j.ref)
+        await self.jobs.close(j.ref, finished=True)
 

@@ -5,6 +5,12 @@ takes over entries that another consumer left pending too long (XPENDING + XCLAI
 an entry that keeps failing in the partition's dead-letter stream after ``max_deliveries``,
 and survives Redis going away (reconnects with backoff; recreates a missing group).
 Each entry is given to ``handle``; it is acknowledged when ``handle`` returns normally.
+
+On a Redis Cluster the streams live in different slots, so one XREADGROUP cannot name
+them all (CROSSSLOT): each stream is read on its own, without blocking, a few at a time in
+a rotating order (one pipelined round trip per node for each few, ``COUNT 1`` each so no
+more than asked is taken), and an idle consumer waits a little longer each empty round
+(up to ``IDLE_MAX_S``).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 log = logging.getLogger("stageline.consumer")
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+IDLE_MAX_S = 0.1  # a cluster consumer's longest wait between empty rounds
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,9 @@ class GroupConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self._groups_ready = False
+        self.per_stream = hasattr(redis, "nodes_manager")  # a cluster client
+        self._next = 0  # the stream a per-stream round starts at
+        self._idle_s = poll_interval_s
         # entries this consumer is handling right now: never "taken over" from itself
         self.inflight: set[tuple[str, str]] = set()
 
@@ -87,6 +97,8 @@ class GroupConsumer:
         """Up to ``count`` entries: new ones, or (pending=True) this consumer's own pending."""
         if not self._groups_ready:
             await self.ensure_groups()
+        if self.per_stream:
+            return await self._read_each(count, pending=pending)
         block = None if pending else self.block_ms
         ids: dict[Any, Any] = {s: ("0" if pending else ">") for s in self.streams}
         try:
@@ -107,6 +119,43 @@ class GroupConsumer:
                     await self.redis.xack(_s(stream), self.group, rid)
         if not out and block is None and not pending:
             await anyio.sleep(self.poll_interval_s)
+        return out
+
+    async def _read_each(self, count: int, *, pending: bool) -> list[Entry]:
+        """``read`` over streams that may not be named in one command (a cluster)."""
+        n = len(self.streams)
+        order = [self.streams[(self._next + i) % n] for i in range(n)]
+        self._next = (self._next + 1) % max(n, 1)
+        out: list[Entry] = []
+        i = 0
+        while i < n and len(out) < count:
+            chunk = order[i : i + count - len(out)]
+            i += len(chunk)
+            pipe: Any = self.redis.pipeline(transaction=False)
+            for s in chunk:
+                pipe.xreadgroup(
+                    self.group, self.consumer, {s: "0" if pending else ">"}, count=1
+                )
+            results: Any = await pipe.execute(raise_on_error=False)
+            for s, resp in zip(chunk, results, strict=True):
+                if isinstance(resp, ResponseError):
+                    if "NOGROUP" in str(resp):
+                        self._groups_ready = False
+                        continue
+                    raise resp
+                if isinstance(resp, BaseException):
+                    raise resp
+                for _stream, rows in resp or []:
+                    for rid, fields in rows:
+                        if fields:
+                            out.append(_entry(s, rid, fields))
+                        else:
+                            await self.redis.xack(s, self.group, rid)
+        if out or pending:
+            self._idle_s = self.poll_interval_s
+        else:
+            await anyio.sleep(self._idle_s)
+            self._idle_s = min(self._idle_s * 2, IDLE_MAX_S)
         return out
 
     async def claim_stale(self, count: int = 100) -> list[Entry]:

@@ -1,6 +1,13 @@
 """Connecting to Redis: a URL (redis://, rediss://, unix://, with user/password), or an
 embedded in-memory Redis (fakeredis, with Lua) when none is given, so a first run needs
-nothing installed. The embedded server lives in this process only and keeps nothing."""
+nothing installed. The embedded server lives in this process only and keeps nothing.
+
+A URL naming any node of a Redis Cluster is detected (``INFO cluster`` answers
+``cluster_enabled:1``) and gets redis-py's cluster client
+(:class:`redis.asyncio.cluster.RedisCluster`), which finds the other nodes, routes each
+command to the node holding its key's slot and follows MOVED/ASK while slots move. Every
+key stageline writes together carries its partition's hash tag (one slot), so the same
+code runs on both; the few places that differ test :func:`is_cluster`."""
 
 from __future__ import annotations
 
@@ -8,6 +15,10 @@ import os
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 ENV_URL = "STAGELINE_REDIS_URL"
 
@@ -19,15 +30,39 @@ def default_url() -> str | None:
 
 
 async def connect(url: str | None) -> Redis:
-    """A client for ``url``, or for the process-wide embedded server when ``url`` is None."""
+    """A client for ``url``, or for the process-wide embedded server when ``url`` is None.
+
+    A cluster node's URL gives a cluster client (typed as ``Redis``: it answers the same
+    commands, see :func:`is_cluster`). When the server cannot be reached yet, a plain
+    client is returned and callers retry as they always have; a cluster is then detected
+    on the next start.
+    """
     if url:
-        return Redis.from_url(url)
+        client = Redis.from_url(url)
+        try:
+            info: Any = await client.info("cluster")
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return client
+        except ResponseError:  # INFO refused (an ACL without it): not detectable
+            return client
+        if int(info.get("cluster_enabled", 0) or 0) != 1:
+            return client
+        await client.aclose()
+        cluster: Any = RedisCluster.from_url(url)
+        await cluster.initialize()
+        result: Redis = cluster
+        return result
     global _embedded_server
     if _embedded_server is None:
         import fakeredis
 
         _embedded_server = fakeredis.FakeServer(version=(7, 2))
     return await fake_client(_embedded_server)
+
+
+def is_cluster(redis: Any) -> bool:
+    """Whether ``redis`` is a cluster client (keys of several slots need several calls)."""
+    return isinstance(redis, RedisCluster) or hasattr(redis, "nodes_manager")
 
 
 async def fake_client(server: Any = None) -> Redis:
