@@ -27,8 +27,7 @@ import anyio
 import msgspec
 
 from app.domain.errors import DomainError
-from app.store.connection import ENV_URL, connect, default_url
-from app.store.keys import Keys
+from app.store.connection import ENV_URL, connect, default_url, store_keys
 from workers.config import WorkerConfig, default_name
 
 # The one exit-code table (docs/cli.md). Every command uses these and only these.
@@ -161,8 +160,9 @@ def _redis_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--partitions",
         type=_positive_int,
-        default=int(os.environ.get("STAGELINE_PARTITIONS", "16")),
-        help="fixed number of work partitions (must match the data in Redis)",
+        default=os.environ.get("STAGELINE_PARTITIONS") or None,  # a string: parsed by type
+        help="number of work partitions of a NEW store (default 128; $STAGELINE_PARTITIONS); "
+        "a store keeps the count recorded at its first start (a different one is refused)",
     )
 
 
@@ -488,7 +488,7 @@ async def _worker(a: argparse.Namespace) -> None:
             "cannot share the embedded Redis; use 'stageline serve' for a single process"
         )
     redis = await connect(a.redis_url)
-    engine = Engine(redis, Keys(partitions=a.partitions))
+    engine = Engine(redis, await store_keys(redis, a.partitions))
     worker = Worker(engine, _worker_config(a))
     logging.getLogger("stageline").warning(
         "worker %s on %s", worker.config.name, a.redis_url.split("@")[-1]
@@ -641,7 +641,7 @@ async def _retry(a: argparse.Namespace) -> int:
 
         redis = await connect(a.redis_url)
         try:
-            engine = Engine(redis, Keys(partitions=a.partitions))
+            engine = Engine(redis, await store_keys(redis, a.partitions))
             await engine.start()
 
             async def state() -> dict[str, Any]:
@@ -675,7 +675,7 @@ async def _status(a: argparse.Namespace) -> int:
 
         redis = await connect(a.redis_url)
         try:
-            doc = await collect_status(redis, Keys(partitions=a.partitions))
+            doc = await collect_status(redis, await store_keys(redis, a.partitions))
         finally:
             await redis.aclose()
     else:
@@ -693,7 +693,7 @@ async def _watch(a: argparse.Namespace) -> int:
 
         redis = await connect(a.redis_url)
         try:
-            engine = Engine(redis, Keys(partitions=a.partitions))
+            engine = Engine(redis, await store_keys(redis, a.partitions))
 
             async def state() -> dict[str, Any]:
                 return q.get_pipeline_state(await engine.pipeline(a.pipeline))
@@ -743,7 +743,7 @@ async def _on_checked_store(a: argparse.Namespace, run: Any) -> Any:
         try:
             redis = await connect(a.redis_url)
             try:
-                await require_layout(redis, Keys(partitions=a.partitions))
+                await require_layout(redis, await store_keys(redis, a.partitions))
             finally:
                 await redis.aclose()
         except MigrationError as err:

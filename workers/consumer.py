@@ -26,10 +26,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.store.connection import node_of
+
 log = logging.getLogger("stageline.consumer")
 
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-IDLE_MAX_S = 0.1  # a cluster consumer's longest wait between empty rounds
+IDLE_MAX_S = 0.25  # a cluster reader's longest wait between empty rounds
 
 
 @dataclass(frozen=True)
@@ -133,9 +135,10 @@ class GroupConsumer:
             i += len(chunk)
             pipe: Any = self.redis.pipeline(transaction=False)
             for s in chunk:
-                pipe.xreadgroup(
-                    self.group, self.consumer, {s: "0" if pending else ">"}, count=1
-                )
+                pipe.execute_command(
+                    "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", 1,
+                    "STREAMS", s, "0" if pending else ">", target_nodes=node_of(self.redis, s),
+                )  # fmt: skip
             results: Any = await pipe.execute(raise_on_error=False)
             for s, resp in zip(chunk, results, strict=True):
                 if isinstance(resp, ResponseError):

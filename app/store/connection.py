@@ -20,7 +20,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.store.keys import Keys
+
 ENV_URL = "STAGELINE_REDIS_URL"
+DEFAULT_PARTITIONS = 128  # a new store's partition count (spreads over up to 128 shards)
+EMBEDDED_PARTITIONS = 16  # the embedded in-memory Redis: one process, nothing kept
 
 _embedded_server: Any = None
 
@@ -60,9 +64,39 @@ async def connect(url: str | None) -> Redis:
     return await fake_client(_embedded_server)
 
 
+async def store_keys(
+    redis: Any, partitions: int | None = None, *, embedded: bool = False, namespace: str = "sl"
+) -> Keys:
+    """The key layout of the store behind ``redis``: ``partitions`` when given (checked
+    against the recorded count by ``EventStore.ensure_config``), else the count recorded in
+    ``<ns>:config``, else (a new store) :data:`DEFAULT_PARTITIONS` (16 for the embedded
+    Redis). When Redis cannot be reached yet, a new store's default is taken; a store
+    recorded with another count is then refused at start, naming the count to pass."""
+    if partitions is None:
+        stored: Any = None
+        try:
+            stored = await redis.hget(Keys(namespace=namespace).config(), "partitions")
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            stored = None
+        if stored is not None:
+            partitions = int(stored)
+        else:
+            partitions = EMBEDDED_PARTITIONS if embedded else DEFAULT_PARTITIONS
+    return Keys(namespace=namespace, partitions=partitions)
+
+
 def is_cluster(redis: Any) -> bool:
     """Whether ``redis`` is a cluster client (keys of several slots need several calls)."""
     return isinstance(redis, RedisCluster) or hasattr(redis, "nodes_manager")
+
+
+def node_of(redis: Any, key: str) -> Any:
+    """The cluster node that holds ``key``'s slot now (per the client's slot map).
+
+    Passed as ``target_nodes`` for XREAD/XREADGROUP, whose keys redis-py would otherwise
+    look up with a COMMAND GETKEYS round trip per call (they are "movable keys"); a MOVED
+    or ASK reply is still followed (the command is sent again, routed by its key)."""
+    return redis.nodes_manager.get_node_from_slot(redis.keyslot(key))
 
 
 async def fake_client(server: Any = None) -> Redis:
