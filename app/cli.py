@@ -27,7 +27,13 @@ import anyio
 import msgspec
 
 from app.domain.errors import DomainError
-from app.store.connection import ENV_URL, connect, default_url, store_keys
+from app.store.connection import (
+    ENV_URL,
+    connect,
+    default_replica_acks,
+    default_url,
+    store_keys,
+)
 from workers.config import WorkerConfig, default_name
 
 # The one exit-code table (docs/cli.md). Every command uses these and only these.
@@ -150,6 +156,27 @@ def _global_args(p: argparse.ArgumentParser, *, top: bool) -> None:
     p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
 
 
+def _replica_acks_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--min-replica-acks",
+        type=_non_negative_int,
+        default=os.environ.get("STAGELINE_MIN_REPLICA_ACKS") or None,  # parsed by type
+        metavar="N",
+        help="acknowledge an append only once N replicas have it (WAIT); default 1 when "
+        "the Redis (every cluster master) has replicas, else 0",
+    )
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {n}")
+    return n
+
+
 def _redis_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis-url",
@@ -269,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
     s.add_argument("--port", type=_port, default=8080, help="port to listen on")
     _redis_arg(s)
+    _replica_acks_arg(s)
     s.add_argument("--no-workers", action="store_true", help="API only; run workers apart")
     s.add_argument(
         "--access-key",
@@ -364,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = command("worker", "run a worker process (orchestrator + action runner)")
     _redis_arg(w)
+    _replica_acks_arg(w)
     w.add_argument("--concurrency", type=_positive_int, default=8, help="actions run at once")
     w.add_argument(
         "--name",
@@ -489,6 +518,7 @@ async def _worker(a: argparse.Namespace) -> None:
         )
     redis = await connect(a.redis_url)
     engine = Engine(redis, await store_keys(redis, a.partitions))
+    engine.store.min_replica_acks = await default_replica_acks(redis, a.min_replica_acks)
     worker = Worker(engine, _worker_config(a))
     logging.getLogger("stageline").warning(
         "worker %s on %s", worker.config.name, a.redis_url.split("@")[-1]
@@ -606,6 +636,7 @@ async def _serve(a: argparse.Namespace) -> None:
         limits=limits,
         insecure=a.insecure,
         partitions=a.partitions,
+        min_replica_acks=a.min_replica_acks,
         max_concurrent_executions=a.max_concurrent_executions,
         worker=worker,
         access_log=None if a.access_log == "off" else a.access_log,

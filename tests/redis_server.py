@@ -32,8 +32,16 @@ def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
 class RedisServer:
     """``redis-server`` on 127.0.0.1:<free port>, data in ``workdir`` (AOF optional)."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False, port: int | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        appendonly: bool = False,
+        port: int | None = None,
+        replica_of: int | None = None,
+    ):
         self.workdir = workdir
+        self.replica_of = replica_of  # the master's port: start as its replica
         self.appendonly = appendonly
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -58,6 +66,8 @@ class RedisServer:
             "--daemonize", "no",
             "--logfile", str(self.workdir / "redis.log"),
         ]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not port_open("127.0.0.1", self.port):

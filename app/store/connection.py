@@ -90,6 +90,75 @@ def is_cluster(redis: Any) -> bool:
     return isinstance(redis, RedisCluster) or hasattr(redis, "nodes_manager")
 
 
+class NotReplicated(RedisConnectionError):
+    """An append was written on the master but fewer than ``min_replica_acks`` replicas
+    confirmed it within the timeout: it is not acknowledged (a failover now could lose it).
+    A ConnectionError, so every caller treats it as "Redis unavailable, retry" (the API: a
+    503 ServiceUnavailableException; a worker: backs off and handles the entry again)."""
+
+
+def _online(info: Any) -> int:
+    """Replicas of an ``INFO replication`` reply that are in sync (``state=online``)."""
+    n = int(info.get("connected_slaves", 0) or 0)
+    return sum(
+        1 for i in range(n) if str((info.get(f"slave{i}") or {}).get("state", "")) == "online"
+    )
+
+
+async def replicas_of(redis: Any) -> int:
+    """In-sync replicas of the master (on a cluster: the fewest of any master)."""
+    if is_cluster(redis):
+        infos: Any = await redis.info("replication", target_nodes=RedisCluster.PRIMARIES)
+        if isinstance(infos, dict) and "connected_slaves" in infos:
+            infos = {"one": infos}
+        counts = [_online(i) for i in infos.values()]
+        return min(counts) if counts else 0
+    return _online(await redis.info("replication"))
+
+
+async def default_replica_acks(redis: Any, wanted: int | None) -> int:
+    """``wanted``, or (None) 1 when the server or every cluster master has a replica."""
+    if wanted is not None:
+        return wanted
+    try:
+        return 1 if await replicas_of(redis) > 0 else 0
+    except (RedisConnectionError, RedisTimeoutError, OSError, ResponseError):
+        return 0
+
+
+async def eval_acknowledged(
+    redis: Any, script: Any, keys: list[str], args: list[Any], replicas: int, timeout_ms: int
+) -> Any:
+    """Run ``script`` and then ``WAIT replicas timeout_ms`` on the same connection (one
+    pipelined round trip; on a cluster on the node holding ``keys[0]``'s slot), so the WAIT
+    counts exactly this write. Raises :class:`NotReplicated` when too few replicas saw it."""
+    from redis.exceptions import NoScriptError
+
+    for _ in range(3):
+        pipe: Any = redis.pipeline(transaction=False)
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        if is_cluster(redis):
+            pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node_of(redis, keys[0]))
+        else:
+            pipe.execute_command("WAIT", replicas, timeout_ms)
+        raw, acks = await pipe.execute(raise_on_error=False)
+        if isinstance(raw, NoScriptError):  # not run: load it (every node) and run it
+            await redis.script_load(script.script)
+            continue
+        if isinstance(raw, BaseException):
+            raise raw
+        if isinstance(acks, BaseException):
+            raise NotReplicated(f"replica acknowledgement failed: {acks}")
+        if int(acks) < replicas:
+            raise NotReplicated(
+                f"the write reached {int(acks)} of {replicas} required replica(s) within "
+                f"{timeout_ms} ms (a master failing over, or a replica down); it may have "
+                "been applied: retrying the same request is safe"
+            )
+        return raw
+    raise NotReplicated("the append script could not be loaded on the node")
+
+
 def node_of(redis: Any, key: str) -> Any:
     """The cluster node that holds ``key``'s slot now (per the client's slot map).
 
