@@ -167,6 +167,17 @@ def _replica_acks_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _retention_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--idempotency-window",
+        type=_seconds,
+        default=86_400.0,
+        metavar="SECONDS",
+        help="how long an SDK invocation id is remembered (a retry within it is applied "
+        "once); default 86400 (24 h)",
+    )
+
+
 def _non_negative_int(text: str) -> int:
     try:
         n = int(text)
@@ -297,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=_port, default=8080, help="port to listen on")
     _redis_arg(s)
     _replica_acks_arg(s)
+    _retention_arg(s)
     s.add_argument("--no-workers", action="store_true", help="API only; run workers apart")
     s.add_argument(
         "--access-key",
@@ -393,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = command("worker", "run a worker process (orchestrator + action runner)")
     _redis_arg(w)
     _replica_acks_arg(w)
+    _retention_arg(w)
     w.add_argument("--concurrency", type=_positive_int, default=8, help="actions run at once")
     w.add_argument(
         "--name",
@@ -500,6 +513,7 @@ def _worker_config(a: argparse.Namespace) -> WorkerConfig:
         claim_every_s=getattr(a, "claim_every", 5.0),
         reap_every_s=getattr(a, "reap_every", 1.0),
         snapshot_every_s=getattr(a, "snapshot_every", 2.0),
+        idempotency_window_s=getattr(a, "idempotency_window", 86_400.0),
         max_deliveries=getattr(a, "max_deliveries", 5),
         block_ms=getattr(a, "block_ms", 1000),
         partition_lease_s=getattr(a, "partition_lease", 10.0),

@@ -69,6 +69,7 @@ class GroupConsumer:
         poll_interval_s: float = 0.01,
         claim_idle_ms: int = 30_000,
         max_deliveries: int = 5,
+        dead_letter_maxlen: int = 10_000,
     ) -> None:
         self.redis = redis
         self.streams = list(streams)
@@ -79,6 +80,7 @@ class GroupConsumer:
         self.poll_interval_s = poll_interval_s
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
+        self.dead_letter_maxlen = dead_letter_maxlen
         self._groups_ready = False
         self.per_stream = hasattr(redis, "nodes_manager")  # a cluster client
         self._next = 0  # the stream a per-stream round starts at
@@ -205,7 +207,7 @@ class GroupConsumer:
         dead = self.dead_letter(e.stream)
         fields: dict[Any, Any] = dict(e.fields)
         fields.update({"_stream": e.stream, "_id": e.id, "_group": self.group, "_reason": reason})
-        await self.redis.xadd(dead, fields)
+        await self.redis.xadd(dead, fields, maxlen=self.dead_letter_maxlen, approximate=False)
         await self.redis.xack(e.stream, self.group, e.id)
         log.error(
             "parked poison entry %s of %s (group %s) in %s: %s",

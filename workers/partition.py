@@ -39,7 +39,7 @@ from app.engine import Engine
 from app.jobs import JobRef
 from app.repository import Origin, trim
 from app.store.eventstore import AppendResult, Batch, ConcurrencyError, Fenced
-from workers import persist
+from workers import persist, retention
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN
 from workers.leases import Leases
@@ -158,6 +158,7 @@ class PartitionOwner:
 
     async def _loop(self) -> None:
         next_reap = next_snap = next_ckpt = 0.0
+        next_house = anyio.current_time() + self.config.housekeep_every_s
         while True:
             entries, last = await self._read()
             if last is not None and not entries:  # only unreadable entries (parked)
@@ -183,6 +184,16 @@ class PartitionOwner:
                 if self.position != self.saved:
                     await self._advance(self.position)
                 next_ckpt = now + CHECKPOINT_EVERY_S
+            if now >= next_house:
+                await self.housekeep()
+                next_house = now + self.config.housekeep_every_s
+
+    async def housekeep(self) -> None:
+        """Bounded storage (workers.retention): trim the dispatch streams up to what every
+        consumer processed, expire idempotency records older than the window."""
+        redis, keys, p = self.engine.redis, self.keys, self.partition
+        await retention.trim_dispatch(redis, keys, p, self.saved)
+        await retention.expire_commands(redis, keys, p, self.config.idempotency_window_s)
 
     async def _advance(self, position: str) -> None:
         await self.engine.store.append_many(
@@ -235,7 +246,9 @@ class PartitionOwner:
         stream, dead_key = self.keys.events(self.partition), self.keys.dead(self.partition)
         dead: dict[Any, Any] = dict(fields)
         dead.update({"_stream": stream, "_id": rid, "_group": "owner", "_reason": reason})
-        await self.engine.redis.xadd(dead_key, dead)
+        await self.engine.redis.xadd(
+            dead_key, dead, maxlen=self.config.dead_letter_maxlen, approximate=False
+        )
         log.error(
             "parked poison entry %s of %s (owner of partition %d) in %s: %s",
             rid.decode() if isinstance(rid, bytes) else rid,

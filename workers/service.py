@@ -69,6 +69,7 @@ class Worker:
             poll_interval_s=cfg.poll_interval_s,
             claim_idle_ms=cfg.claim_idle_ms,
             max_deliveries=cfg.max_deliveries,
+            dead_letter_maxlen=cfg.dead_letter_maxlen,
         )
         self.runner.ack = self.run_queue.ack
         self._stopping = anyio.Event()

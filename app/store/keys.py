@@ -19,6 +19,7 @@ Keys below are written ``P:`` for ``<ns>:{<ns>.<n>}:`` (the partition's hash tag
 | ``P:tok:<pipeline>`` / ``apv:<pipeline>`` | hash | request / approval token -> execution |
 | ``P:legacy:<pipeline>`` | stream | first-layout stream kept by ``stageline migrate`` |
 | ``P:cmd:<pipeline>`` | hash | command id -> ``first:last:<streams>`` it appended |
+| ``P:cmdt:<pipeline>`` | zset | command id -> ms it was first seen (expiry of ``cmd``) |
 | ``P:snap:<pipeline>`` | hash | head snapshot ``{v, s}`` (derived; may be dropped) |
 | ``P:names`` | set | pipeline names of the partition (for listing and audit) |
 | ``P:events`` | stream | every event of the partition; read by the partition's owner |
@@ -107,6 +108,10 @@ class Keys:
     def commands(self, pipeline: str) -> str:
         return f"{self._p(pipeline)}:cmd:{pipeline}"
 
+    def command_times(self, pipeline: str) -> str:
+        """Zset: command id -> ms a housekeeping pass first saw it (idempotency window)."""
+        return f"{self._p(pipeline)}:cmdt:{pipeline}"
+
     def snapshot(self, pipeline: str) -> str:
         return f"{self._p(pipeline)}:snap:{pipeline}"
 
@@ -145,6 +150,7 @@ class Keys:
             self.request_tokens(pipeline),
             self.approvals(pipeline),
             self.commands(pipeline),
+            self.command_times(pipeline),
             self.snapshot(pipeline),
             self.checkpoint(p),
             self.owner(p),
