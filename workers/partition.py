@@ -123,6 +123,8 @@ class PartitionOwner:
         self.dirty: set[str] = set()
         self.failures: dict[str, int] = {}  # entry id -> failed attempts (poison entries)
         self.commits = 0  # group-commit calls made
+        self.next_expiry = 0.0  # the next idempotency-record expiry pass (housekeep)
+        self.recovering = True  # the first batch after a start is handled by ``_recover``
         self.conflicts = 0  # batches refused (another writer got there first)
 
     @property
@@ -163,7 +165,10 @@ class PartitionOwner:
             entries, last = await self._read()
             if last is not None and not entries:  # only unreadable entries (parked)
                 await self._advance(last)
-            if entries:
+            if entries and self.recovering:
+                self.recovering = False
+                await self._recover(entries)
+            elif entries:
                 try:
                     await self.handle(entries, last)
                 except (Fenced, *REDIS_DOWN):
@@ -193,7 +198,11 @@ class PartitionOwner:
         consumer processed, expire idempotency records older than the window."""
         redis, keys, p = self.engine.redis, self.keys, self.partition
         await retention.trim_dispatch(redis, keys, p, self.saved)
-        await retention.expire_commands(redis, keys, p, self.config.idempotency_window_s)
+        now = anyio.current_time()
+        if now >= self.next_expiry:  # a pass scans every record: far less often
+            window = self.config.idempotency_window_s
+            await retention.expire_commands(redis, keys, p, window)
+            self.next_expiry = now + retention.expiry_every(window)
 
     async def _advance(self, position: str) -> None:
         await self.engine.store.append_many(
@@ -257,6 +266,25 @@ class PartitionOwner:
             dead_key,
             reason,
         )
+
+    async def _recover(self, entries: Sequence[Entry]) -> None:
+        """The first batch after a start: what the previous owner (maybe this process before
+        a crash or an outage) may have died on. Each entry on its own, counted in
+        ``P:tries`` before it is handled and uncounted after: an entry that brought down
+        ``max_deliveries`` owners in a row is parked instead of handled again."""
+        redis, key = self.engine.redis, self.keys.tries(self.partition)
+        for entry in entries:
+            tries = int(await redis.hincrby(key, entry.id, 1))
+            if tries > self.config.max_deliveries:
+                fields = {"p": entry.env.pipeline, "v": str(entry.env.version)}
+                fields["e"] = ev.encode_payload(entry.env).decode()
+                await self._park(
+                    entry.id, fields, f"owners stopped {tries - 1} times while handling it"
+                )
+                await self._advance(entry.id)
+            else:
+                await self._one_at_a_time([entry])
+            await redis.hdel(key, entry.id)
 
     async def _one_at_a_time(self, entries: Sequence[Entry]) -> None:
         """After a failed batch: each entry on its own; one that keeps failing is parked

@@ -9,9 +9,10 @@ periodic tasks (every ``trim_every_s``). Each step is idempotent and safe to int
   keeps more). A run stream without the group is not trimmed.
 - **Idempotency records** (``P:cmd:<pipeline>``, SDK invocation id -> the append it made)
   expire after ``window_s``: the first time a pass sees a command id it notes the time in
-  ``P:cmdt:<pipeline>`` (zset id -> ms); a pass after ``window_s`` drops both. So a record
-  lives at least ``window_s`` and at most ``window_s + trim_every_s``; the append script is
-  unchanged.
+  ``P:cmdt:<pipeline>`` (zset id -> ms); a pass after ``window_s`` drops both. A pass scans
+  every record, so passes run every ``expiry_every(window_s)`` (1 % of the window, between
+  10 s and 15 min): a record lives at least ``window_s`` and at most that much longer. The
+  append script is unchanged.
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ async def trim_dispatch(
     if floor is not None and floor != "0-0":
         removed += int(await redis.xtrim(run, minid=floor, approximate=approximate))
     return removed
+
+
+def expiry_every(window_s: float) -> float:
+    """Seconds between idempotency-record expiry passes for a window."""
+    return min(max(window_s / 100, 10.0), 900.0)
 
 
 async def expire_commands(

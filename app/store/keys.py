@@ -27,6 +27,7 @@ Keys below are written ``P:`` for ``<ns>:{<ns>.<n>}:`` (the partition's hash tag
 | ``P:run`` | stream | action executions the engine runs itself; runners' group |
 | ``P:leases`` | zset | running actions' leases, scored by expiry (ms) |
 | ``P:dead`` | stream | dispatch entries parked as poison |
+| ``P:tries`` | hash | events entry id -> times an owner started on it after a restart |
 | ``<ns>:jobs:<owner/category/provider/version>`` | zset | open custom-action jobs |
 | ``<ns>:job:<jobId>`` | hash | where a job lives (pipeline, execution, action execution) |
 | ``<ns>:config`` | hash | ``partitions``, ``layout`` |
@@ -126,6 +127,10 @@ class Keys:
 
     def leases(self, partition: int) -> str:
         return f"{self.namespace}:{self.tag(partition)}:leases"
+
+    def tries(self, partition: int) -> str:
+        """Hash: events entry id -> owner (re)starts that began handling it (poison count)."""
+        return f"{self.namespace}:{self.tag(partition)}:tries"
 
     def dead(self, partition: int) -> str:
         return f"{self.namespace}:{self.tag(partition)}:dead"
