@@ -37,7 +37,7 @@ from app.domain.errors import DomainError
 from app.domain.state import NeedExecutions, PipelineState
 from app.engine import Engine
 from app.jobs import JobRef
-from app.repository import Origin, trim
+from app.repository import SYSTEM, Origin, trim
 from app.store.eventstore import AppendResult, Batch, ConcurrencyError, Fenced
 from workers import persist, retention
 from workers.config import WorkerConfig
@@ -59,6 +59,9 @@ class Entry:
     env: ev.Envelope
     head_prev: int | None
     exec_prev: int | None
+
+
+FRESH_START_ENTRIES = 1000  # a never-owned partition with more events reconciles instead
 
 
 def _int(raw: Any) -> int | None:
@@ -145,6 +148,10 @@ class PartitionOwner:
         raw: Any = await self.engine.redis.get(self.keys.checkpoint(self.partition))
         self.position = (raw.decode() if isinstance(raw, bytes) else raw) or "0"
         self.saved = self.position
+        if raw is None:  # never owned: maybe a store with history (see _reconcile)
+            end = await self._reconcile()
+            if end is not None:
+                self.position = self.saved = end
         self.read_pos = self.position
         log.info("partition %d: owner from %s", self.partition, self.position)
         try:
@@ -267,6 +274,64 @@ class PartitionOwner:
             reason,
         )
 
+    async def _reconcile(self) -> str | None:
+        """A partition never owned (no checkpoint) whose events stream is long: a first
+        worker on a store that already has history (e.g. imported, or the checkpoint lost).
+        Instead of replaying the retained stream, decide from the projections: for every
+        active execution of the partition's pipelines, apply a pending stage retry, advance
+        past an ended latest attempt, publish an open custom job; then start at the
+        stream's end (returned; None when the stream is short enough to just read)."""
+        redis, keys, p = self.engine.redis, self.keys, self.partition
+        if int(await redis.xlen(keys.events(p))) <= FRESH_START_ENTRIES:
+            return None
+        last: Any = await redis.xrevrange(keys.events(p), count=1)
+        if not last:
+            return None
+        end = last[0][0].decode() if isinstance(last[0][0], bytes) else str(last[0][0])
+        repo, pending = self.engine.repo, []
+        for raw in await redis.smembers(keys.names(p)):
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            head = await repo.load(name)
+            if not head.exists or not head.active:
+                continue
+            s = await repo.load(name, list(head.active))
+            items: list[tuple[c.Command, Origin]] = []
+            for eid in list(s.active):
+                x = s.executions.get(eid)
+                if x is None or x.status != "InProgress":
+                    continue
+                for st in x.stages.values():
+                    if st.pendingRetry is not None:
+                        items.append(
+                            (c.ApplyStageRetry(executionId=eid, stageName=st.name), SYSTEM)
+                        )
+                    for aid in st.latest.values():
+                        a = x.actions.get(aid)
+                        if a is None:
+                            continue
+                        if a.status != "InProgress":
+                            items.append(
+                                (c.Advance(executionId=eid, actionExecutionId=aid), SYSTEM)
+                            )
+                        elif a.kind == "custom" and a.jobId and not a.acknowledged:
+                            adecl = s.action_declaration(x, a.stageName, a.actionName)
+                            if adecl is not None:
+                                ref = JobRef(a.jobId, adecl.actionTypeId.key, name, eid, aid)
+                                await self.engine.jobs.publish(ref, a.startTime)
+            if items:
+                pending.append(_Pending(name, items))
+        await self.commit(pending, end)
+        if self.saved != end:
+            await self._advance(end)
+        log.info(
+            "partition %d: no checkpoint, %d pipelines with active executions reconciled; "
+            "starting at the end of the events stream (%s)",
+            self.partition,
+            len(pending),
+            end,
+        )
+        return end
+
     async def _recover(self, entries: Sequence[Entry]) -> None:
         """The first batch after a start: what the previous owner (maybe this process before
         a crash or an outage) may have died on. Each entry on its own, counted in
@@ -326,9 +391,7 @@ class PartitionOwner:
         await self.commit(list(pending.values()), last)
         self.position = last
 
-    async def _scheduled(
-        self, env: ev.Envelope, e: ev.ActionExecutionScheduled
-    ) -> list[c.Command]:
+    async def _scheduled(self, env: ev.Envelope, e: ev.ActionExecutionScheduled) -> list[c.Command]:
         if e.kind in ("commands", "approval"):
             return []  # runners take commands; approvals wait for PutApprovalResult
         s = await self.engine.repo.load(env.pipeline, [e.executionId])
