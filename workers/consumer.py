@@ -26,7 +26,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from app.store.connection import node_of
+from app.store.connection import node_of, refresh_slots
 
 log = logging.getLogger("stageline.consumer")
 
@@ -141,7 +141,11 @@ class GroupConsumer:
                     "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", 1,
                     "STREAMS", s, "0" if pending else ">", target_nodes=node_of(self.redis, s),
                 )  # fmt: skip
-            results: Any = await pipe.execute(raise_on_error=False)
+            try:
+                results: Any = await pipe.execute(raise_on_error=False)
+            except REDIS_DOWN:
+                await refresh_slots(self.redis)  # a node failed over: its slots moved
+                raise
             for s, resp in zip(chunk, results, strict=True):
                 if isinstance(resp, ResponseError):
                     if "NOGROUP" in str(resp):
@@ -149,6 +153,8 @@ class GroupConsumer:
                         continue
                     raise resp
                 if isinstance(resp, BaseException):
+                    if isinstance(resp, REDIS_DOWN):
+                        await refresh_slots(self.redis)
                     raise resp
                 for _stream, rows in resp or []:
                     for rid, fields in rows:

@@ -17,7 +17,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from app.engine import Engine
-from app.store.connection import node_of
+from app.store.connection import node_of, refresh_slots
 from app.store.eventstore import Fenced
 from workers.backoff import Backoff, retry_until
 from workers.config import WorkerConfig
@@ -207,7 +207,11 @@ class Worker:
                 "XREAD", "COUNT", self.config.batch, "STREAMS", key, pos,
                 target_nodes=node_of(self.engine.redis, key),
             )  # fmt: skip
-        resp: Any = await pipe.execute()
+        try:
+            resp: Any = await pipe.execute()
+        except REDIS_DOWN:
+            await refresh_slots(self.engine.redis)  # a node failed over: its slots moved
+            raise
         out = [row for r in resp if r for row in r]
         if out:
             self._idle_s = self.config.poll_interval_s

@@ -136,12 +136,19 @@ async def eval_acknowledged(
 
     for _ in range(3):
         pipe: Any = redis.pipeline(transaction=False)
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
+        # execute_command: a cluster pipeline refuses its evalsha() method (not the command)
+        pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         if is_cluster(redis):
             pipe.execute_command("WAIT", replicas, timeout_ms, target_nodes=node_of(redis, keys[0]))
         else:
             pipe.execute_command("WAIT", replicas, timeout_ms)
-        raw, acks = await pipe.execute(raise_on_error=False)
+        try:
+            raw, acks = await pipe.execute(raise_on_error=False)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            await refresh_slots(redis)
+            raise
+        if isinstance(acks, RedisConnectionError | RedisTimeoutError | OSError):
+            await refresh_slots(redis)
         if isinstance(raw, NoScriptError):  # not run: load it (every node) and run it
             await redis.script_load(script.script)
             continue
@@ -157,6 +164,18 @@ async def eval_acknowledged(
             )
         return raw
     raise NotReplicated("the append script could not be loaded on the node")
+
+
+async def refresh_slots(redis: Any) -> None:
+    """After a connection error on a command sent to an explicit node (``node_of``): read
+    the slot map again (a failed master's replica took over), as redis-py does itself for
+    the commands it routes. Best effort: when no node answers, the caller's retry will."""
+    if not is_cluster(redis):
+        return
+    try:
+        await redis.nodes_manager.initialize()
+    except Exception:  # every node still down: try again on the next error
+        return
 
 
 def node_of(redis: Any, key: str) -> Any:
