@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -26,7 +27,7 @@ from tests.conftest import no_redis
 from tests.redis_cluster import RedisClusterServer, cluster_binaries
 from tests.test_api_e2e import PARTITIONS, _worker_config, commands, pipeline, stage
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,11 @@ def test_kill9_master_under_load_loses_no_acknowledged_write(
         credentials={AKID: SECRET},
         partitions=PARTITIONS,
         min_replica_acks=1,
-        worker=_worker_config("failover"),
+        # short leases and takeovers: an action whose runner lost its connection to the
+        # failed master is detected (WorkerLost) or taken over within seconds
+        worker=replace(
+            _worker_config("failover"), lease_ttl_s=4.0, claim_idle_ms=3000, claim_every_s=1.0
+        ),
         log_level="error",
     )
     names = [f"fo-{i}" for i in range(8)]
@@ -136,7 +141,7 @@ def test_kill9_master_under_load_loses_no_acknowledged_write(
         for name, eid in accepted:
             wait_for(
                 lambda n=name, e=eid: status(n, e) in ("Succeeded", "Failed", "Stopped"),
-                timeout=60,
+                timeout=90,
                 what=f"{name} {eid} to end",
             )
         finals = {status(n, e) for n, e in accepted}
