@@ -28,8 +28,13 @@ import anyio
 import msgspec
 
 from app.domain.errors import DomainError
-from app.store.connection import ENV_URL, connect, default_url
-from app.store.keys import Keys
+from app.store.connection import (
+    ENV_URL,
+    connect,
+    default_replica_acks,
+    default_url,
+    store_keys,
+)
 from workers.config import WorkerConfig, default_name
 
 # The one exit-code table (docs/cli.md). Every command uses these and only these.
@@ -152,6 +157,38 @@ def _global_args(p: argparse.ArgumentParser, *, top: bool) -> None:
     p.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
 
 
+def _replica_acks_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--min-replica-acks",
+        type=_non_negative_int,
+        default=os.environ.get("STAGELINE_MIN_REPLICA_ACKS") or None,  # parsed by type
+        metavar="N",
+        help="acknowledge an append only once N replicas have it (WAIT); default 1 when "
+        "the Redis (every cluster master) has replicas, else 0",
+    )
+
+
+def _retention_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--idempotency-window",
+        type=_seconds,
+        default=86_400.0,
+        metavar="SECONDS",
+        help="how long an SDK invocation id is remembered (a retry within it is applied "
+        "once); default 86400 (24 h)",
+    )
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {n}")
+    return n
+
+
 def _redis_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis-url",
@@ -168,8 +205,9 @@ def _redis_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--partitions",
         type=_positive_int,
-        default=int(os.environ.get("STAGELINE_PARTITIONS", "16")),
-        help="fixed number of work partitions (must match the data in Redis)",
+        default=os.environ.get("STAGELINE_PARTITIONS") or None,  # a string: parsed by type
+        help="number of work partitions of a NEW store (default 128; $STAGELINE_PARTITIONS); "
+        "a store keeps the count recorded at its first start (a different one is refused)",
     )
 
 
@@ -403,6 +441,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
     s.add_argument("--port", type=_port, default=8080, help="port to listen on")
     _redis_arg(s)
+    _replica_acks_arg(s)
+    _retention_arg(s)
     s.add_argument("--no-workers", action="store_true", help="API only; run workers apart")
     _audit_key_arg(s)
     s.add_argument(
@@ -507,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = command("worker", "run a worker process (orchestrator + action runner)")
     _redis_arg(w)
     _audit_key_arg(w)
+    _replica_acks_arg(w)
+    _retention_arg(w)
     w.add_argument("--concurrency", type=_positive_int, default=8, help="actions run at once")
     w.add_argument(
         "--name",
@@ -644,6 +686,7 @@ def _worker_config(a: argparse.Namespace) -> WorkerConfig:
         claim_every_s=getattr(a, "claim_every", 5.0),
         reap_every_s=getattr(a, "reap_every", 1.0),
         snapshot_every_s=getattr(a, "snapshot_every", 2.0),
+        idempotency_window_s=getattr(a, "idempotency_window", 86_400.0),
         max_deliveries=getattr(a, "max_deliveries", 5),
         block_ms=getattr(a, "block_ms", 1000),
         partition_lease_s=getattr(a, "partition_lease", 10.0),
@@ -679,7 +722,8 @@ async def _worker(a: argparse.Namespace) -> None:
     key = _audit_key(a)
     _log_audit_key(key)
     redis = await connect(a.redis_url)
-    engine = Engine(redis, Keys(partitions=a.partitions), audit_key=key)
+    engine = Engine(redis, await store_keys(redis, a.partitions), audit_key=key)
+    engine.store.min_replica_acks = await default_replica_acks(redis, a.min_replica_acks)
     worker = Worker(engine, _worker_config(a))
     logging.getLogger("stageline").warning(
         "worker %s on %s", worker.config.name, a.redis_url.split("@")[-1]
@@ -800,6 +844,7 @@ async def _serve(a: argparse.Namespace) -> None:
         insecure=a.insecure,
         aws_strict=a.aws_strict,
         partitions=a.partitions,
+        min_replica_acks=a.min_replica_acks,
         max_concurrent_executions=a.max_concurrent_executions,
         worker=worker,
         access_log=None if a.access_log == "off" else a.access_log,
@@ -837,7 +882,7 @@ async def _retry(a: argparse.Namespace) -> int:
         key = _audit_key(a)  # $STAGELINE_AUDIT_KEY_FILE: the event it writes is tagged too
         redis = await connect(a.redis_url)
         try:
-            engine = Engine(redis, Keys(partitions=a.partitions), audit_key=key)
+            engine = Engine(redis, await store_keys(redis, a.partitions), audit_key=key)
             await engine.start()
 
             async def state() -> dict[str, Any]:
@@ -871,7 +916,7 @@ async def _status(a: argparse.Namespace) -> int:
 
         redis = await connect(a.redis_url)
         try:
-            doc = await collect_status(redis, Keys(partitions=a.partitions))
+            doc = await collect_status(redis, await store_keys(redis, a.partitions))
         finally:
             await redis.aclose()
     else:
@@ -889,7 +934,7 @@ async def _watch(a: argparse.Namespace) -> int:
 
         redis = await connect(a.redis_url)
         try:
-            engine = Engine(redis, Keys(partitions=a.partitions))
+            engine = Engine(redis, await store_keys(redis, a.partitions))
 
             async def state() -> dict[str, Any]:
                 return q.get_pipeline_state(await engine.pipeline(a.pipeline))
@@ -942,7 +987,7 @@ async def _on_checked_store(a: argparse.Namespace, run: Any) -> Any:
         try:
             redis = await connect(a.redis_url)
             try:
-                await require_layout(redis, Keys(partitions=a.partitions))
+                await require_layout(redis, await store_keys(redis, a.partitions))
             finally:
                 await redis.aclose()
         except MigrationError as err:
@@ -992,7 +1037,7 @@ async def _logs(a: argparse.Namespace) -> None:
     try:
         await print_logs(
             redis,
-            Keys(partitions=a.partitions),
+            await store_keys(redis, a.partitions),
             a.pipeline,
             execution=a.execution,
             action=a.action,

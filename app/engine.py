@@ -6,6 +6,7 @@ objects (states, ids) and raise :class:`DomainError` with the CodePipeline error
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -106,6 +107,24 @@ class Engine:
             if (await self.repo.load(name)).declaration is not None:
                 names.append(name)
         return names
+
+    async def pipeline_page(
+        self, after: str | None, limit: int
+    ) -> tuple[list[PipelineState], bool]:
+        """Up to ``limit`` existing pipelines named after ``after``, in name order, and
+        whether more follow. Only the heads of the page (and of deleted names met on the
+        way, plus one more to know whether the list goes on) are loaded, not every one."""
+        names = await self.store.pipelines()  # sorted; the partitions' name sets only
+        start = bisect.bisect_right(names, after) if after is not None else 0
+        page: list[PipelineState] = []
+        for name in names[start:]:
+            head = await self.repo.load(name)
+            if head.declaration is None:
+                continue  # deleted
+            if len(page) == limit:
+                return page, True
+            page.append(head)
+        return page, False
 
     async def _view(self, name: str, ids: list[str]) -> PipelineState:
         """A read-only state: the head and exactly the executions ``ids`` (in this order),
@@ -294,7 +313,8 @@ class Engine:
             x = s.executions.get(ref.executionId)
             a = x.actions.get(ref.actionExecutionId) if x is not None else None
             if x is None or a is None or a.status != "InProgress" or a.acknowledged:
-                await self.jobs.close(ref)
+                ended = x is None or a is None or a.status != "InProgress"
+                await self.jobs.close(ref, finished=ended)
                 continue
             if query:
                 adecl = s.action_declaration(x, a.stageName, a.actionName)
@@ -360,5 +380,5 @@ class Engine:
             ),
             origin,
         )
-        await self.jobs.close(j.ref)
+        await self.jobs.close(j.ref, finished=True)
 

@@ -30,23 +30,26 @@ def _s(v: Any) -> str:
 
 
 class JobIndex:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, retention_s: float = 86_400.0) -> None:
         self.redis = redis
         self.keys = keys
+        self.retention_s = retention_s  # a finished job's record is kept this long
 
     async def publish(self, job: JobRef, created: float) -> None:
-        async with self.redis.pipeline(transaction=True) as p:
-            p.hset(
-                self.keys.job(job.jobId),
-                mapping={
-                    "t": job.actionType,
-                    "p": job.pipeline,
-                    "x": job.executionId,
-                    "a": job.actionExecutionId,
-                },
-            )
-            p.zadd(self.keys.jobs(job.actionType), {job.jobId: created}, nx=True)
-            await p.execute()
+        """Record where the job lives, then list it as open: two idempotent writes in that
+        order, no transaction (the two keys live in different cluster slots). Should the
+        second be lost, the owner publishes again (its event is re-read); a listed job whose
+        record is missing is never handed out (``open_jobs`` skips it)."""
+        await self.redis.hset(
+            self.keys.job(job.jobId),
+            mapping={
+                "t": job.actionType,
+                "p": job.pipeline,
+                "x": job.executionId,
+                "a": job.actionExecutionId,
+            },
+        )
+        await self.redis.zadd(self.keys.jobs(job.actionType), {job.jobId: created}, nx=True)
 
     async def locate(self, job_id: str) -> JobRef | None:
         raw: Any = await self.redis.hgetall(self.keys.job(job_id))
@@ -64,6 +67,11 @@ class JobIndex:
                 refs.append(ref)
         return refs
 
-    async def close(self, job: JobRef) -> None:
-        """The job left the open list (acknowledged, or its action ended)."""
+    async def close(self, job: JobRef, *, finished: bool = False) -> None:
+        """The job left the open list (acknowledged, or its action ended). ``finished``: its
+        action ended, so its record expires after ``retention_s`` (until then a late
+        PutJob*Result still gets InvalidJobStateException, as from AWS; afterwards
+        JobNotFoundException)."""
         await self.redis.zrem(self.keys.jobs(job.actionType), job.jobId)
+        if finished:
+            await self.redis.expire(self.keys.job(job.jobId), max(int(self.retention_s), 1))

@@ -89,6 +89,16 @@ def table(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
+async def _is_cluster(url: str) -> bool:
+    from app.store.connection import connect, is_cluster
+
+    client = await connect(url)
+    try:
+        return is_cluster(client)
+    finally:
+        await client.aclose()
+
+
 async def main_async(a: argparse.Namespace) -> tuple[dict[str, Any], list[Record]]:
     from tests.redis_server import RedisServer
 
@@ -99,9 +109,24 @@ async def main_async(a: argparse.Namespace) -> tuple[dict[str, Any], list[Record
     started = time.monotonic()
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="stageline-bench-") as tmp:
-        server = RedisServer(Path(tmp) / "redis")
-        server.start()
-        ctx = Ctx(settings=settings, redis_port=server.port, workdir=Path(tmp), profile=a.profile)
+        server: RedisServer | None = None
+        if a.redis_url:
+            cluster = await _is_cluster(a.redis_url)
+            ctx = Ctx(
+                settings=settings,
+                redis_port=0,
+                workdir=Path(tmp),
+                profile=a.profile,
+                external_url=a.redis_url,
+                cluster=cluster,
+            )
+            ctx.log(f"external {'cluster' if cluster else 'server'} {a.redis_url} (flushed)")
+        else:
+            server = RedisServer(Path(tmp) / "redis")
+            server.start()
+            ctx = Ctx(
+                settings=settings, redis_port=server.port, workdir=Path(tmp), profile=a.profile
+            )
         records: list[Record] = []
         try:
             for name in [b for b in BENCHMARKS if b in only]:
@@ -118,7 +143,8 @@ async def main_async(a: argparse.Namespace) -> tuple[dict[str, Any], list[Record
                 records.append(rec)
         finally:
             await ctx.close()
-            server.stop()
+            if server is not None:
+                server.stop()
     total = time.monotonic() - started
     doc = {
         "mode": settings.mode,
@@ -147,6 +173,12 @@ def main() -> None:
         type=int,
         default=None,
         help="past executions of growth's big pipeline (default 10,000; --full 100,000)",
+    )
+    p.add_argument(
+        "--redis-url",
+        default=None,
+        help="run against this Redis (or any node of a Redis Cluster) instead of a private "
+        "redis-server; EVERYTHING in it is flushed before each benchmark",
     )
     p.add_argument(
         "--profile",

@@ -21,26 +21,54 @@ class Ctx:
     workdir: Path
     profile: bool = False
     shared: dict[str, Any] = field(default_factory=dict)
+    external_url: str | None = None  # --redis-url: an external server or cluster node
+    cluster: bool = False  # that URL is a Redis Cluster node
     _redis: Redis | None = None
 
     @property
     def redis_url(self) -> str:
-        return f"redis://127.0.0.1:{self.redis_port}/0"
+        return self.external_url or f"redis://127.0.0.1:{self.redis_port}/0"
 
     @property
     def redis(self) -> Redis:
         if self._redis is None:
-            self._redis = Redis.from_url(self.redis_url)
+            if self.cluster:
+                from redis.asyncio.cluster import RedisCluster
+
+                client: Any = RedisCluster.from_url(self.redis_url)
+                self._redis = client
+            else:
+                self._redis = Redis.from_url(self.redis_url)
+        assert self._redis is not None
         return self._redis
+
+    def _all(self) -> dict[str, Any]:
+        """Command options reaching every master of a cluster (nothing on one server)."""
+        if not self.cluster:
+            return {}
+        from redis.asyncio.cluster import RedisCluster
+
+        return {"target_nodes": RedisCluster.PRIMARIES}
 
     async def fresh(self) -> None:
         """An empty Redis (every benchmark starts from one)."""
-        await self.redis.flushall()
-        await self.redis.config_resetstat()
+        r: Any = self.redis
+        await r.flushall(**self._all())
+        await r.config_resetstat(**self._all())
+        # the benchmarks write with the engine's own layout (Keys(): 16 partitions); record
+        # it, so that the processes they start (which take a store's recorded count, or 128
+        # for a new store) use the same
+        from app.store.eventstore import EventStore
+        from app.store.keys import Keys
+
+        await EventStore(r, Keys()).ensure_config()
 
     async def redis_cpu(self) -> float:
-        info: Any = await self.redis.info("cpu")
-        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        """CPU seconds the server (every master of a cluster) has used."""
+        r: Any = self.redis
+        info: Any = await r.info("cpu", **self._all())
+        nodes = info.values() if self.cluster and "used_cpu_user" not in info else [info]
+        return sum(float(i["used_cpu_user"]) + float(i["used_cpu_sys"]) for i in nodes)
 
     async def close(self) -> None:
         if self._redis is not None:

@@ -1,4 +1,5 @@
-"""A private Redis Cluster for tests: 3 masters (no replicas) on free ports, own directory.
+"""A private Redis Cluster for tests: 3 masters (``replicas`` each, default none) on free
+ports, own directory.
 
 Each node is ``redis-server --cluster-enabled yes`` on 127.0.0.1:<port> (below 55000) with
 its cluster bus on <port>+10000 (checked free too); ``redis-cli --cluster create`` assigns
@@ -68,14 +69,47 @@ def _cluster_state(cli: str, port: int) -> str:
     return ""
 
 
+def _info(cli: str, port: int, section: str) -> dict[str, str]:
+    try:
+        out = subprocess.run(
+            [cli, "-h", "127.0.0.1", "-p", str(port), "info", section],
+            capture_output=True,
+            text=True,
+            timeout=2,
+        ).stdout
+    except subprocess.TimeoutExpired:
+        return {}
+    return dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+
+
+def _role(cli: str, port: int) -> str:
+    return _info(cli, port, "replication").get("role", "").strip()
+
+
+def _in_sync_replicas(cli: str, port: int) -> int:
+    info = _info(cli, port, "replication")
+    return sum(1 for k, v in info.items() if k.startswith("slave") and "state=online" in v)
+
+
 class RedisClusterServer:
     """``masters`` cluster-enabled redis-servers in ``workdir``, slots spread over them."""
 
-    def __init__(self, workdir: Path, masters: int = 3) -> None:
+    def __init__(
+        self, workdir: Path, masters: int = 3, *, replicas: int = 0, node_timeout_ms: int = 5000
+    ) -> None:
         self.workdir = workdir
         self.masters = masters
+        self.replicas = replicas
+        self.node_timeout_ms = node_timeout_ms
         self.ports: list[int] = []
         self.procs: list[subprocess.Popen[bytes]] = []
+
+    def kill(self, port: int) -> None:
+        """kill -9 the node on ``port`` (its replica takes over after the node timeout)."""
+        proc = self.procs[self.ports.index(port)]
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
 
     @property
     def url(self) -> str:
@@ -96,7 +130,7 @@ class RedisClusterServer:
             raise RuntimeError("redis-server and redis-cli must be on PATH")
         server, cli = binaries
         for attempt in range(3):  # a port found free may be taken before a node binds it
-            self.ports = free_cluster_ports(self.masters)
+            self.ports = free_cluster_ports(self.masters * (1 + self.replicas))
             try:
                 self._start(server, cli, timeout)
                 return
@@ -119,7 +153,7 @@ class RedisClusterServer:
                 "--dir", str(d),
                 "--cluster-enabled", "yes",
                 "--cluster-config-file", str(d / "nodes.conf"),
-                "--cluster-node-timeout", "5000",
+                "--cluster-node-timeout", str(self.node_timeout_ms),
                 "--save", "",
                 "--appendonly", "no",
                 "--daemonize", "no",
@@ -143,7 +177,7 @@ class RedisClusterServer:
                 [
                     cli, "--cluster", "create",
                     *(f"127.0.0.1:{p}" for p in self.ports),
-                    "--cluster-replicas", "0",
+                    "--cluster-replicas", str(self.replicas),
                     "--cluster-yes",
                 ],
                 capture_output=True,
@@ -162,6 +196,14 @@ class RedisClusterServer:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"cluster_state is not ok on {pending} after {timeout} s")
             time.sleep(0.05)
+        while self.replicas and not all(
+            _in_sync_replicas(cli, p) >= self.replicas
+            for p in self.ports
+            if _role(cli, p) == "master"
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replicas not in sync after {timeout} s")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         for proc in self.procs:

@@ -39,8 +39,10 @@ class RedisServer:
         appendonly: bool = False,
         port: int | None = None,
         extra_args: tuple[str, ...] = (),
+        replica_of: int | None = None,
     ):
         self.workdir = workdir
+        self.replica_of = replica_of  # the master's port: start as its replica
         self.appendonly = appendonly
         self.port = port or free_port()
         self.extra_args = extra_args
@@ -67,6 +69,8 @@ class RedisServer:
             "--logfile", str(self.workdir / "redis.log"),
             *self.extra_args,
         ]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not port_open("127.0.0.1", self.port):

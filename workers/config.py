@@ -25,6 +25,9 @@ class WorkerConfig:
     max_deliveries: int = 5  # then the entry is parked in the dead-letter stream
     reap_every_s: float = 1.0
     snapshot_every_s: float = 2.0
+    housekeep_every_s: float = 10.0  # dispatch-stream trimming, idempotency-record expiry
+    idempotency_window_s: float = 86_400.0  # SDK invocation ids are remembered this long
+    dead_letter_maxlen: int = 10_000  # entries kept per partition's dead-letter stream
     shutdown_grace_s: float = 30.0  # running actions may finish this long after a signal
     drain_s: float = 3.0  # then owners record what follows from the last results
     batch: int = 64

@@ -5,6 +5,12 @@ takes over entries that another consumer left pending too long (XPENDING + XCLAI
 an entry that keeps failing in the partition's dead-letter stream after ``max_deliveries``,
 and survives Redis going away (reconnects with backoff; recreates a missing group).
 Each entry is given to ``handle``; it is acknowledged when ``handle`` returns normally.
+
+On a Redis Cluster the streams live in different slots, so one XREADGROUP cannot name
+them all (CROSSSLOT): each stream is read on its own, without blocking, a few at a time in
+a rotating order (one pipelined round trip per node for each few, ``COUNT 1`` each so no
+more than asked is taken), and an idle consumer waits a little longer each empty round
+(up to ``IDLE_MAX_S``).
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from app.store.connection import node_of, refresh_slots
+
 log = logging.getLogger("stageline.consumer")
 
 # Redis cannot take this now, but may in a moment: unreachable, loading, failing over, or
@@ -42,6 +50,7 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (
     ClusterDownError,
     TryAgainError,
 )
+IDLE_MAX_S = 0.25  # a cluster reader's longest wait between empty rounds
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,7 @@ class GroupConsumer:
         poll_interval_s: float = 0.01,
         claim_idle_ms: int = 30_000,
         max_deliveries: int = 5,
+        dead_letter_maxlen: int = 10_000,
     ) -> None:
         self.redis = redis
         self.streams = list(streams)
@@ -89,7 +99,11 @@ class GroupConsumer:
         self.poll_interval_s = poll_interval_s
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
+        self.dead_letter_maxlen = dead_letter_maxlen
         self._groups_ready = False
+        self.per_stream = hasattr(redis, "nodes_manager")  # a cluster client
+        self._next = 0  # the stream a per-stream round starts at
+        self._idle_s = poll_interval_s
         # entries this consumer is handling right now: never "taken over" from itself
         self.inflight: set[tuple[str, str]] = set()
 
@@ -106,6 +120,8 @@ class GroupConsumer:
         """Up to ``count`` entries: new ones, or (pending=True) this consumer's own pending."""
         if not self._groups_ready:
             await self.ensure_groups()
+        if self.per_stream:
+            return await self._read_each(count, pending=pending)
         block = None if pending else self.block_ms
         ids: dict[Any, Any] = {s: ("0" if pending else ">") for s in self.streams}
         try:
@@ -126,6 +142,50 @@ class GroupConsumer:
                     await self.redis.xack(_s(stream), self.group, rid)
         if not out and block is None and not pending:
             await anyio.sleep(self.poll_interval_s)
+        return out
+
+    async def _read_each(self, count: int, *, pending: bool) -> list[Entry]:
+        """``read`` over streams that may not be named in one command (a cluster)."""
+        n = len(self.streams)
+        order = [self.streams[(self._next + i) % n] for i in range(n)]
+        self._next = (self._next + 1) % max(n, 1)
+        out: list[Entry] = []
+        i = 0
+        while i < n and len(out) < count:
+            chunk = order[i : i + count - len(out)]
+            i += len(chunk)
+            pipe: Any = self.redis.pipeline(transaction=False)
+            for s in chunk:
+                pipe.execute_command(
+                    "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", 1,
+                    "STREAMS", s, "0" if pending else ">", target_nodes=node_of(self.redis, s),
+                )  # fmt: skip
+            try:
+                results: Any = await pipe.execute(raise_on_error=False)
+            except REDIS_DOWN:
+                await refresh_slots(self.redis)  # a node failed over: its slots moved
+                raise
+            for s, resp in zip(chunk, results, strict=True):
+                if isinstance(resp, ResponseError):
+                    if "NOGROUP" in str(resp):
+                        self._groups_ready = False
+                        continue
+                    raise resp
+                if isinstance(resp, BaseException):
+                    if isinstance(resp, REDIS_DOWN):
+                        await refresh_slots(self.redis)
+                    raise resp
+                for _stream, rows in resp or []:
+                    for rid, fields in rows:
+                        if fields:
+                            out.append(_entry(s, rid, fields))
+                        else:
+                            await self.redis.xack(s, self.group, rid)
+        if out or pending:
+            self._idle_s = self.poll_interval_s
+        else:
+            await anyio.sleep(self._idle_s)
+            self._idle_s = min(self._idle_s * 2, IDLE_MAX_S)
         return out
 
     async def claim_stale(self, count: int = 100) -> list[Entry]:
@@ -172,7 +232,7 @@ class GroupConsumer:
         dead = self.dead_letter(e.stream)
         fields: dict[Any, Any] = dict(e.fields)
         fields.update({"_stream": e.stream, "_id": e.id, "_group": self.group, "_reason": reason})
-        await self.redis.xadd(dead, fields)
+        await self.redis.xadd(dead, fields, maxlen=self.dead_letter_maxlen, approximate=False)
         await self.redis.xack(e.stream, self.group, e.id)
         log.error(
             "parked poison entry %s of %s (group %s) in %s: %s",

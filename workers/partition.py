@@ -37,9 +37,9 @@ from app.domain.errors import DomainError
 from app.domain.state import NeedExecutions, PipelineState
 from app.engine import Engine
 from app.jobs import JobRef
-from app.repository import Origin, trim
+from app.repository import SYSTEM, Origin, trim
 from app.store.eventstore import AppendResult, Batch, ConcurrencyError, Fenced
-from workers import persist
+from workers import persist, retention
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN
 from workers.leases import Leases
@@ -60,6 +60,9 @@ class Entry:
     env: ev.Envelope
     head_prev: int | None
     exec_prev: int | None
+
+
+FRESH_START_ENTRIES = 1000  # a never-owned partition with more events reconciles instead
 
 
 def _int(raw: Any) -> int | None:
@@ -124,6 +127,8 @@ class PartitionOwner:
         self.dirty: set[str] = set()
         self.failures: dict[str, int] = {}  # entry id -> failed attempts (poison entries)
         self.commits = 0  # group-commit calls made
+        self.next_expiry = 0.0  # the next idempotency-record expiry pass (housekeep)
+        self.recovering = True  # the first batch after a start is handled by ``_recover``
         self.conflicts = 0  # batches refused (another writer got there first)
 
     @property
@@ -144,6 +149,10 @@ class PartitionOwner:
         raw: Any = await self.engine.redis.get(self.keys.checkpoint(self.partition))
         self.position = (raw.decode() if isinstance(raw, bytes) else raw) or "0"
         self.saved = self.position
+        if raw is None:  # never owned: maybe a store with history (see _reconcile)
+            end = await self._reconcile()
+            if end is not None:
+                self.position = self.saved = end
         self.read_pos = self.position
         log.info("partition %d: owner from %s", self.partition, self.position)
         try:
@@ -159,11 +168,15 @@ class PartitionOwner:
 
     async def _loop(self) -> None:
         next_reap = next_snap = next_ckpt = 0.0
+        next_house = anyio.current_time() + self.config.housekeep_every_s
         while True:
             entries, last = await self._read()
             if last is not None and not entries:  # only unreadable entries (parked)
                 await self._advance(last)
-            if entries:
+            if entries and self.recovering:
+                self.recovering = False
+                await self._recover(entries)
+            elif entries:
                 try:
                     await self.handle(entries, last)
                 except FENCED_OR_DOWN:
@@ -184,6 +197,20 @@ class PartitionOwner:
                 if self.position != self.saved:
                     await self._advance(self.position)
                 next_ckpt = now + CHECKPOINT_EVERY_S
+            if now >= next_house:
+                await self.housekeep()
+                next_house = now + self.config.housekeep_every_s
+
+    async def housekeep(self) -> None:
+        """Bounded storage (workers.retention): trim the dispatch streams up to what every
+        consumer processed, expire idempotency records older than the window."""
+        redis, keys, p = self.engine.redis, self.keys, self.partition
+        await retention.trim_dispatch(redis, keys, p, self.saved)
+        now = anyio.current_time()
+        if now >= self.next_expiry:  # a pass scans every record: far less often
+            window = self.config.idempotency_window_s
+            await retention.expire_commands(redis, keys, p, window)
+            self.next_expiry = now + retention.expiry_every(window)
 
     async def _advance(self, position: str) -> None:
         await self.engine.store.append_many(
@@ -236,7 +263,9 @@ class PartitionOwner:
         stream, dead_key = self.keys.events(self.partition), self.keys.dead(self.partition)
         dead: dict[Any, Any] = dict(fields)
         dead.update({"_stream": stream, "_id": rid, "_group": "owner", "_reason": reason})
-        await self.engine.redis.xadd(dead_key, dead)
+        await self.engine.redis.xadd(
+            dead_key, dead, maxlen=self.config.dead_letter_maxlen, approximate=False
+        )
         log.error(
             "parked poison entry %s of %s (owner of partition %d) in %s: %s",
             rid.decode() if isinstance(rid, bytes) else rid,
@@ -245,6 +274,83 @@ class PartitionOwner:
             dead_key,
             reason,
         )
+
+    async def _reconcile(self) -> str | None:
+        """A partition never owned (no checkpoint) whose events stream is long: a first
+        worker on a store that already has history (e.g. imported, or the checkpoint lost).
+        Instead of replaying the retained stream, decide from the projections: for every
+        active execution of the partition's pipelines, apply a pending stage retry, advance
+        past an ended latest attempt, publish an open custom job; then start at the
+        stream's end (returned; None when the stream is short enough to just read)."""
+        redis, keys, p = self.engine.redis, self.keys, self.partition
+        if int(await redis.xlen(keys.events(p))) <= FRESH_START_ENTRIES:
+            return None
+        last: Any = await redis.xrevrange(keys.events(p), count=1)
+        if not last:
+            return None
+        end = last[0][0].decode() if isinstance(last[0][0], bytes) else str(last[0][0])
+        repo, pending = self.engine.repo, []
+        for raw in await redis.smembers(keys.names(p)):
+            name = raw.decode() if isinstance(raw, bytes) else str(raw)
+            head = await repo.load(name)
+            if not head.exists or not head.active:
+                continue
+            s = await repo.load(name, list(head.active))
+            items: list[tuple[c.Command, Origin]] = []
+            for eid in list(s.active):
+                x = s.executions.get(eid)
+                if x is None or x.status != "InProgress":
+                    continue
+                for st in x.stages.values():
+                    if st.pendingRetry is not None:
+                        items.append(
+                            (c.ApplyStageRetry(executionId=eid, stageName=st.name), SYSTEM)
+                        )
+                    for aid in st.latest.values():
+                        a = x.actions.get(aid)
+                        if a is None:
+                            continue
+                        if a.status != "InProgress":
+                            items.append(
+                                (c.Advance(executionId=eid, actionExecutionId=aid), SYSTEM)
+                            )
+                        elif a.kind == "custom" and a.jobId and not a.acknowledged:
+                            adecl = s.action_declaration(x, a.stageName, a.actionName)
+                            if adecl is not None:
+                                ref = JobRef(a.jobId, adecl.actionTypeId.key, name, eid, aid)
+                                await self.engine.jobs.publish(ref, a.startTime)
+            if items:
+                pending.append(_Pending(name, items))
+        await self.commit(pending, end)
+        if self.saved != end:
+            await self._advance(end)
+        log.info(
+            "partition %d: no checkpoint, %d pipelines with active executions reconciled; "
+            "starting at the end of the events stream (%s)",
+            self.partition,
+            len(pending),
+            end,
+        )
+        return end
+
+    async def _recover(self, entries: Sequence[Entry]) -> None:
+        """The first batch after a start: what the previous owner (maybe this process before
+        a crash or an outage) may have died on. Each entry on its own, counted in
+        ``P:tries`` before it is handled and uncounted after: an entry that brought down
+        ``max_deliveries`` owners in a row is parked instead of handled again."""
+        redis, key = self.engine.redis, self.keys.tries(self.partition)
+        for entry in entries:
+            tries = int(await redis.hincrby(key, entry.id, 1))
+            if tries > self.config.max_deliveries:
+                fields = {"p": entry.env.pipeline, "v": str(entry.env.version)}
+                fields["e"] = ev.encode_payload(entry.env).decode()
+                await self._park(
+                    entry.id, fields, f"owners stopped {tries - 1} times while handling it"
+                )
+                await self._advance(entry.id)
+            else:
+                await self._one_at_a_time([entry])
+            await redis.hdel(key, entry.id)
 
     async def _one_at_a_time(self, entries: Sequence[Entry]) -> None:
         """After a failed batch: each entry on its own; one that keeps failing is parked
@@ -286,9 +392,7 @@ class PartitionOwner:
         await self.commit(list(pending.values()), last)
         self.position = last
 
-    async def _scheduled(
-        self, env: ev.Envelope, e: ev.ActionExecutionScheduled
-    ) -> list[c.Command]:
+    async def _scheduled(self, env: ev.Envelope, e: ev.ActionExecutionScheduled) -> list[c.Command]:
         if e.kind in ("commands", "approval"):
             return []  # runners take commands; approvals wait for PutApprovalResult
         s = await self.engine.repo.load(env.pipeline, [e.executionId])

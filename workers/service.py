@@ -17,10 +17,11 @@ import anyio
 from anyio.abc import TaskStatus
 
 from app.engine import Engine
+from app.store.connection import node_of, refresh_slots
 from app.store.eventstore import Fenced
 from workers.backoff import Backoff, retry_until
 from workers.config import WorkerConfig
-from workers.consumer import REDIS_DOWN, Entry, GroupConsumer
+from workers.consumer import IDLE_MAX_S, REDIS_DOWN, Entry, GroupConsumer
 from workers.leases import Leases
 from workers.ownership import Fence, PartitionOwnership, incarnation
 from workers.partition import PartitionOwner
@@ -49,9 +50,11 @@ class Worker:
             engine.redis, keys, incarnation(cfg.name), lease_ttl_s=cfg.partition_lease_s
         )
         self.owners: dict[int, PartitionOwner] = {}
-        # one XREAD for all owned partitions; a cluster client reads each on its own (the
-        # streams of several partitions live in different slots)
-        self.shared_reads = not hasattr(engine.redis, "nodes_manager")
+        # one XREAD for all owned partitions; on a cluster (the streams of several
+        # partitions live in different slots) one pipelined XREAD per stream (``_xread``)
+        self.shared_reads = True
+        self._per_stream = hasattr(engine.redis, "nodes_manager")
+        self._idle_s = self.config.poll_interval_s
 
         def dead(stream: str) -> str:
             return stream.rsplit(":", 1)[0] + ":dead"
@@ -66,6 +69,7 @@ class Worker:
             poll_interval_s=cfg.poll_interval_s,
             claim_idle_ms=cfg.claim_idle_ms,
             max_deliveries=cfg.max_deliveries,
+            dead_letter_maxlen=cfg.dead_letter_maxlen,
         )
         self.runner.ack = self.run_queue.ack
         self._stopping = anyio.Event()
@@ -169,11 +173,11 @@ class Worker:
                 await anyio.sleep(0.02)
                 continue
             try:
-                resp: Any = await redis.xread(
-                    {k: o.read_pos or "0" for k, o in owners.items()},
-                    count=cfg.batch,
-                    block=cfg.block_ms,
-                )
+                streams: dict[Any, Any] = {k: o.read_pos or "0" for k, o in owners.items()}
+                if self._per_stream:
+                    resp: Any = await self._xread(streams)
+                else:
+                    resp = await redis.xread(streams, count=cfg.batch, block=cfg.block_ms)
             except REDIS_DOWN as err:
                 await backoff.wait(err)
                 continue
@@ -192,6 +196,29 @@ class Worker:
                 last = rows[-1][0]
                 o.read_pos = last.decode() if isinstance(last, bytes) else str(last)
                 await o.inbox_send.send(list(rows))
+
+    async def _xread(self, streams: dict[Any, Any]) -> list[Any]:
+        """XREAD of each stream on its own, pipelined (a cluster client sends one round trip
+        per node), without blocking; an empty round waits a little longer each time (up to
+        ``IDLE_MAX_S``), so idle owners stay cheap and busy ones are read at once."""
+        pipe: Any = self.engine.redis.pipeline(transaction=False)
+        for key, pos in streams.items():
+            pipe.execute_command(
+                "XREAD", "COUNT", self.config.batch, "STREAMS", key, pos,
+                target_nodes=node_of(self.engine.redis, key),
+            )  # fmt: skip
+        try:
+            resp: Any = await pipe.execute()
+        except REDIS_DOWN:
+            await refresh_slots(self.engine.redis)  # a node failed over: its slots moved
+            raise
+        out = [row for r in resp if r for row in r]
+        if out:
+            self._idle_s = self.config.poll_interval_s
+        else:
+            await anyio.sleep(self._idle_s)
+            self._idle_s = min(self._idle_s * 2, IDLE_MAX_S)
+        return out
 
     async def _drain_owners(self) -> None:
         """Wait until each owner loop has read its partition's events up to now."""

@@ -161,21 +161,17 @@ def build_handlers(
         return {}
 
     async def list_pipelines(inp: s.ListPipelinesInput, ctx: RequestContext) -> JSON:
-        names = await engine.pipeline_names()
-        start = 0
+        after: str | None = None
         if inp.nextToken is not None:
             try:
                 after = base64.urlsafe_b64decode(inp.nextToken.encode()).decode()
             except (ValueError, UnicodeDecodeError):
                 raise DomainError("InvalidNextTokenException", "invalid nextToken") from None
-            start = next((i for i, n in enumerate(names) if n > after), len(names))
         limit = inp.maxResults or 1000
-        page = names[start : start + limit]
-        out: JSON = {
-            "pipelines": [q.pipeline_summary(await engine.head(n)) for n in page],
-        }
-        if start + limit < len(names) and page:
-            out["nextToken"] = base64.urlsafe_b64encode(page[-1].encode()).decode()
+        page, more = await engine.pipeline_page(after, limit)
+        out: JSON = {"pipelines": [q.pipeline_summary(st) for st in page]}
+        if more and page:
+            out["nextToken"] = base64.urlsafe_b64encode(page[-1].name.encode()).decode()
         return out
 
     # --- executions ----------------------------------------------------------------------

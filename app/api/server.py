@@ -21,8 +21,7 @@ from app.api.replay import RedisReplayCache
 from app.api.sigv4 import DEFAULT_MAX_SKEW_SECONDS, DEFAULT_REGION
 from app.api.wire import DEFAULT_ACCOUNT, ASGIApp, build_app, principal_arn
 from app.engine import Engine
-from app.store.connection import connect, describe
-from app.store.keys import Keys
+from app.store.connection import connect, default_replica_acks, describe, store_keys
 from workers.config import WorkerConfig
 from workers.service import Worker
 
@@ -42,7 +41,8 @@ class ServeConfig:
     max_clock_skew_s: float = DEFAULT_MAX_SKEW_SECONDS
     insecure: bool = False
     aws_strict: bool = False  # AWS's source-stage rules on CreatePipeline/UpdatePipeline
-    partitions: int = 16
+    partitions: int | None = None  # None: the store's recorded count, or a new store's default
+    min_replica_acks: int | None = None  # None: 1 when the Redis (every master) has replicas
     max_body_bytes: int = 1_048_576
     max_concurrent_executions: int = 50  # per pipeline, fixed when it is created
     worker: WorkerConfig = field(default_factory=WorkerConfig)
@@ -130,10 +130,11 @@ async def serve(
         worker_cfg = replace(worker_cfg, block_ms=None)  # fakeredis: poll, don't block
     engine = Engine(
         redis,
-        Keys(partitions=cfg.partitions),
+        await store_keys(redis, cfg.partitions, embedded=embedded),
         concurrency_limit=cfg.max_concurrent_executions,
         audit_key=cfg.audit_key,
     )
+    engine.store.min_replica_acks = await default_replica_acks(redis, cfg.min_replica_acks)
     await engine.start()
     app = make_app(engine, cfg)
     import asyncio

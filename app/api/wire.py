@@ -362,6 +362,8 @@ async def _send_cbor(
 
 STORE_OUT_OF_MEMORY = "event store is out of memory"
 STORE_UNREACHABLE = "event store unreachable"
+STORE_FAILING_OVER = "event store failing over"
+STORE_NOT_REPLICATED = "event store write not acknowledged by its replicas"
 
 
 def store_error(exc: BaseException) -> AwsError | None:
@@ -369,14 +371,39 @@ def store_error(exc: BaseException) -> AwsError | None:
 
     Full: ``OOM command not allowed`` (redis-py's ``OutOfMemoryError``, or the same reply
     from inside a Lua script). Unreachable: connection refused/reset/timed out, or a server
-    still loading its data set.
+    still loading its data set. Not replicated: an append that fewer than
+    ``--min-replica-acks`` replicas confirmed in time. Failing over: a cluster without a
+    master for a slot (CLUSTERDOWN), a slot in migration (TRYAGAIN), a demoted master
+    (READONLY).
     """
     if isinstance(exc, OutOfMemoryError) or (
         isinstance(exc, ResponseError) and "OOM command not allowed" in str(exc)
     ):
         return AwsError("ServiceUnavailableException", STORE_OUT_OF_MEMORY, 503)
+    from redis.exceptions import (
+        ClusterDownError,
+        ClusterError,
+        ReadOnlyError,
+        RedisClusterException,
+        TryAgainError,
+    )
+
+    from app.store.connection import NotReplicated
+
+    if isinstance(exc, NotReplicated):
+        return AwsError("ServiceUnavailableException", f"{STORE_NOT_REPLICATED}: {exc}", 503)
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return AwsError("ServiceUnavailableException", STORE_UNREACHABLE, 503)
+    if isinstance(exc, ClusterDownError | TryAgainError | ReadOnlyError | ClusterError):
+        return AwsError(
+            "ServiceUnavailableException", f"{STORE_FAILING_OVER} ({type(exc).__name__})", 503
+        )
+    if isinstance(exc, RedisClusterException) or (
+        isinstance(exc, ResponseError) and str(exc).startswith(("CLUSTERDOWN", "TRYAGAIN"))
+    ):
+        return AwsError(
+            "ServiceUnavailableException", f"{STORE_FAILING_OVER} ({type(exc).__name__})", 503
+        )
     return None
 
 

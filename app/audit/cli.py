@@ -33,9 +33,8 @@ from app.audit.log import audit_log, format_jsonl, format_table, table_header
 from app.audit.progress import Bar
 from app.audit.replay import events_to_replay, projection, replay
 from app.audit.verify import verify
-from app.store.connection import ENV_URL, connect
+from app.store.connection import ENV_URL, connect, store_keys
 from app.store.eventstore import EventStore
-from app.store.keys import Keys
 
 EXIT_DIFFERENCE = 1
 
@@ -282,7 +281,7 @@ async def run_audit(a: argparse.Namespace) -> int:
         )
     redis: Redis = await connect(a.redis_url)
     try:
-        store = EventStore(redis, Keys(partitions=a.partitions))
+        store = EventStore(redis, await store_keys(redis, a.partitions))
         return await _COMMANDS[a.audit_command](store, a)
     except AuditError as err:
         raise CliError(str(err)) from None

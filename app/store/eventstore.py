@@ -48,6 +48,7 @@ from redis.asyncio import Redis
 
 from app.domain import events as ev
 from app.domain.state import PipelineState, decode_head, encode_head
+from app.store.connection import eval_acknowledged
 from app.store.keys import Keys
 
 LAYOUT = 2  # store layout version recorded in <ns>:config (1: one stream per pipeline)
@@ -346,6 +347,11 @@ def ref_tag(key: bytes, pipeline: str, tag: str, ref: bytes) -> str:
 
 
 class EventStore:
+    # appends acknowledged only once this many replicas have them (WAIT); set by the
+    # process that starts the engine (``--min-replica-acks``), 0 = no WAIT
+    min_replica_acks: int = 0
+    replica_ack_timeout_ms: int = 2000
+
     def __init__(
         self,
         redis: Redis,
@@ -454,7 +460,18 @@ class EventStore:
         for b in batches:
             self._encode_batch(b, keys, argv)
         self.appends += 1
-        raw: Any = await self._append(keys=keys, args=argv)
+        raw: Any
+        if self.min_replica_acks > 0:
+            raw = await eval_acknowledged(
+                self.redis,
+                self._append,
+                keys,
+                argv,
+                self.min_replica_acks,
+                self.replica_ack_timeout_ms,
+            )
+        else:
+            raw = await self._append(keys=keys, args=argv)
         if raw and _text(raw[0][0]) == "fenced":
             raise Fenced(f"partition {part}: this process is no longer its owner")
         return [self._result(b, r) for b, r in zip(batches, raw, strict=True)]

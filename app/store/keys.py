@@ -19,6 +19,7 @@ Keys below are written ``P:`` for ``<ns>:{<ns>.<n>}:`` (the partition's hash tag
 | ``P:tok:<pipeline>`` / ``apv:<pipeline>`` | hash | request / approval token -> execution |
 | ``P:legacy:<pipeline>`` | stream | first-layout stream kept by ``stageline migrate`` |
 | ``P:cmd:<pipeline>`` | hash | command id -> ``first:last:<streams>`` it appended |
+| ``P:cmdt:<pipeline>`` | zset | command id -> ms it was first seen (expiry of ``cmd``) |
 | ``P:snap:<pipeline>`` | hash | head snapshot ``{v, s}`` (derived; may be dropped) |
 | ``P:names`` | set | pipeline names of the partition (for listing and audit) |
 | ``P:events`` | stream | every event of the partition; read by the partition's owner |
@@ -26,6 +27,7 @@ Keys below are written ``P:`` for ``<ns>:{<ns>.<n>}:`` (the partition's hash tag
 | ``P:run`` | stream | action executions the engine runs itself; runners' group |
 | ``P:leases`` | zset | running actions' leases, scored by expiry (ms) |
 | ``P:dead`` | stream | dispatch entries parked as poison |
+| ``P:tries`` | hash | events entry id -> times an owner started on it after a restart |
 | ``<ns>:jobs:<owner/category/provider/version>`` | zset | open custom-action jobs |
 | ``<ns>:job:<jobId>`` | hash | where a job lives (pipeline, execution, action execution) |
 | ``<ns>:config`` | hash | ``partitions``, ``layout`` |
@@ -107,6 +109,10 @@ class Keys:
     def commands(self, pipeline: str) -> str:
         return f"{self._p(pipeline)}:cmd:{pipeline}"
 
+    def command_times(self, pipeline: str) -> str:
+        """Zset: command id -> ms a housekeeping pass first saw it (idempotency window)."""
+        return f"{self._p(pipeline)}:cmdt:{pipeline}"
+
     def snapshot(self, pipeline: str) -> str:
         return f"{self._p(pipeline)}:snap:{pipeline}"
 
@@ -121,6 +127,10 @@ class Keys:
 
     def leases(self, partition: int) -> str:
         return f"{self.namespace}:{self.tag(partition)}:leases"
+
+    def tries(self, partition: int) -> str:
+        """Hash: events entry id -> owner (re)starts that began handling it (poison count)."""
+        return f"{self.namespace}:{self.tag(partition)}:tries"
 
     def dead(self, partition: int) -> str:
         return f"{self.namespace}:{self.tag(partition)}:dead"
@@ -145,6 +155,7 @@ class Keys:
             self.request_tokens(pipeline),
             self.approvals(pipeline),
             self.commands(pipeline),
+            self.command_times(pipeline),
             self.snapshot(pipeline),
             self.checkpoint(p),
             self.owner(p),

@@ -310,9 +310,10 @@ def test_cli_same_situation_same_code(
         assert "PipelineNotFoundException" in one_line_error((rc, capsys.readouterr().err), 3)
         rc = main(["audit", "log", "--pipeline", "nope", *url])
         assert "has no event log" in one_line_error((rc, capsys.readouterr().err), 3)
-        # a configuration mistake (the data has 16 partitions): usage, not "internal error"
+        # a configuration mistake (the data has 128 partitions, a new store's default):
+        # usage, not "internal error"
         rc = main(["retry", "nope", "Build", "x", *url, "--partitions", "3"])
-        assert "16 partitions" in one_line_error((rc, capsys.readouterr().err), 2)
+        assert "128 partitions" in one_line_error((rc, capsys.readouterr().err), 2)
     finally:
         r.flushdb()
         r.close()

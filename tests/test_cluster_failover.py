@@ -1,0 +1,150 @@
+"""kill -9 of a master under load, on a 3-master Redis Cluster with a replica each: with
+``--min-replica-acks 1`` no write that the API acknowledged is lost (the promoted replica
+has it), and every execution that was accepted finishes (or is retryable).
+
+boto3 (standard retries) carries the callers through the failover: meanwhile the API
+answers 503 ServiceUnavailableException.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+import boto3
+import botocore.config
+import pytest
+from botocore.exceptions import ClientError
+from redis.crc import key_slot
+
+from app.api.server import ServeConfig
+from app.store.keys import Keys
+from tests.api_helpers import AKID, SECRET, Stageline, run_stageline, wait_for
+from tests.conftest import no_redis
+from tests.redis_cluster import RedisClusterServer, cluster_binaries
+from tests.test_api_e2e import PARTITIONS, _worker_config, commands, pipeline, stage
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    if cluster_binaries() is None:
+        no_redis("the failover test needs the redis-server and redis-cli binaries")
+    cluster = RedisClusterServer(
+        tmp_path_factory.mktemp("cluster-replicas"), replicas=1, node_timeout_ms=2000
+    )
+    cluster.start(timeout=60)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def retrying_client(url: str) -> Any:
+    cfg = botocore.config.Config(
+        retries={"mode": "standard", "total_max_attempts": 12},
+        connect_timeout=5,
+        read_timeout=20,
+    )
+    return boto3.client(
+        "codepipeline",
+        endpoint_url=url,
+        region_name="us-east-1",
+        aws_access_key_id=AKID,
+        aws_secret_access_key=SECRET,
+        config=cfg,
+    )
+
+
+def _master_port_of(cluster: RedisClusterServer, key: str) -> int:
+    import subprocess
+
+    slot = key_slot(key.encode())
+    out = subprocess.run(
+        ["redis-cli", "-p", str(cluster.ports[0]), "cluster", "nodes"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+    ).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if "master" not in parts[2] or "fail" in parts[2]:
+            continue
+        for r in parts[8:]:
+            lo, _, hi = r.partition("-")
+            if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                return int(parts[1].split("@")[0].rsplit(":", 1)[1])
+    raise AssertionError(f"no master for slot {slot}")
+
+
+def test_kill9_master_under_load_loses_no_acknowledged_write(
+    replicated: RedisClusterServer,
+) -> None:
+    cfg = ServeConfig(
+        port=0,
+        redis_url=replicated.url,
+        credentials={AKID: SECRET},
+        partitions=PARTITIONS,
+        min_replica_acks=1,
+        # short leases and takeovers: an action whose runner lost its connection to the
+        # failed master is detected (WorkerLost) or taken over within seconds
+        worker=replace(
+            _worker_config("failover"), lease_ttl_s=4.0, claim_idle_ms=3000, claim_every_s=1.0
+        ),
+        log_level="error",
+    )
+    names = [f"fo-{i}" for i in range(8)]
+    with run_stageline(cfg) as srv:
+        srv_: Stageline = srv
+        cp = retrying_client(srv_.url)
+        for name in names:
+            cp.create_pipeline(pipeline=pipeline(name, stage("Build", commands("b", "true"))))
+        accepted: list[tuple[str, str]] = []
+        errors: list[str] = []
+        stop = threading.Event()
+
+        def load() -> None:
+            c = retrying_client(srv_.url)
+            i = 0
+            while not stop.is_set():
+                name = names[i % len(names)]
+                i += 1
+                try:
+                    eid = c.start_pipeline_execution(name=name)["pipelineExecutionId"]
+                    accepted.append((name, eid))
+                except ClientError as err:  # retries exhausted: not acknowledged, fine
+                    errors.append(str(err))
+                time.sleep(0.02)
+
+        thread = threading.Thread(target=load, daemon=True)
+        thread.start()
+        wait_for(lambda: len(accepted) >= 20, timeout=30, what="load running")
+        victim = _master_port_of(replicated, Keys(partitions=PARTITIONS).log(names[0]))
+        replicated.kill(victim)  # kill -9, mid-load
+        before = len(accepted)
+        wait_for(lambda: len(accepted) >= before + 20, timeout=60, what="load through failover")
+        stop.set()
+        thread.join(30)
+        # every acknowledged start is there, and its execution ends
+        check = retrying_client(srv_.url)
+
+        def status(name: str, eid: str) -> str:
+            s: str = check.get_pipeline_execution(pipelineName=name, pipelineExecutionId=eid)[
+                "pipelineExecution"
+            ]["status"]
+            return s
+
+        for name, eid in accepted:
+            wait_for(
+                lambda n=name, e=eid: status(n, e) in ("Succeeded", "Failed", "Stopped"),
+                timeout=90,
+                what=f"{name} {eid} to end",
+            )
+        finals = {status(n, e) for n, e in accepted}
+        assert finals <= {"Succeeded", "Failed"}, finals
+        assert len(accepted) >= 40
+        print(f"accepted {len(accepted)}, not acknowledged {len(errors)}, finals {finals}")
