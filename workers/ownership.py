@@ -313,6 +313,13 @@ class PartitionOwnership:
         now = self.clock()
         return {p: h.fence for p, h in sorted(self._held.items()) if now < h.valid_until}
 
+    def drop(self, partition: int) -> None:
+        """Forget a partition the store says this process no longer owns (its fence was
+        refused: Redis lost or rewrote the owner key); the next round acquires it again
+        if it is still assigned here, with a new epoch."""
+        if self._held.pop(partition, None) is not None:
+            self._notify()
+
     def fence(self, partition: int) -> Fence | None:
         h = self._held.get(partition)
         if h is None or self.clock() >= h.valid_until:

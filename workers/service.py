@@ -241,7 +241,10 @@ class Worker:
                 try:
                     await owner.run()
                 except Fenced:
-                    return  # another process owns it now; ownership notices and stops us
+                    # the owner key no longer holds our token (another process took it, or
+                    # Redis lost it): forget it; the next round re-acquires it if ours
+                    self.ownership.drop(p)
+                    return
                 except REDIS_DOWN as err:
                     await backoff.wait(err)  # the lease lapses meanwhile: ownership stops us
                 except Exception:
