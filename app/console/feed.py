@@ -13,7 +13,6 @@ loses items (the console then refetches everything on the next item it gets).
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,9 +99,14 @@ class EventFeed:
         streams = [self.keys.events(p) for p in range(self.keys.partitions)]
         embedded = is_embedded(self.redis)
         ids: dict[Any, Any] = {}
-        # Start after what is there now: the last id of each stream.
-        for s in streams:
-            last: Any = await self._retry(functools.partial(self.redis.xrevrange, s, count=1))
+        # Start after what is there now: the last id of each stream (one round trip).
+        async def lasts() -> list[Any]:
+            pipe = self.redis.pipeline(transaction=False)
+            for s in streams:
+                pipe.xrevrange(s, count=1)
+            return list(await pipe.execute())
+
+        for s, last in zip(streams, await self._retry(lasts), strict=True):
             ids[s] = _s(last[0][0]) if last else "0-0"
         self.running = True
         task_status.started()

@@ -193,6 +193,10 @@ def free_port() -> int:
 
 
 def test_worker_metrics_port(real_redis_url: str) -> None:
+    import redis as redis_sync
+
+    with redis_sync.Redis.from_url(real_redis_url) as r:
+        r.flushdb()  # a store of its own, as the other real-Redis tests have
     port = free_port()
     env = {**os.environ, "STAGELINE_REDIS_URL": real_redis_url}
     proc = subprocess.Popen(
