@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -91,11 +92,12 @@ class _Turn:
 # Commands whose decision reads only the action's own attempt: a runner's start and result.
 # They are appended against the action's last event, not the whole execution, so runners of
 # sibling actions never conflict with each other.
-def attempt_local(cmd: c.Command) -> str | None:
+def attempt_local(cmd: c.Command) -> tuple[str, str] | None:
+    """(execution id, action execution id) of a runner's own attempt, else None."""
     if isinstance(cmd, c.StartAction):
-        return cmd.actionExecutionId
+        return cmd.executionId, cmd.actionExecutionId
     if isinstance(cmd, (c.CompleteAction, c.LoseAction)) and not cmd.consequences:
-        return cmd.actionExecutionId
+        return cmd.executionId, cmd.actionExecutionId
     return None
 
 
@@ -208,15 +210,14 @@ class PipelineRepository:
                 return
 
     @staticmethod
-    def _fold_head(s: PipelineState, items: Iterable[HeadItem]) -> bool:
-        """Fold entries of the pipeline's stream; False at a gap (something was missed)."""
+    def _fold_head(s: PipelineState, items: Iterable[HeadItem]) -> None:
+        """Fold entries of the pipeline's stream (declaration events and head references)."""
         for item in items:
             if isinstance(item, ev.Envelope):
                 evolve(s, item)
             else:
                 evolve_ref(s, item[0], item[1])
         s.tokens.clear()
-        return True
 
     async def load_executions(
         self, s: PipelineState, ids: Iterable[str], *, refresh: bool = False
@@ -341,14 +342,9 @@ class PipelineRepository:
     ) -> Batch:
         """The append of ``events`` decided on ``s``: what they were decided on is expected."""
         take, release = leases if leases is not None else ([], [])
-        touched = []
-        for env in events:
-            eid = ev.execution_of(env.event)
-            if eid is not None and eid not in touched:
-                touched.append(eid)
-        aid = attempt_local(cmd)
-        if aid is not None:
-            eid = touched[0]
+        attempt = attempt_local(cmd)
+        if attempt is not None:  # one execution, one attempt: its own last event is expected
+            eid, aid = attempt
             x = s.executions[eid]
             return Batch(
                 s.name,
@@ -358,19 +354,7 @@ class PipelineRepository:
                 leases=list(take),
                 release=list(release),
             )
-        expected = {}
-        for eid in touched:
-            held = s.executions.get(eid)
-            expected[eid] = held.version if held is not None else 0
-        return Batch(
-            s.name,
-            events,
-            head_expected=s.headVersion,
-            exec_expected=expected,
-            command_id=command_id,
-            leases=list(take),
-            release=list(release),
-        )
+        return decided_on(s, events, command_id, leases=list(take), release=list(release))
 
     def commit_local(self, s: PipelineState, events: Iterable[ev.Envelope]) -> None:
         """Fold events this process appended into its state."""
@@ -522,6 +506,28 @@ class PipelineRepository:
             self.commit_local(s, stamped)
             trim(s)
             return Outcome(stamped, s)
+
+
+def decided_on(
+    s: PipelineState, events: list[ev.Envelope], command_id: str | None = None, **extra: Any
+) -> Batch:
+    """The append of ``events`` decided on ``s`` with full optimistic concurrency: the
+    pipeline's stream and every execution stream written are expected where ``s`` has them
+    (0 for an execution the events start)."""
+    expected: dict[str, int] = {}
+    for env in events:
+        eid = ev.execution_of(env.event)
+        if eid is not None and eid not in expected:
+            held = s.executions.get(eid)
+            expected[eid] = held.version if held is not None else 0
+    return Batch(
+        s.name,
+        events,
+        head_expected=s.headVersion,
+        exec_expected=expected,
+        command_id=command_id,
+        **extra,
+    )
 
 
 def attempt_seq(x: ExecutionState, aid: str) -> int:

@@ -37,7 +37,7 @@ from app.domain.errors import DomainError
 from app.domain.state import NeedExecutions, PipelineState
 from app.engine import Engine
 from app.jobs import JobRef
-from app.repository import SYSTEM, Origin, trim
+from app.repository import SYSTEM, Origin, decided_on, trim
 from app.store.eventstore import AppendResult, Batch, ConcurrencyError, Fenced
 from workers import persist, retention
 from workers.config import WorkerConfig
@@ -438,7 +438,7 @@ class PartitionOwner:
                 s = repo.cached(p.pipeline) or await repo.load(p.pipeline)
                 events = await self._decide(s, p)
                 if events:
-                    batches.append((p, s, self._batch(s, events)))
+                    batches.append((p, s, decided_on(s, events)))
             if not batches:
                 return lost  # nothing to write: the checkpoint moves lazily
             try:
@@ -506,16 +506,6 @@ class PartitionOwner:
             except DomainError as err:
                 log.warning("partition %d: %s refused: %s", self.partition, type(cmd).__name__, err)
         return []
-
-    @staticmethod
-    def _batch(s: PipelineState, events: list[ev.Envelope]) -> Batch:
-        expected: dict[str, int] = {}
-        for env in events:
-            eid = ev.execution_of(env.event)
-            if eid is not None and eid not in expected:
-                x = s.executions.get(eid)
-                expected[eid] = x.version if x is not None else 0
-        return Batch(s.name, events, head_expected=s.headVersion, exec_expected=expected)
 
     # --- leases and snapshots ----------------------------------------------------------------
 
