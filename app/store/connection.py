@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -25,6 +25,9 @@ from app.store.keys import Keys
 ENV_URL = "STAGELINE_REDIS_URL"
 DEFAULT_PARTITIONS = 128  # a new store's partition count (spreads over up to 128 shards)
 EMBEDDED_PARTITIONS = 16  # the embedded in-memory Redis: one process, nothing kept
+POOL_SIZE = 256  # connections per process at most (blocking reads hold one each)
+POOL_WAIT_S = 30.0  # a command waits this long for a free connection
+
 
 _embedded_server: Any = None
 
@@ -42,7 +45,10 @@ async def connect(url: str | None) -> Redis:
     on the next start.
     """
     if url:
-        client = Redis.from_url(url)
+        # A pool that makes a burst wait for a connection instead of failing it (a worker
+        # starting its owner loops for 128 partitions at once: "Too many connections").
+        pool = BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S)
+        client = Redis(connection_pool=pool)
         try:
             info: Any = await client.info("cluster")
         except (RedisConnectionError, RedisTimeoutError, OSError):
