@@ -52,6 +52,9 @@ class ExecutionStarted(Event, tag=True, frozen=True):
     triggerType: str = "StartPipelineExecution"
     triggerDetail: str | None = None
     clientRequestToken: str | None = None
+    # pipeline-level variables (V2) as resolved at start: declared defaults overridden by
+    # StartPipelineExecution(variables=...); None for a pipeline without variables
+    variables: dict[str, str] | None = None
 
 
 class ExecutionWaiting(Event, tag=True, frozen=True):

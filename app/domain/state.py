@@ -97,6 +97,7 @@ class ExecutionState(msgspec.Struct, omit_defaults=True, gc=False):
     stopAbandon: bool | None = None
     stages: dict[str, StageRun] = msgspec.field(default_factory=dict)
     actions: dict[str, ActionExec] = msgspec.field(default_factory=dict)  # every attempt
+    variables: dict[str, str] | None = None  # pipeline-level variables, resolved at start
 
     def latest_actions(self, stage: str) -> list[ActionExec]:
         run = self.stages.get(stage)
@@ -368,6 +369,7 @@ def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> 
         case ev.ExecutionStarted():
             x.triggerType = e.triggerType
             x.triggerDetail = e.triggerDetail
+            x.variables = e.variables
         case ev.ActionExecutionScheduled():
             x.actions[e.actionExecutionId] = ActionExec(
                 actionExecutionId=e.actionExecutionId,
