@@ -222,6 +222,9 @@ class Engine:
         *,
         client_request_token: str | None = None,
         trigger_detail: str | None = None,
+        trigger_type: str = "StartPipelineExecution",
+        variables: dict[str, str] | None = None,
+        source_revisions: list[dict[str, str]] | None = None,
     ) -> str:
         eid = self.repo.new_id()
         out = await self.repo.execute(
@@ -229,7 +232,10 @@ class Engine:
             c.StartExecution(
                 executionId=eid,
                 clientRequestToken=client_request_token,
+                triggerType=trigger_type,
                 triggerDetail=trigger_detail or origin.actor,
+                variables=variables,
+                sourceRevisions=source_revisions,
             ),
             origin,
         )

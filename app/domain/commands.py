@@ -31,6 +31,11 @@ class StartExecution(Command, frozen=True, kw_only=True):
     clientRequestToken: str | None = None
     triggerType: str = "StartPipelineExecution"
     triggerDetail: str | None = None
+    # StartPipelineExecution(variables=...): overrides of the declared pipeline variables
+    variables: dict[str, str] | None = None
+    # StartPipelineExecution(sourceRevisions=...) or a webhook's revision: each
+    # {"actionName", "revisionType", "revisionValue"} as in the service model
+    sourceRevisions: list[dict[str, str]] | None = None
 
 
 class StopExecution(Command, frozen=True, kw_only=True):

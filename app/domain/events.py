@@ -55,6 +55,9 @@ class ExecutionStarted(Event, tag=True, frozen=True):
     # pipeline-level variables (V2) as resolved at start: declared defaults overridden by
     # StartPipelineExecution(variables=...); None for a pipeline without variables
     variables: dict[str, str] | None = None
+    # source revision overrides for this execution ({"actionName", "revisionType",
+    # "revisionValue"}), from StartPipelineExecution(sourceRevisions=...) or a webhook
+    sourceRevisions: list[dict[str, str]] | None = None
 
 
 class ExecutionWaiting(Event, tag=True, frozen=True):

@@ -98,6 +98,7 @@ class ExecutionState(msgspec.Struct, omit_defaults=True, gc=False):
     stages: dict[str, StageRun] = msgspec.field(default_factory=dict)
     actions: dict[str, ActionExec] = msgspec.field(default_factory=dict)  # every attempt
     variables: dict[str, str] | None = None  # pipeline-level variables, resolved at start
+    sourceRevisions: list[dict[str, str]] | None = None  # overrides asked for at start
 
     def latest_actions(self, stage: str) -> list[ActionExec]:
         run = self.stages.get(stage)
@@ -370,6 +371,7 @@ def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> 
             x.triggerType = e.triggerType
             x.triggerDetail = e.triggerDetail
             x.variables = e.variables
+            x.sourceRevisions = e.sourceRevisions
         case ev.ActionExecutionScheduled():
             x.actions[e.actionExecutionId] = ActionExec(
                 actionExecutionId=e.actionExecutionId,
