@@ -41,6 +41,9 @@ RUNNABLE = [
     _type("Approval", "AWS", "Manual"),
     _type("Build", "Custom", "MyBuilder"),
     _type("Deploy", "ThirdParty", "Anything", "7"),
+    _type("Source", "AWS", "S3"),  # source actions the engine runs (docs/pipelines.md)
+    _type("Source", "AWS", "CodeStarSourceConnection"),
+    _type("Source", "AWS", "CodeCommit"),
 ]
 UNRUNNABLE = [
     _type("Compute", "AWS", "Comands"),  # the typo from the issue
@@ -48,7 +51,9 @@ UNRUNNABLE = [
     _type("Compute", "AWS", "Commands", "2"),
     _type("Build", "AWS", "Commands"),  # right provider, wrong category
     _type("Approval", "AWS", "Manual", "2"),
-    _type("Source", "AWS", "S3"),
+    _type("Source", "AWS", "ECR"),
+    _type("Source", "AWS", "S3", "2"),
+    _type("Build", "AWS", "S3"),  # a source provider in another category
 ]
 
 
@@ -109,6 +114,6 @@ async def test_update_refuses_unrunnable_type_and_keeps_the_pipeline(app: ASGIAp
     status, body = await _post(app, "UpdatePipeline", {"pipeline": copy.deepcopy(decl)})
     assert status == 400
     assert body["__type"] == "InvalidActionDeclarationException"
-    assert "action 'a4'" in body["message"]
+    assert f"action 'a{len(RUNNABLE)}'" in body["message"]
     status, got = await _post(app, "GetPipeline", {"name": "types"})
     assert status == 200 and got["metadata"] and got["pipeline"]["version"] == 1

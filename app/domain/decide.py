@@ -28,6 +28,7 @@ from app.domain.model import (
     action_type_problems,
     declaration_problems,
 )
+from app.domain.sources import override_problem, source_family
 from app.domain.state import (
     ExecutionState,
     PipelineState,
@@ -59,6 +60,8 @@ def action_kind(a: ActionDeclaration) -> ev.Kind:
         return "approval"
     if t.owner in ("Custom", "ThirdParty"):
         return "custom"
+    if source_family(a) is not None:
+        return "source"
     return "other"
 
 
@@ -443,6 +446,9 @@ def _start(d: Decision, cmd: c.Command) -> None:
             f"Pipeline '{d.s.name}' already has {len(d.s.active)} active executions "
             f"(limit {d.s.concurrencyLimit})",
         )
+    problem = override_problem(decl, cmd.sourceRevisions)
+    if problem is not None:
+        raise DomainError("ValidationException", problem)
     d.emit(
         ev.ExecutionStarted(
             executionId=cmd.executionId,
@@ -450,6 +456,7 @@ def _start(d: Decision, cmd: c.Command) -> None:
             triggerType=cmd.triggerType,
             triggerDetail=cmd.triggerDetail,
             clientRequestToken=cmd.clientRequestToken,
+            sourceRevisions=cmd.sourceRevisions or None,
         )
     )
     d.try_enter(cmd.executionId, decl.stages[0].name)
@@ -599,6 +606,7 @@ def _complete(d: Decision, cmd: c.Command) -> None:
             summary=cmd.summary,
             externalExecutionId=cmd.externalExecutionId,
             outputVariables=cmd.outputVariables,
+            revision=cmd.revision,
         )
     else:
         result = ev.ActionExecutionFailed(

@@ -20,7 +20,7 @@ import msgspec
 
 from app.domain.model import PipelineDeclaration, RetryTrigger, StageRetryMode
 
-Kind = Literal["commands", "approval", "custom", "other"]
+Kind = Literal["commands", "approval", "custom", "other", "source"]
 
 
 class Event(msgspec.Struct, tag_field="type", omit_defaults=True, frozen=True, gc=False):
@@ -180,12 +180,24 @@ class ApprovalRecorded(Event, tag=True, frozen=True):
     summary: str = ""
 
 
+class ArtifactRevision(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
+    """The revision a source action fetched (model shape ArtifactRevision, without the
+    artifact's name: that is the action's declared output artifact)."""
+
+    revisionId: str  # commit id, S3 object version id (or ETag)
+    revisionSummary: str | None = None  # commit message / object metadata summary
+    revisionUrl: str | None = None
+    created: float | None = None  # commit date / object last modified (epoch seconds)
+    revisionChangeIdentifier: str | None = None  # e.g. the ETag of an S3 object
+
+
 class ActionExecutionSucceeded(Event, tag=True, frozen=True):
     executionId: str
     actionExecutionId: str
     summary: str | None = None
     externalExecutionId: str | None = None
     outputVariables: dict[str, str] | None = None
+    revision: ArtifactRevision | None = None  # source actions: what they fetched
 
 
 class ActionExecutionFailed(Event, tag=True, frozen=True):

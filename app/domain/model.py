@@ -222,7 +222,16 @@ def declaration_problems(decl: PipelineDeclaration) -> list[str]:
 
 # Action types the engine itself runs (owner AWS); any Custom/ThirdParty type is run by a job
 # worker polling for it, so those are always accepted.
-ENGINE_ACTION_TYPES = frozenset({("Compute", "Commands", "1"), ("Approval", "Manual", "1")})
+ENGINE_ACTION_TYPES = frozenset(
+    {
+        ("Compute", "Commands", "1"),
+        ("Approval", "Manual", "1"),
+        # source actions (app/domain/sources.py, workers/runners/sources.py)
+        ("Source", "CodeStarSourceConnection", "1"),
+        ("Source", "CodeCommit", "1"),
+        ("Source", "S3", "1"),
+    }
+)
 JOB_WORKER_OWNERS = frozenset({"Custom", "ThirdParty"})
 
 
@@ -243,7 +252,9 @@ def action_type_problems(decl: PipelineDeclaration) -> list[str]:
                 f"Action declaration for action '{action.name}' in stage '{stage.name}' is "
                 f"invalid: ActionType (Category: '{t.category}', Provider: '{t.provider}', "
                 f"Owner: '{t.owner}', Version: '{t.version}') is not available: stageline "
-                "runs AWS Compute/Commands/1 and Approval/Manual/1; other types need owner "
+                "runs AWS Compute/Commands/1, Approval/Manual/1 and "
+                "Source/CodeStarSourceConnection, CodeCommit and S3 (version 1); other types "
+                "need owner "
                 "Custom or ThirdParty (run by a job worker)"
             )
     return problems

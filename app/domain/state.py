@@ -65,6 +65,7 @@ class ActionExec(msgspec.Struct, omit_defaults=True, gc=False):
     outputVariables: dict[str, str] | None = None
     updatedBy: str | None = None
     seq: int = 0  # the last event about this attempt (a runner appends against it)
+    revision: ev.ArtifactRevision | None = None  # a source action's fetched revision
 
 
 class StageRun(msgspec.Struct, omit_defaults=True, gc=False):
@@ -410,6 +411,7 @@ def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> 
             a.externalExecutionId = e.externalExecutionId
             a.outputVariables = e.outputVariables
             a.updatedBy = a.updatedBy or env.actor
+            a.revision = e.revision
         case ev.ActionExecutionFailed():
             a = x.actions[e.actionExecutionId]
             a.status = "Failed"

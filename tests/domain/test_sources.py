@@ -1,0 +1,284 @@
+"""Source actions in the domain: which are sources, revision overrides at start, the fetched
+revision recorded with the result. Pure (no Redis)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.domain import commands as c
+from app.domain import events as ev
+from app.domain.decide import action_kind
+from app.domain.model import ActionDeclaration, ActionTypeId, PipelineDeclaration
+from app.domain.sources import (
+    COMMIT_ID_PATTERN,
+    REVISION_TYPES,
+    override_problem,
+    overrides_for,
+    source_family,
+)
+from tests.domain.helpers import ROLE, Harness, action, of_type, stage
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+def src(
+    name: str, provider: str, owner: str = "AWS", category: str = "Source", version: str = "1"
+) -> ActionDeclaration:
+    config = {
+        "CodeStarSourceConnection": {
+            "FullRepositoryId": "team/app",
+            "BranchName": "main",
+            "ConnectionArn": "arn:aws:codestar-connections:us-east-1:123456789012:connection/x",
+        },
+        "CodeCommit": {"RepositoryName": "app", "BranchName": "main"},
+        "S3": {"S3Bucket": "b", "S3ObjectKey": "k.zip"},
+    }.get(provider, {"X": "y"})
+    return ActionDeclaration(
+        name=name,
+        actionTypeId=ActionTypeId(
+            category=category,  # type: ignore[arg-type]
+            owner=owner,  # type: ignore[arg-type]
+            provider=provider,
+            version=version,
+        ),
+        configuration=config,
+        outputArtifacts=[{"name": f"{name}Out"}],
+    )
+
+
+def decl() -> PipelineDeclaration:
+    return PipelineDeclaration(
+        name="p",
+        roleArn=ROLE,
+        stages=[
+            stage(
+                "Source",
+                [
+                    src("Git", "CodeStarSourceConnection"),
+                    src("Cc", "CodeCommit"),
+                    src("Obj", "S3"),
+                    src("Other", "OtherSource", owner="Custom"),
+                ],
+            ),
+            stage("Build", [action("b1")]),
+        ],
+    )
+
+
+def harness() -> Harness:
+    h = Harness()
+    h.create(decl())
+    return h
+
+
+def override(name: str, rtype: str, value: str = SHA) -> dict[str, str]:
+    return {"actionName": name, "revisionType": rtype, "revisionValue": value}
+
+
+# --- which actions are sources ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("provider", "family"),
+    [("CodeStarSourceConnection", "git"), ("CodeCommit", "git"), ("S3", "s3")],
+)
+def test_engine_source_providers(provider: str, family: str) -> None:
+    a = src("a", provider)
+    assert source_family(a) == family
+    assert action_kind(a) == "source"
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"owner": "Custom"},
+        {"owner": "ThirdParty"},
+        {"category": "Build"},
+        {"version": "2"},
+    ],
+)
+def test_not_an_engine_source(kw: dict[str, str]) -> None:
+    a = src("a", "S3", **kw)
+    assert source_family(a) is None
+    assert action_kind(a) != "source"
+
+
+def test_unknown_aws_source_provider_is_not_run() -> None:
+    assert source_family(src("a", "ECR")) is None
+    assert action_kind(src("a", "ECR")) == "other"
+
+
+def test_source_actions_are_scheduled_as_source_kind() -> None:
+    h = harness()
+    eid = h.start()
+    kinds = {n: h.action(eid, n).kind for n in ("Git", "Cc", "Obj", "Other")}
+    assert kinds == {"Git": "source", "Cc": "source", "Obj": "source", "Other": "custom"}
+
+
+# --- overrides at start ----------------------------------------------------------------------
+
+
+def test_start_records_the_overrides() -> None:
+    h = harness()
+    eid = h.exec_ids()
+    revs = [
+        override("Git", "COMMIT_ID"),
+        override("Obj", "S3_OBJECT_KEY", "other.zip"),
+        override("Obj", "S3_OBJECT_VERSION_ID", "v1"),
+    ]
+    envs = h.run(c.StartExecution(executionId=eid, sourceRevisions=revs))
+    (started,) = of_type(envs, ev.ExecutionStarted)
+    assert started.sourceRevisions == revs
+    assert h.x(eid).sourceRevisions == revs
+
+
+def test_start_without_overrides_records_none() -> None:
+    h = harness()
+    eid = h.exec_ids()
+    envs = h.run(c.StartExecution(executionId=eid, sourceRevisions=[]))
+    (started,) = of_type(envs, ev.ExecutionStarted)
+    assert started.sourceRevisions is None
+    assert h.x(eid).sourceRevisions is None
+
+
+@pytest.mark.parametrize(
+    ("revs", "words"),
+    [
+        ([override("Nope", "COMMIT_ID")], "no action 'Nope'"),
+        ([override("b1", "COMMIT_ID")], "'b1' is not a source action"),
+        ([override("Other", "COMMIT_ID")], "'Other' is not a source action"),
+        ([override("Git", "S3_OBJECT_KEY", "k")], "'S3_OBJECT_KEY' does not apply"),
+        ([override("Obj", "COMMIT_ID")], "'COMMIT_ID' does not apply"),
+        ([override("Cc", "IMAGE_DIGEST", "sha256:x")], "'IMAGE_DIGEST' does not apply"),
+        ([override("Git", "COMMIT_ID"), override("Git", "COMMIT_ID")], "given twice"),
+        ([override("Git", "COMMIT_ID", "main")], "'main' is not a commit id"),
+        ([override("Git", "COMMIT_ID", "--upload-pack=x")], "is not a commit id"),
+        ([override("Git", "COMMIT_ID", "abc")], "is not a commit id"),
+        ([override("Git", "COMMIT_ID", "a" * 65)], "is not a commit id"),
+        ([override("Obj", "S3_OBJECT_KEY", "")], "empty revision value"),
+    ],
+)
+def test_start_refuses_bad_overrides(revs: list[dict[str, str]], words: str) -> None:
+    h = harness()
+    before = len(h.log)
+    err = h.error(c.StartExecution(executionId=h.exec_ids(), sourceRevisions=revs))
+    assert err.type_name == "ValidationException"
+    assert words in err.message
+    assert len(h.log) == before
+    assert h.state.active == []
+
+
+def test_the_same_type_on_two_actions_is_fine() -> None:
+    revs = [override("Git", "COMMIT_ID"), override("Cc", "COMMIT_ID")]
+    assert override_problem(decl(), revs) is None
+
+
+def test_commit_id_bounds() -> None:
+    assert override_problem(decl(), [override("Git", "COMMIT_ID", "abcd")]) is None
+    assert override_problem(decl(), [override("Git", "COMMIT_ID", "A" * 64)]) is None
+    assert override_problem(decl(), [override("Git", "COMMIT_ID", "abcg")]) is not None
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_a_commit_override_is_hex_or_refused(value: str) -> None:
+    problem = override_problem(decl(), [override("Git", "COMMIT_ID", value)])
+    ok = 4 <= len(value) <= 64 and all(ch in "0123456789abcdefABCDEF" for ch in value)
+    assert (problem is None) == ok
+    assert (COMMIT_ID_PATTERN.fullmatch(value) is not None) == ok
+
+
+def test_revision_types_per_family() -> None:
+    assert REVISION_TYPES["git"] == {"COMMIT_ID"}
+    assert REVISION_TYPES["s3"] == {"S3_OBJECT_VERSION_ID", "S3_OBJECT_KEY"}
+
+
+def test_overrides_for_one_action() -> None:
+    revs = [
+        override("Git", "COMMIT_ID"),
+        override("Obj", "S3_OBJECT_KEY", "k2"),
+        override("Obj", "S3_OBJECT_VERSION_ID", "v2"),
+    ]
+    assert overrides_for(revs, "Git") == {"COMMIT_ID": SHA}
+    assert overrides_for(revs, "Obj") == {"S3_OBJECT_KEY": "k2", "S3_OBJECT_VERSION_ID": "v2"}
+    assert overrides_for(revs, "Cc") == {}
+    assert overrides_for(None, "Git") == {}
+
+
+# --- the revision recorded with the result ---------------------------------------------------
+
+REV = ev.ArtifactRevision(
+    revisionId=SHA,
+    revisionSummary="first commit",
+    revisionUrl="https://git.example/team/app/commit/" + SHA,
+    created=1_700_000_000.0,
+    revisionChangeIdentifier="2023-11-14T22:13:20Z",
+)
+
+
+def test_success_records_the_revision() -> None:
+    h = harness()
+    eid = h.start()
+    envs = h.complete(eid, "Git", True, revision=REV, outputVariables={"CommitId": SHA})
+    (ok,) = of_type(envs, ev.ActionExecutionSucceeded)
+    assert ok.revision == REV
+    a = h.action(eid, "Git")
+    assert a.revision == REV
+    assert a.outputVariables == {"CommitId": SHA}
+    assert h.action(eid, "Obj").revision is None
+
+
+def test_result_alone_records_the_revision_too() -> None:
+    h = harness()
+    eid = h.start()
+    aid = h.aid(eid, "Git")
+    h.run(c.StartAction(executionId=eid, actionExecutionId=aid, worker="w"))
+    h.run(
+        c.CompleteAction(
+            executionId=eid,
+            actionExecutionId=aid,
+            succeeded=True,
+            worker="w",
+            consequences=False,
+            revision=REV,
+        )
+    )
+    assert h.action(eid, "Git").revision == REV
+
+
+def test_failure_has_no_revision() -> None:
+    h = harness()
+    eid = h.start()
+    h.complete(eid, "Git", False, errorCode="SourceNotFound", message="no branch", revision=REV)
+    assert h.action(eid, "Git").status == "Failed"
+    assert h.action(eid, "Git").revision is None
+
+
+def test_retrying_a_later_stage_does_not_run_the_source_again() -> None:
+    h = harness()
+    eid = h.start()
+    h.complete(eid, "Git", True, revision=REV)
+    h.succeed(eid, "Cc", "Obj", "Other")
+    h.fail(eid, "b1")
+    assert h.x(eid).status == "Failed"
+    envs = h.retry_now(eid, "Build", "FAILED_ACTIONS")
+    scheduled = of_type(envs, ev.ActionExecutionScheduled)
+    assert [s.actionName for s in scheduled] == ["b1"]
+    assert len(h.attempts(eid, "Git")) == 1
+    assert h.action(eid, "Git").revision == REV
+
+
+def test_old_success_events_decode_without_a_revision() -> None:
+    old = b'{"type":"ActionExecutionSucceeded","executionId":"e","actionExecutionId":"a"}'
+    e = msgspec.json.decode(old, type=ev.AnyEvent)
+    assert isinstance(e, ev.ActionExecutionSucceeded)
+    assert e.revision is None
+    new = ev.ActionExecutionSucceeded(executionId="e", actionExecutionId="a", revision=REV)
+    assert msgspec.json.decode(msgspec.json.encode(new), type=ev.AnyEvent) == new
+    # a revision with only its id encodes only its id
+    bare = ev.ActionExecutionSucceeded(
+        executionId="e", actionExecutionId="a", revision=ev.ArtifactRevision(revisionId="r")
+    )
+    assert b'"revision":{"revisionId":"r"}' in msgspec.json.encode(bare)
