@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass, field
 
 from workers.runners.commands_action import ActionSettings
+from workers.runners.sources import SourceSettings
 
 
 def default_name() -> str:
@@ -36,3 +37,5 @@ class WorkerConfig:
     partition_lease_s: float = 10.0  # a partition's owner lease; another process takes over
     # a dead owner's partitions this long after its last renewal
     actions: ActionSettings = field(default_factory=ActionSettings)  # user, logs, limits
+    # where source actions fetch from (STAGELINE_GIT_ROOT, STAGELINE_GIT_CONNECTIONS, S3)
+    sources: SourceSettings = field(default_factory=SourceSettings.from_env)

@@ -393,8 +393,8 @@ class PartitionOwner:
         self.position = last
 
     async def _scheduled(self, env: ev.Envelope, e: ev.ActionExecutionScheduled) -> list[c.Command]:
-        if e.kind in ("commands", "approval"):
-            return []  # runners take commands; approvals wait for PutApprovalResult
+        if e.kind in ("commands", "approval", "source"):
+            return []  # runners take commands and sources; approvals wait for PutApprovalResult
         s = await self.engine.repo.load(env.pipeline, [e.executionId])
         x = s.executions.get(e.executionId)
         a = x.actions.get(e.actionExecutionId) if x is not None else None

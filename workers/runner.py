@@ -31,6 +31,7 @@ from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN, Entry
 from workers.leases import Lease, Leases
 from workers.runners.commands_action import ActionSettings, action_watch, run_commands_job
+from workers.runners.sources import SourceError, SourceSettings, run_source_job
 
 log = logging.getLogger("stageline.runner")
 
@@ -56,6 +57,9 @@ class ActionResult:
     summary: str | None = None
     errorCode: str | None = None
     message: str | None = None
+    outputVariables: dict[str, str] | None = None
+    externalExecutionId: str | None = None
+    revision: ev.ArtifactRevision | None = None  # a source action's fetched revision
 
 
 ActionRunner = Callable[[ActionJob], Awaitable[ActionResult]]
@@ -83,7 +87,34 @@ async def run_commands_action(job: ActionJob) -> ActionResult:
     return ActionResult(out.succeeded, out.summary, out.error_code, out.message)
 
 
-DEFAULT_RUNNERS: Mapping[str, ActionRunner] = {"commands": run_commands_action}
+async def run_source_action(job: ActionJob) -> ActionResult:
+    """``AWS/Source/{CodeStarSourceConnection,CodeCommit,S3}/1``: fetch the revision (the
+    branch head, or the execution's override) and store it as the output artifact
+    (:mod:`workers.runners.sources`)."""
+    settings = job.config.sources if job.config is not None else SourceSettings.from_env()
+    overrides: list[dict[str, str]] | None = None
+    if job.engine is not None:  # the execution's overrides (StartPipelineExecution, webhook)
+        s = await job.engine.repo.load(job.pipeline, [job.executionId])
+        x = s.executions.get(job.executionId)
+        overrides = x.sourceRevisions if x is not None else None
+    workdir = job.config.actions.workdir if job.config is not None else None
+    try:
+        out = await run_source_job(job.declaration, overrides, settings, None, workdir=workdir)
+    except SourceError as err:
+        return ActionResult(False, err.message[:200], err.code, err.message)
+    return ActionResult(
+        True,
+        out.summary,
+        outputVariables=out.output_variables,
+        externalExecutionId=out.revision.revisionId,
+        revision=out.revision,
+    )
+
+
+DEFAULT_RUNNERS: Mapping[str, ActionRunner] = {
+    "commands": run_commands_action,
+    "source": run_source_action,
+}
 
 
 class Runner:
@@ -296,6 +327,9 @@ class Runner:
                     message=result.message,
                     worker=self.name,
                     consequences=False,
+                    outputVariables=result.outputVariables,
+                    externalExecutionId=result.externalExecutionId,
+                    revision=result.revision,
                 ),
                 state=s,
                 leases=([], [lease.member]),  # released with the result, atomically

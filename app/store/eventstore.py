@@ -323,7 +323,7 @@ HeadItem = ev.Envelope | tuple[int, ev.HeadRef]
 
 def runs_on_engine(e: ev.Event) -> bool:
     """Events that go to the partition's run queue: actions the engine runs itself."""
-    return isinstance(e, ev.ActionExecutionScheduled) and e.kind == "commands"
+    return isinstance(e, ev.ActionExecutionScheduled) and e.kind in ("commands", "source")
 
 
 def chain_hash(prev: str, version: int, payload: bytes, tag: str = "") -> str:
