@@ -27,6 +27,7 @@ from collections.abc import Iterable
 import msgspec
 
 from app.domain import events as ev
+from app.domain.artifacts import ArtifactLocation
 from app.domain.errors import DomainError
 from app.domain.model import (
     ActionDeclaration,
@@ -65,6 +66,10 @@ class ActionExec(msgspec.Struct, omit_defaults=True, gc=False):
     outputVariables: dict[str, str] | None = None
     updatedBy: str | None = None
     seq: int = 0  # the last event about this attempt (a runner appends against it)
+    # what the attempt ran with (variables resolved at scheduling) and what it produced
+    resolvedConfiguration: dict[str, str] | None = None
+    inputArtifacts: dict[str, ArtifactLocation] | None = None
+    outputArtifacts: dict[str, ArtifactLocation] | None = None
 
 
 class StageRun(msgspec.Struct, omit_defaults=True, gc=False):
