@@ -390,6 +390,8 @@ def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> 
                 token=e.token,
                 jobId=e.jobId,
                 jobNonce=e.jobNonce,
+                resolvedConfiguration=e.resolvedConfiguration,
+                inputArtifacts=e.inputArtifacts,
             )
             run = x.stages[e.stageName]
             run.latest[e.actionName] = e.actionExecutionId
@@ -414,6 +416,7 @@ def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> 
             a.summary = e.summary if e.summary is not None else a.summary
             a.externalExecutionId = e.externalExecutionId
             a.outputVariables = e.outputVariables
+            a.outputArtifacts = e.outputArtifacts
             a.updatedBy = a.updatedBy or env.actor
         case ev.ActionExecutionFailed():
             a = x.actions[e.actionExecutionId]
