@@ -28,6 +28,12 @@ from app.domain.model import (
     action_type_problems,
     declaration_problems,
 )
+from app.domain.resolution import (
+    CONFIGURATION_ERROR,
+    prepare_action,
+    start_variables,
+    variable_problems,
+)
 from app.domain.sources import override_problem, source_family
 from app.domain.state import (
     ExecutionState,
@@ -88,6 +94,7 @@ class Decision:
         self.ctx = ctx
         self.events: list[ev.Envelope] = []
         self._owned: set[str] = set()
+        self.unrunnable: list[ev.ActionExecutionFailed] = []  # see fail_unrunnable
 
     def own(self, eid: str) -> None:
         if eid not in self._owned:
@@ -144,17 +151,20 @@ class Decision:
         for a in sdecl.actions:
             if a.run_order == run_order:
                 self.schedule_action(eid, stage, a)
+        self.fail_unrunnable()
 
     def schedule_action(self, eid: str, stage: str, a: ActionDeclaration) -> None:
         kind = action_kind(a)
         x = self.x(eid)
         runs = sum(1 for p in x.actions.values() if p.stageName == stage and p.actionName == a.name)
+        prep = prepare_action(self.decl(x), x, self.s.name, a)
+        aid = self.ctx.new_id()
         self.emit(
             ev.ActionExecutionScheduled(
                 executionId=eid,
                 stageName=stage,
                 actionName=a.name,
-                actionExecutionId=self.ctx.new_id(),
+                actionExecutionId=aid,
                 runOrder=a.run_order,
                 pipelineVersion=x.pipelineVersion,
                 attempt=runs + 1,
@@ -162,8 +172,38 @@ class Decision:
                 token=self.ctx.new_id() if kind == "approval" else None,
                 jobId=self.ctx.new_id() if kind == "custom" else None,
                 jobNonce=self.ctx.new_id() if kind == "custom" else None,
+                resolvedConfiguration=prep.configuration,
+                resolvedCommands=prep.commands,
+                resolvedEnvironment=prep.environment,
+                inputArtifacts=prep.inputs,
             )
         )
+        if prep.problem is not None:
+            self.unrunnable.append(
+                ev.ActionExecutionFailed(
+                    executionId=eid,
+                    actionExecutionId=aid,
+                    errorCode=CONFIGURATION_ERROR,
+                    message=prep.problem,
+                    summary=prep.problem[:200],
+                )
+            )
+
+    def fail_unrunnable(self) -> None:
+        """Fail the attempts just scheduled that cannot run (an unresolvable variable
+        reference, a missing input artifact): each result first, then what follows, as
+        ``Advance`` would after results recorded on their own (only a latest attempt fails
+        its stage; an automatic retry may schedule new attempts, checked the same way)."""
+        failed, self.unrunnable = self.unrunnable, []
+        for result in failed:
+            self.emit(result)
+        for result in failed:
+            _advance(
+                self,
+                c.Advance(
+                    executionId=result.executionId, actionExecutionId=result.actionExecutionId
+                ),
+            )
 
     def enter(self, eid: str, stage: str) -> None:
         self.emit(ev.StageEntered(executionId=eid, stageName=stage))
@@ -234,6 +274,7 @@ class Decision:
             adecl = sdecl.action(prev.actionName)
             assert adecl is not None
             self.schedule_action(eid, stage, adecl)
+        self.fail_unrunnable()
 
     def progress(self, eid: str) -> None:
         """Move an execution on after one of its actions ended."""
@@ -411,6 +452,9 @@ def _check_structure(decl: PipelineDeclaration, name: str) -> None:
     problems = declaration_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
+    problems = variable_problems(decl)
+    if problems:
+        raise DomainError("InvalidStructureException", "; ".join(problems))
     unrunnable = action_type_problems(decl)
     if unrunnable:
         raise DomainError("InvalidActionDeclarationException", "; ".join(unrunnable))
@@ -456,6 +500,7 @@ def _start(d: Decision, cmd: c.Command) -> None:
             triggerType=cmd.triggerType,
             triggerDetail=cmd.triggerDetail,
             clientRequestToken=cmd.clientRequestToken,
+            variables=start_variables(decl, d.s.name, cmd.variables),
             sourceRevisions=cmd.sourceRevisions or None,
         )
     )
@@ -606,6 +651,7 @@ def _complete(d: Decision, cmd: c.Command) -> None:
             summary=cmd.summary,
             externalExecutionId=cmd.externalExecutionId,
             outputVariables=cmd.outputVariables,
+            outputArtifacts=cmd.outputArtifacts,
             revision=cmd.revision,
         )
     else:
