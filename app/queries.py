@@ -54,6 +54,7 @@ from app.domain.model import (
     PipelineDeclaration,
     StageExecutionStatus,
 )
+from app.domain.sources import fetched_revisions
 from app.domain.state import ActionExec, ExecutionState, PipelineState, StageRun
 from app.logs import log_stream_arn
 
@@ -268,7 +269,19 @@ def _stage_state(
     for name in action_names:
         state: JSON = {"actionName": name}
         if x is not None and run is not None and name in run.latest:
-            state["latestExecution"] = _action_execution(x.actions[run.latest[name]])
+            latest = x.actions[run.latest[name]]
+            state["latestExecution"] = _action_execution(latest)
+            r = latest.revision
+            if r is not None:  # a source action: the revision it fetched
+                state["currentRevision"] = {
+                    "revisionId": r.revisionId[:_REVISION_MAX],
+                    "revisionChangeId": (r.revisionChangeIdentifier or r.revisionId)[
+                        :_CHANGE_ID_MAX
+                    ],
+                    "created": r.created if r.created is not None else latest.lastUpdateTime,
+                }
+                if r.revisionUrl:
+                    state["revisionUrl"] = r.revisionUrl[:_URL_MAX]
         action_states.append(state)
     doc["actionStates"] = action_states
 
@@ -312,6 +325,40 @@ def _trigger(x: ExecutionState) -> JSON:
     )
 
 
+_REVISION_MAX = 1500  # Revision
+_REVISION_SUMMARY_MAX = 2048  # RevisionSummary
+_URL_MAX = 2048  # Url
+_CHANGE_ID_MAX = 100  # RevisionChangeIdentifier
+
+
+def _artifact_revisions(s: PipelineState, x: ExecutionState) -> list[JSON]:
+    """ArtifactRevisionList: what the execution's source actions fetched."""
+    return [
+        _obj(
+            name=name,
+            revisionId=_text(r.revisionId, _REVISION_MAX),
+            revisionChangeIdentifier=_text(r.revisionChangeIdentifier, _CHANGE_ID_MAX),
+            revisionSummary=_text(r.revisionSummary, _REVISION_SUMMARY_MAX),
+            created=r.created,
+            revisionUrl=_text(r.revisionUrl, _URL_MAX),
+        )
+        for _, name, r in fetched_revisions(s.declaration_for(x), x)
+    ]
+
+
+def _source_revisions(s: PipelineState, x: ExecutionState) -> list[JSON]:
+    """SourceRevisionList (ListPipelineExecutions): per source action, its revision."""
+    return [
+        _obj(
+            actionName=action,
+            revisionId=_text(r.revisionId, _REVISION_MAX),
+            revisionSummary=_text(r.revisionSummary, _REVISION_SUMMARY_MAX),
+            revisionUrl=_text(r.revisionUrl, _URL_MAX),
+        )
+        for action, _, r in fetched_revisions(s.declaration_for(x), x)
+    ]
+
+
 def get_pipeline_execution(s: PipelineState, execution_id: str) -> JSON:
     """GetPipelineExecutionOutput."""
     s.require_declaration()
@@ -323,7 +370,7 @@ def get_pipeline_execution(s: PipelineState, execution_id: str) -> JSON:
             pipelineExecutionId=x.executionId,
             status=x.status,
             statusSummary=x.statusSummary or None,
-            artifactRevisions=[],
+            artifactRevisions=_artifact_revisions(s, x),
             trigger=_trigger(x),
             executionMode=s.declaration_for(x).mode,
             executionType="STANDARD",
@@ -341,7 +388,7 @@ def _execution_summary(s: PipelineState, x: ExecutionState) -> JSON:
         statusSummary=x.statusSummary or None,
         startTime=x.startTime,
         lastUpdateTime=x.lastUpdateTime,
-        sourceRevisions=[],
+        sourceRevisions=_source_revisions(s, x),
         trigger=_trigger(x),
         stopTrigger=stop,
         executionMode=s.declaration_for(x).mode,

@@ -13,12 +13,14 @@ lost too, not run again.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
 
+from app.artifacts import ArtifactError, ArtifactLocation, ArtifactSettings, store_for
 from app.domain import commands as c
 from app.domain import events as ev
 from app.domain.errors import DomainError
@@ -60,6 +62,7 @@ class ActionResult:
     outputVariables: dict[str, str] | None = None
     externalExecutionId: str | None = None
     revision: ev.ArtifactRevision | None = None  # a source action's fetched revision
+    outputArtifacts: dict[str, ArtifactLocation] | None = None  # name -> where it was stored
 
 
 ActionRunner = Callable[[ActionJob], Awaitable[ActionResult]]
@@ -87,27 +90,51 @@ async def run_commands_action(job: ActionJob) -> ActionResult:
     return ActionResult(out.succeeded, out.summary, out.error_code, out.message)
 
 
+def _artifact_settings(job: ActionJob) -> ArtifactSettings:
+    """The worker's artifact store settings (``WorkerConfig.artifacts`` when the worker has
+    them), else the environment's (``STAGELINE_ARTIFACT_DIR``, ``STAGELINE_S3_ENDPOINT``)."""
+    configured = getattr(job.config, "artifacts", None)
+    return configured if isinstance(configured, ArtifactSettings) else ArtifactSettings.from_env()
+
+
 async def run_source_action(job: ActionJob) -> ActionResult:
     """``AWS/Source/{CodeStarSourceConnection,CodeCommit,S3}/1``: fetch the revision (the
     branch head, or the execution's override) and store it as the output artifact
     (:mod:`workers.runners.sources`)."""
     settings = job.config.sources if job.config is not None else SourceSettings.from_env()
+    artifacts = _artifact_settings(job)
+    if settings.s3_endpoint is None and artifacts.s3_endpoint is not None:
+        settings = dataclasses.replace(
+            settings, s3_endpoint=artifacts.s3_endpoint, s3_region=artifacts.s3_region
+        )
     overrides: list[dict[str, str]] | None = None
+    put = None
     if job.engine is not None:  # the execution's overrides (StartPipelineExecution, webhook)
         s = await job.engine.repo.load(job.pipeline, [job.executionId])
         x = s.executions.get(job.executionId)
-        overrides = x.sourceRevisions if x is not None else None
+        if x is not None:
+            overrides = x.sourceRevisions
+            store = store_for(s.declaration_for(x), artifacts)
+
+            async def put(name: str, directory: str) -> ArtifactLocation:
+                return await store.put(
+                    job.pipeline, job.executionId, name, directory, unique=job.actionExecutionId
+                )
+
     workdir = job.config.actions.workdir if job.config is not None else None
     try:
-        out = await run_source_job(job.declaration, overrides, settings, None, workdir=workdir)
+        out = await run_source_job(job.declaration, overrides, settings, put, workdir=workdir)
     except SourceError as err:
         return ActionResult(False, err.message[:200], err.code, err.message)
+    except ArtifactError as err:
+        return ActionResult(False, "the source could not be stored", "ArtifactStoreError", str(err))
     return ActionResult(
         True,
         out.summary,
         outputVariables=out.output_variables,
         externalExecutionId=out.revision.revisionId,
         revision=out.revision,
+        outputArtifacts=out.artifacts or None,
     )
 
 
@@ -330,6 +357,7 @@ class Runner:
                     outputVariables=result.outputVariables,
                     externalExecutionId=result.externalExecutionId,
                     revision=result.revision,
+                    outputArtifacts=result.outputArtifacts,
                 ),
                 state=s,
                 leases=([], [lease.member]),  # released with the result, atomically

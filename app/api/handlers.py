@@ -184,6 +184,7 @@ def build_handlers(
             _origin(ctx),
             client_request_token=inp.clientRequestToken,
             trigger_detail=ctx.actor,
+            source_revisions=[msgspec.to_builtins(r) for r in inp.sourceRevisions or []] or None,
         )
         return {"pipelineExecutionId": eid}
 

@@ -22,6 +22,7 @@ from app.api.errors import AwsError
 from app.api.wire import RequestContext
 from app.domain.errors import DomainError
 from app.domain.model import NAME_PATTERN, ActionTypeId, PipelineDeclaration
+from app.domain.sources import put_revision_override
 from app.engine import Engine
 from app.repository import Origin
 
@@ -423,14 +424,18 @@ class Operations:
         decl = await self._stage(inp.pipelineName, inp.stageName)
         stage = decl.stage(inp.stageName)
         assert stage is not None
-        if stage.action(inp.actionName) is None:
+        action = stage.action(inp.actionName)
+        if action is None:
             raise AwsError(
                 "ActionNotFoundException",
                 f"Action '{inp.actionName}' not found in stage '{inp.stageName}'",
             )
-        # stageline keeps no source revisions: every revision put is new and starts a run.
+        # every revision put is new and starts a run; a source stageline runs fetches it
         eid = await self.engine.start_execution(
-            inp.pipelineName, self.origin(ctx), trigger_detail=ctx.actor
+            inp.pipelineName,
+            self.origin(ctx),
+            trigger_detail=ctx.actor,
+            source_revisions=put_revision_override(action, inp.actionRevision.revisionId),
         )
         return {"newRevision": True, "pipelineExecutionId": eid}
 

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
+from app.domain.events import ArtifactRevision
 from app.domain.model import ActionDeclaration, PipelineDeclaration
+
+if TYPE_CHECKING:  # state.py imports nothing from here; no cycle at run time either way
+    from app.domain.state import ExecutionState
 
 SourceFamily = Literal["git", "s3"]
 
@@ -101,3 +105,37 @@ def overrides_for(
         for o in overrides or []
         if o.get("actionName") == action_name and "revisionType" in o and "revisionValue" in o
     }
+
+
+def fetched_revisions(
+    decl: PipelineDeclaration, x: ExecutionState
+) -> list[tuple[str, str | None, ArtifactRevision]]:
+    """What the execution's source actions fetched: ``(action name, output artifact name,
+    revision)`` of each action whose latest attempt succeeded with a revision, in
+    declaration order (GetPipelineExecution ``artifactRevisions``, ListPipelineExecutions
+    ``sourceRevisions``)."""
+    out: list[tuple[str, str | None, ArtifactRevision]] = []
+    for st in decl.stages:
+        run = x.stages.get(st.name)
+        if run is None:
+            continue
+        for a in st.actions:
+            aid = run.latest.get(a.name)
+            attempt = x.actions.get(aid) if aid is not None else None
+            if attempt is None or attempt.status != "Succeeded" or attempt.revision is None:
+                continue
+            names = [o.get("name") for o in a.outputArtifacts or [] if isinstance(o, dict)]
+            name = names[0] if names and isinstance(names[0], str) else None
+            out.append((a.name, name, attempt.revision))
+    return out
+
+
+def put_revision_override(a: ActionDeclaration, revision_id: str) -> list[dict[str, str]] | None:
+    """PutActionRevision on a source stageline runs: the revision put, as the new
+    execution's override (a git commit id, an S3 object version id); None for other
+    actions."""
+    family = source_family(a)
+    if family is None:
+        return None
+    rtype = "COMMIT_ID" if family == "git" else "S3_OBJECT_VERSION_ID"
+    return [{"actionName": a.name, "revisionType": rtype, "revisionValue": revision_id}]
