@@ -1,0 +1,384 @@
+"""Source actions end to end: the real ``stageline serve`` (workers on) on a real Redis,
+driven by boto3: a local git repository and an S3 bucket (moto's server) as sources, the
+revisions shown by the API, overrides, failures, and a retry of a later stage."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import shutil
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from redis.asyncio import Redis
+
+from app.api.server import ServeConfig
+from app.artifacts import ArtifactLocation, ArtifactSettings, LocalArtifactStore
+from app.domain import events as ev
+from app.store.eventstore import EventStore
+from app.store.keys import Keys
+from tests.api_helpers import AKID, SECRET, Stageline, client, run_stageline, wait_for
+from tests.artifacts.conftest import FAKE_KEYS, s3_endpoint  # noqa: F401 (a fixture)
+from tests.conftest import IN_CI, no_redis
+from tests.redis_server import RedisServer, redis_binary
+from tests.test_sources_runner import Repo, git
+from tests.workers.helpers import AS_TEST_USER
+from workers.config import WorkerConfig
+from workers.runners.sources import SourceSettings
+
+pytestmark = pytest.mark.timeout(120)
+
+ROLE = "arn:aws:iam::123456789012:role/stageline-sources"
+ARN = "arn:aws:codestar-connections:us-east-1:123456789012:connection/e2e"
+GIT_SOURCE = {
+    "category": "Source",
+    "owner": "AWS",
+    "provider": "CodeStarSourceConnection",
+    "version": "1",
+}
+S3_SOURCE = {"category": "Source", "owner": "AWS", "provider": "S3", "version": "1"}
+COMMANDS = {"category": "Compute", "owner": "AWS", "provider": "Commands", "version": "1"}
+BUCKET = "sources-e2e"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    if shutil.which("git") is None:
+        if IN_CI:
+            pytest.fail("CI=true and no git CLI", pytrace=False)
+        pytest.skip("no git CLI")
+    if redis_binary() is None:
+        no_redis("the source end-to-end tests need the redis-server binary")
+    base = tmp_path_factory.mktemp("sources-e2e")
+    repo = Repo(base / "git")
+    server = RedisServer(base / "redis")
+    server.start()
+    saved = {k: os.environ.get(k) for k in (*FAKE_KEYS, "STAGELINE_ARTIFACT_DIR")}
+    os.environ.update(FAKE_KEYS)  # the S3 source's credentials, as a deployment passes them
+    os.environ["STAGELINE_ARTIFACT_DIR"] = str(base / "artifacts")
+    try:
+        yield {"base": base, "repo": repo, "redis": server}
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def serve(world: dict[str, Any], s3: str | None = None, db: int = 0) -> Any:
+    """A server on Redis database ``db`` (its workers run only that database's actions)."""
+    worker = WorkerConfig(
+        name=f"sources-e2e-{db}",
+        block_ms=200,
+        shutdown_grace_s=2.0,
+        reap_every_s=0.5,
+        actions=AS_TEST_USER,
+        sources=SourceSettings(git_root=str(world["repo"].root), s3_endpoint=s3),
+    )
+    cfg = ServeConfig(
+        port=0,
+        redis_url=f"redis://127.0.0.1:{world['redis'].port}/{db}",
+        credentials={AKID: SECRET},
+        partitions=2,
+        worker=worker,
+        log_level="warning",
+    )
+    return run_stageline(cfg)
+
+
+@pytest.fixture(scope="module")
+def live(world: dict[str, Any]) -> Iterator[Stageline]:
+    with serve(world) as srv:
+        yield srv
+
+
+def git_action(branch: str = "main") -> dict[str, Any]:
+    return {
+        "name": "Checkout",
+        "actionTypeId": GIT_SOURCE,
+        "configuration": {
+            "FullRepositoryId": "team/app",
+            "BranchName": branch,
+            "ConnectionArn": ARN,
+        },
+        "outputArtifacts": [{"name": "SourceOut"}],
+        "namespace": "SourceVariables",
+    }
+
+
+def build(*cmds: str) -> dict[str, Any]:
+    return {
+        "name": "Make",
+        "actionTypeId": COMMANDS,
+        "commands": list(cmds),
+        "inputArtifacts": [{"name": "SourceOut"}],
+    }
+
+
+def pipeline(name: str, source: dict[str, Any], *cmds: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "roleArn": ROLE,
+        "stages": [
+            {"name": "Source", "actions": [source]},
+            {"name": "Build", "actions": [build(*(cmds or ("true",)))]},
+        ],
+    }
+
+
+def execution(cp: Any, name: str, eid: str) -> dict[str, Any]:
+    doc: dict[str, Any] = cp.get_pipeline_execution(pipelineName=name, pipelineExecutionId=eid)[
+        "pipelineExecution"
+    ]
+    return doc
+
+
+def wait_done(cp: Any, name: str, eid: str, status: str = "Succeeded") -> dict[str, Any]:
+    wait_for(
+        lambda: execution(cp, name, eid)["status"] in ("Succeeded", "Failed", "Stopped"),
+        timeout=30,
+        what=f"execution {eid} of {name} to end",
+    )
+    doc = execution(cp, name, eid)
+    assert doc["status"] == status, doc.get("statusSummary")
+    return doc
+
+
+def source_attempts(cp: Any, name: str, eid: str) -> list[dict[str, Any]]:
+    details = cp.list_action_executions(pipelineName=name, filter={"pipelineExecutionId": eid})[
+        "actionExecutionDetails"
+    ]
+    return [d for d in details if d["stageName"] == "Source"]
+
+
+def stored_artifact(world: dict[str, Any], name: str, eid: str, db: int = 0) -> Path:
+    """Unpack the output artifact the source's result recorded (read from the log)."""
+
+    async def read() -> ArtifactLocation:
+        redis = Redis.from_url(f"redis://127.0.0.1:{world['redis'].port}/{db}")
+        try:
+            store = EventStore(redis, Keys(partitions=2))
+            for env in await store.read(name):
+                e = env.event
+                if (
+                    isinstance(e, ev.ActionExecutionSucceeded)
+                    and e.executionId == eid
+                    and e.outputArtifacts
+                ):
+                    return e.outputArtifacts["SourceOut"]
+        finally:
+            await redis.aclose()
+        raise AssertionError("no output artifact recorded")
+
+    loc = asyncio.run(read())
+    into = world["base"] / f"unpacked-{eid}"
+    store = LocalArtifactStore(ArtifactSettings.from_env().root, loc.bucket)
+    asyncio.run(store.get(loc, str(into)))
+    return into
+
+
+def test_git_source_head_then_override(live: Stageline, world: dict[str, Any]) -> None:
+    repo: Repo = world["repo"]
+    cp = client(live.url)
+    cp.create_pipeline(pipeline=pipeline("git-src", git_action()))
+    eid = cp.start_pipeline_execution(name="git-src")["pipelineExecutionId"]
+    doc = wait_done(cp, "git-src", eid)
+    (rev,) = doc["artifactRevisions"]
+    assert rev["name"] == "SourceOut"
+    assert rev["revisionId"] == repo.second
+    assert rev["revisionSummary"] == "second commit\n\nwith a body"
+    assert rev["revisionChangeIdentifier"] == "2024-01-02T02:04:05Z"
+    assert rev["created"].timestamp() == 1704161045.0
+    (summary,) = [
+        x
+        for x in cp.list_pipeline_executions(pipelineName="git-src")["pipelineExecutionSummaries"]
+        if x["pipelineExecutionId"] == eid
+    ]
+    assert summary["sourceRevisions"] == [
+        {
+            "actionName": "Checkout",
+            "revisionId": repo.second,
+            "revisionSummary": "second commit\n\nwith a body",
+        }
+    ]
+    state = cp.get_pipeline_state(name="git-src")["stageStates"][0]["actionStates"][0]
+    assert state["currentRevision"]["revisionId"] == repo.second
+    assert state["currentRevision"]["revisionChangeId"] == "2024-01-02T02:04:05Z"
+    (attempt,) = source_attempts(cp, "git-src", eid)
+    assert attempt["output"]["outputVariables"]["CommitId"] == repo.second
+    assert attempt["output"]["outputVariables"]["BranchName"] == "main"
+    assert attempt["output"]["executionResult"]["externalExecutionId"] == repo.second
+    tree = stored_artifact(world, "git-src", eid)
+    assert (tree / "app.txt").read_text() == "two\n"
+
+    # an override: the first commit
+    eid2 = cp.start_pipeline_execution(
+        name="git-src",
+        sourceRevisions=[
+            {"actionName": "Checkout", "revisionType": "COMMIT_ID", "revisionValue": repo.first}
+        ],
+    )["pipelineExecutionId"]
+    doc = wait_done(cp, "git-src", eid2)
+    assert [r["revisionId"] for r in doc["artifactRevisions"]] == [repo.first]
+    assert (stored_artifact(world, "git-src", eid2) / "app.txt").read_text() == "one\n"
+    # the first execution still shows what it fetched
+    assert execution(cp, "git-src", eid)["artifactRevisions"][0]["revisionId"] == repo.second
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ({"actionName": "Make", "revisionType": "COMMIT_ID"}, "'Make' is not a source action"),
+        ({"actionName": "Nope", "revisionType": "COMMIT_ID"}, "no action 'Nope'"),
+        ({"actionName": "Checkout", "revisionType": "S3_OBJECT_KEY"}, "does not apply"),
+    ],
+)
+def test_bad_overrides_are_refused(live: Stageline, override: dict[str, str], words: str) -> None:
+    cp = client(live.url)
+    name = f"git-bad-{override['actionName']}-{override['revisionType']}".replace("_", "-")
+    cp.create_pipeline(pipeline=pipeline(name, git_action()))
+    before = cp.list_pipeline_executions(pipelineName=name)["pipelineExecutionSummaries"]
+    with pytest.raises(ClientError) as info:
+        cp.start_pipeline_execution(
+            name=name, sourceRevisions=[{**override, "revisionValue": "0123abcd"}]
+        )
+    assert info.value.response["Error"]["Code"] == "ValidationException"
+    assert words in info.value.response["Error"]["Message"]
+    after = cp.list_pipeline_executions(pipelineName=name)["pipelineExecutionSummaries"]
+    assert len(after) == len(before)  # nothing started
+
+
+def test_missing_branch_fails_the_action(live: Stageline) -> None:
+    cp = client(live.url)
+    cp.create_pipeline(pipeline=pipeline("git-nobranch", git_action("nope")))
+    eid = cp.start_pipeline_execution(name="git-nobranch")["pipelineExecutionId"]
+    doc = wait_done(cp, "git-nobranch", eid, "Failed")
+    assert doc["artifactRevisions"] == []
+    (attempt,) = source_attempts(cp, "git-nobranch", eid)
+    err = attempt["output"]["executionResult"]["errorDetails"]
+    assert err["code"] == "BranchNotFound"
+    assert err["message"] == "branch 'nope' not found in repository 'team/app'"
+
+
+def test_retrying_build_does_not_fetch_again(live: Stageline, world: dict[str, Any]) -> None:
+    repo: Repo = world["repo"]
+    flag = world["base"] / "fail-once"
+    flag.write_text("x")
+    cp = client(live.url)
+    cp.create_pipeline(
+        pipeline=pipeline(
+            "git-retry", git_action(), f"if [ -e {flag} ]; then rm {flag}; exit 1; fi"
+        )
+    )
+    eid = cp.start_pipeline_execution(name="git-retry")["pipelineExecutionId"]
+    wait_done(cp, "git-retry", eid, "Failed")
+    # a new commit on the branch meanwhile: the execution keeps the revision it fetched
+    (repo.path / "app.txt").write_text("three\n")
+    git(repo.path, "commit", "--quiet", "-am", "third commit")
+    try:
+        cp.retry_stage_execution(
+            pipelineName="git-retry",
+            stageName="Build",
+            pipelineExecutionId=eid,
+            retryMode="FAILED_ACTIONS",
+        )
+        doc = wait_done(cp, "git-retry", eid)
+        assert len(source_attempts(cp, "git-retry", eid)) == 1
+        assert [r["revisionId"] for r in doc["artifactRevisions"]] == [repo.second]
+    finally:
+        git(repo.path, "reset", "--quiet", "--hard", repo.second)
+
+
+def _zip(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return buf.getvalue()
+
+
+def test_s3_source_versions(world: dict[str, Any], s3_endpoint: str) -> None:  # noqa: F811
+    from app.artifacts.s3 import s3_client
+
+    s3 = s3_client(ArtifactSettings(s3_endpoint=s3_endpoint, s3_region="us-east-1"))
+    s3.create_bucket(Bucket=BUCKET)
+    s3.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    v1 = s3.put_object(
+        Bucket=BUCKET,
+        Key="app.zip",
+        Body=_zip({"app.txt": "v1\n"}),
+        Metadata={"codepipeline-artifact-revision-summary": "release one"},
+    )["VersionId"]
+    v2 = s3.put_object(Bucket=BUCKET, Key="app.zip", Body=_zip({"app.txt": "v2\n"}))
+    s3.put_object(Bucket=BUCKET, Key="other.zip", Body=_zip({"app.txt": "other\n"}))
+    source = {
+        "name": "Fetch",
+        "actionTypeId": S3_SOURCE,
+        "configuration": {
+            "S3Bucket": BUCKET,
+            "S3ObjectKey": "app.zip",
+            "PollForSourceChanges": "false",
+        },
+        "outputArtifacts": [{"name": "SourceOut"}],
+    }
+    with serve(world, s3=s3_endpoint, db=1) as srv:
+        cp = client(srv.url)
+        cp.create_pipeline(pipeline=pipeline("s3-src", source))
+        eid = cp.start_pipeline_execution(name="s3-src")["pipelineExecutionId"]
+        (rev,) = wait_done(cp, "s3-src", eid)["artifactRevisions"]
+        assert rev["revisionId"] == v2["VersionId"]
+        assert rev["revisionChangeIdentifier"] == v2["ETag"].strip('"')
+        assert "revisionSummary" not in rev
+        (attempt,) = source_attempts(cp, "s3-src", eid)
+        assert attempt["output"]["outputVariables"] == {
+            "ETag": v2["ETag"].strip('"'),
+            "VersionId": v2["VersionId"],
+        }
+        assert (stored_artifact(world, "s3-src", eid, 1) / "app.txt").read_text() == "v2\n"
+
+        eid = cp.start_pipeline_execution(
+            name="s3-src",
+            sourceRevisions=[
+                {"actionName": "Fetch", "revisionType": "S3_OBJECT_VERSION_ID", "revisionValue": v1}
+            ],
+        )["pipelineExecutionId"]
+        (rev,) = wait_done(cp, "s3-src", eid)["artifactRevisions"]
+        assert rev["revisionId"] == v1
+        assert rev["revisionSummary"] == "release one"
+        assert (stored_artifact(world, "s3-src", eid, 1) / "app.txt").read_text() == "v1\n"
+
+        eid = cp.start_pipeline_execution(
+            name="s3-src",
+            sourceRevisions=[
+                {
+                    "actionName": "Fetch",
+                    "revisionType": "S3_OBJECT_KEY",
+                    "revisionValue": "other.zip",
+                }
+            ],
+        )["pipelineExecutionId"]
+        wait_done(cp, "s3-src", eid)
+        assert (stored_artifact(world, "s3-src", eid, 1) / "app.txt").read_text() == "other\n"
+
+        eid = cp.start_pipeline_execution(
+            name="s3-src",
+            sourceRevisions=[
+                {
+                    "actionName": "Fetch",
+                    "revisionType": "S3_OBJECT_KEY",
+                    "revisionValue": "gone.zip",
+                }
+            ],
+        )["pipelineExecutionId"]
+        wait_done(cp, "s3-src", eid, "Failed")
+        (attempt,) = source_attempts(cp, "s3-src", eid)
+        err = attempt["output"]["executionResult"]["errorDetails"]
+        assert err["code"] == "ObjectNotFound"
+        assert f"s3://{BUCKET}/gone.zip not found" in err["message"]
