@@ -5,6 +5,7 @@ revisions shown by the API, overrides, failures, and a retry of a later stage.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import os
 import shutil
@@ -58,9 +59,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     repo = Repo(base / "git")
     server = RedisServer(base / "redis")
     server.start()
-    saved = {k: os.environ.get(k) for k in (*FAKE_KEYS, "STAGELINE_ARTIFACT_DIR")}
+    saved = {k: os.environ.get(k) for k in FAKE_KEYS}
     os.environ.update(FAKE_KEYS)  # the S3 source's credentials, as a deployment passes them
-    os.environ["STAGELINE_ARTIFACT_DIR"] = str(base / "artifacts")
     try:
         yield {"base": base, "repo": repo, "redis": server}
     finally:
@@ -72,6 +72,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 os.environ[k] = v
 
 
+def artifact_settings(world: dict[str, Any]) -> ArtifactSettings:
+    return ArtifactSettings(dir=str(world["base"] / "artifacts"))
+
+
 def serve(world: dict[str, Any], s3: str | None = None, db: int = 0) -> Any:
     """A server on Redis database ``db`` (its workers run only that database's actions)."""
     worker = WorkerConfig(
@@ -79,7 +83,7 @@ def serve(world: dict[str, Any], s3: str | None = None, db: int = 0) -> Any:
         block_ms=200,
         shutdown_grace_s=2.0,
         reap_every_s=0.5,
-        actions=AS_TEST_USER,
+        actions=dataclasses.replace(AS_TEST_USER, artifacts=artifact_settings(world)),
         sources=SourceSettings(git_root=str(world["repo"].root), s3_endpoint=s3),
     )
     cfg = ServeConfig(
@@ -179,7 +183,7 @@ def stored_artifact(world: dict[str, Any], name: str, eid: str, db: int = 0) -> 
 
     loc = asyncio.run(read())
     into = world["base"] / f"unpacked-{eid}"
-    store = LocalArtifactStore(ArtifactSettings.from_env().root, loc.bucket)
+    store = LocalArtifactStore(artifact_settings(world).root, loc.bucket)
     asyncio.run(store.get(loc, str(into)))
     return into
 
@@ -187,9 +191,20 @@ def stored_artifact(world: dict[str, Any], name: str, eid: str, db: int = 0) -> 
 def test_git_source_head_then_override(live: Stageline, world: dict[str, Any]) -> None:
     repo: Repo = world["repo"]
     cp = client(live.url)
-    cp.create_pipeline(pipeline=pipeline("git-src", git_action()))
+    out = world["base"] / "built"
+    cp.create_pipeline(
+        pipeline=pipeline(
+            "git-src",
+            git_action(),
+            # the Build reads the checked-out tree and the source's variables
+            f"cat app.txt > {out}-$CODEPIPELINE_PIPELINE_EXECUTION_ID",
+            f"echo '#{{SourceVariables.CommitId}} #{{SourceVariables.BranchName}}' "
+            f">> {out}-$CODEPIPELINE_PIPELINE_EXECUTION_ID",
+        )
+    )
     eid = cp.start_pipeline_execution(name="git-src")["pipelineExecutionId"]
     doc = wait_done(cp, "git-src", eid)
+    assert Path(f"{out}-{eid}").read_text() == f"two\n{repo.second} main\n"
     (rev,) = doc["artifactRevisions"]
     assert rev["name"] == "SourceOut"
     assert rev["revisionId"] == repo.second
@@ -227,6 +242,7 @@ def test_git_source_head_then_override(live: Stageline, world: dict[str, Any]) -
     )["pipelineExecutionId"]
     doc = wait_done(cp, "git-src", eid2)
     assert [r["revisionId"] for r in doc["artifactRevisions"]] == [repo.first]
+    assert Path(f"{out}-{eid2}").read_text() == f"one\n{repo.first} main\n"
     assert (stored_artifact(world, "git-src", eid2) / "app.txt").read_text() == "one\n"
     # the first execution still shows what it fetched
     assert execution(cp, "git-src", eid)["artifactRevisions"][0]["revisionId"] == repo.second
@@ -274,7 +290,10 @@ def test_retrying_build_does_not_fetch_again(live: Stageline, world: dict[str, A
     cp = client(live.url)
     cp.create_pipeline(
         pipeline=pipeline(
-            "git-retry", git_action(), f"if [ -e {flag} ]; then rm {flag}; exit 1; fi"
+            "git-retry",
+            git_action(),
+            f"if [ -e {flag} ]; then rm {flag}; exit 1; fi",
+            f"cp app.txt {world['base']}/retried",
         )
     )
     eid = cp.start_pipeline_execution(name="git-retry")["pipelineExecutionId"]
@@ -292,6 +311,8 @@ def test_retrying_build_does_not_fetch_again(live: Stageline, world: dict[str, A
         doc = wait_done(cp, "git-retry", eid)
         assert len(source_attempts(cp, "git-retry", eid)) == 1
         assert [r["revisionId"] for r in doc["artifactRevisions"]] == [repo.second]
+        # the retried Build got the artifact the first fetch stored, not the new commit
+        assert (world["base"] / "retried").read_text() == "two\n"
     finally:
         git(repo.path, "reset", "--quiet", "--hard", repo.second)
 

@@ -19,10 +19,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
+import msgspec
 
-from app.artifacts import ArtifactError, ArtifactLocation, ArtifactSettings, store_for
+from app.artifacts.store import ArtifactError, ArtifactStore, store_for
 from app.domain import commands as c
 from app.domain import events as ev
+from app.domain.artifacts import ArtifactLocation
 from app.domain.errors import DomainError
 from app.domain.model import ActionDeclaration
 from app.domain.state import ActionExec, ExecutionState, PipelineState, StageRun
@@ -51,6 +53,9 @@ class ActionJob:
     attempt: int | None = None  # 1 for the first run of this action in its execution
     engine: Engine | None = None  # where the action's log goes (none: no log)
     config: WorkerConfig | None = None
+    # name -> location, in declaration order (resolved when the action was scheduled)
+    inputArtifacts: Mapping[str, ArtifactLocation] | None = None
+    store: ArtifactStore | None = None  # where its output artifacts go
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,9 @@ class ActionResult:
     errorCode: str | None = None
     message: str | None = None
     outputVariables: dict[str, str] | None = None
+    outputArtifacts: dict[str, ArtifactLocation] | None = None
     externalExecutionId: str | None = None
     revision: ev.ArtifactRevision | None = None  # a source action's fetched revision
-    outputArtifacts: dict[str, ArtifactLocation] | None = None  # name -> where it was stored
 
 
 ActionRunner = Callable[[ActionJob], Awaitable[ActionResult]]
@@ -86,15 +91,17 @@ async def run_commands_action(job: ActionJob) -> ActionResult:
         still_wanted=action_watch(job.engine, job.pipeline, job.executionId, job.actionExecutionId)
         if job.engine is not None
         else None,
+        input_artifacts=job.inputArtifacts,
+        store=job.store,
     )
-    return ActionResult(out.succeeded, out.summary, out.error_code, out.message)
-
-
-def _artifact_settings(job: ActionJob) -> ArtifactSettings:
-    """The worker's artifact store settings (``WorkerConfig.artifacts`` when the worker has
-    them), else the environment's (``STAGELINE_ARTIFACT_DIR``, ``STAGELINE_S3_ENDPOINT``)."""
-    configured = getattr(job.config, "artifacts", None)
-    return configured if isinstance(configured, ArtifactSettings) else ArtifactSettings.from_env()
+    return ActionResult(
+        out.succeeded,
+        out.summary,
+        out.error_code,
+        out.message,
+        outputVariables=out.output_variables,
+        outputArtifacts=out.output_artifacts,
+    )
 
 
 async def run_source_action(job: ActionJob) -> ActionResult:
@@ -102,28 +109,29 @@ async def run_source_action(job: ActionJob) -> ActionResult:
     branch head, or the execution's override) and store it as the output artifact
     (:mod:`workers.runners.sources`)."""
     settings = job.config.sources if job.config is not None else SourceSettings.from_env()
-    artifacts = _artifact_settings(job)
-    if settings.s3_endpoint is None and artifacts.s3_endpoint is not None:
+    if job.config is not None and settings.s3_endpoint is None:  # the artifact store's S3
+        artifacts = job.config.actions.artifacts
         settings = dataclasses.replace(
             settings, s3_endpoint=artifacts.s3_endpoint, s3_region=artifacts.s3_region
         )
     overrides: list[dict[str, str]] | None = None
-    put = None
     if job.engine is not None:  # the execution's overrides (StartPipelineExecution, webhook)
         s = await job.engine.repo.load(job.pipeline, [job.executionId])
         x = s.executions.get(job.executionId)
-        if x is not None:
-            overrides = x.sourceRevisions
-            store = store_for(s.declaration_for(x), artifacts)
+        overrides = x.sourceRevisions if x is not None else None
+    store = job.store
 
-            async def put(name: str, directory: str) -> ArtifactLocation:
-                return await store.put(
-                    job.pipeline, job.executionId, name, directory, unique=job.actionExecutionId
-                )
+    async def put(name: str, directory: str) -> ArtifactLocation:
+        assert store is not None
+        return await store.put(
+            job.pipeline, job.executionId, name, directory, unique=job.actionExecutionId
+        )
 
     workdir = job.config.actions.workdir if job.config is not None else None
     try:
-        out = await run_source_job(job.declaration, overrides, settings, put, workdir=workdir)
+        out = await run_source_job(
+            job.declaration, overrides, settings, put if store else None, workdir=workdir
+        )
     except SourceError as err:
         return ActionResult(False, err.message[:200], err.code, err.message)
     except ArtifactError as err:
@@ -132,9 +140,9 @@ async def run_source_action(job: ActionJob) -> ActionResult:
         True,
         out.summary,
         outputVariables=out.output_variables,
+        outputArtifacts=out.artifacts or None,
         externalExecutionId=out.revision.revisionId,
         revision=out.revision,
-        outputArtifacts=out.artifacts or None,
     )
 
 
@@ -142,6 +150,23 @@ DEFAULT_RUNNERS: Mapping[str, ActionRunner] = {
     "commands": run_commands_action,
     "source": run_source_action,
 }
+
+
+def resolved_declaration(a: ActionDeclaration, e: ev.ActionExecutionScheduled) -> ActionDeclaration:
+    """The action's declaration with the values resolved when it was scheduled (the event
+    holds each part only when a variable reference changed it)."""
+    changes: dict[str, object] = {}
+    if e.resolvedConfiguration is not None:
+        changes["configuration"] = dict(e.resolvedConfiguration)
+    if e.resolvedCommands is not None:
+        changes["commands"] = list(e.resolvedCommands)
+    if e.resolvedEnvironment is not None and a.environmentVariables:
+        env = e.resolvedEnvironment
+        changes["environmentVariables"] = [
+            msgspec.structs.replace(v, value=env[v.name]) if v.name in env else v
+            for v in a.environmentVariables
+        ]
+    return msgspec.structs.replace(a, **changes) if changes else a
 
 
 class Runner:
@@ -354,10 +379,10 @@ class Runner:
                     message=result.message,
                     worker=self.name,
                     consequences=False,
-                    outputVariables=result.outputVariables,
+                    outputVariables=result.outputVariables if result.succeeded else None,
+                    outputArtifacts=result.outputArtifacts if result.succeeded else None,
                     externalExecutionId=result.externalExecutionId,
                     revision=result.revision,
-                    outputArtifacts=result.outputArtifacts,
                 ),
                 state=s,
                 leases=([], [lease.member]),  # released with the result, atomically
@@ -382,7 +407,7 @@ class Runner:
             e.stageName,
             e.executionId,
             e.actionExecutionId,
-            adecl,
+            resolved_declaration(adecl, e),
             self.config.output_tail_bytes,
             attempt=e.attempt
             or sum(
@@ -391,6 +416,8 @@ class Runner:
             ),
             engine=self.engine,
             config=self.config,
+            inputArtifacts=e.inputArtifacts,
+            store=store_for(s.declaration_for(x), self.config.actions.artifacts),
         )
 
     async def _lose(self, env: ev.Envelope, lease: Lease, why: str) -> None:

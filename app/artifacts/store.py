@@ -13,7 +13,7 @@ target directory (absolute names, ``..``).
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import os
 import shutil
 import stat
@@ -91,38 +91,64 @@ def _inside(root: str, rel: str) -> str:
     return full
 
 
-def _walk(root: str, rel: str, out: dict[str, str]) -> None:
-    """Regular files at or under ``root/rel`` (relative name -> full path), no links."""
-    full = _inside(root, rel)
-    st = os.lstat(full)
-    if stat.S_ISLNK(st.st_mode):
-        return
-    if stat.S_ISREG(st.st_mode):
-        out[os.path.relpath(full, root)] = full
-        return
-    if stat.S_ISDIR(st.st_mode):
-        for name in sorted(os.listdir(full)):
-            _walk(root, os.path.join(os.path.relpath(full, root), name), out)
+def _tree(root: str) -> tuple[list[str], list[str]]:
+    """The regular files and the directories under ``root`` (relative, ``/``-separated),
+    never through a symbolic link."""
+    files: list[str] = []
+    dirs: list[str] = []
+    for here, subdirs, names in os.walk(root, followlinks=False):
+        rel_here = os.path.relpath(here, root)
+        prefix = "" if rel_here == "." else rel_here.replace(os.sep, "/") + "/"
+        kept = []
+        for d in subdirs:
+            if not os.path.islink(os.path.join(here, d)):
+                kept.append(d)
+                dirs.append(prefix + d)
+        subdirs[:] = kept
+        for n in names:
+            if stat.S_ISREG(os.lstat(os.path.join(here, n)).st_mode):
+                files.append(prefix + n)
+    return sorted(files), sorted(dirs)
+
+
+def _match(pattern: list[str], path: list[str]) -> bool:
+    """Glob match by path segments: ``**`` is any number of segments, others fnmatch."""
+    if not pattern:
+        return not path
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_match(rest, path[i:]) for i in range(len(path) + 1))
+    return bool(path) and fnmatch.fnmatchcase(path[0], head) and _match(rest, path[1:])
 
 
 def select_files(directory: str, files: Sequence[str] | None = None) -> dict[str, str]:
     """The regular files to pack: relative name -> path. ``files`` are paths or glob
-    patterns (``**`` recursive, hidden files included) relative to ``directory``; a directory
-    matched means everything under it; none given means the whole directory. A path or
-    pattern that matches nothing raises ArtifactError naming it."""
-    out: dict[str, str] = {}
+    patterns (``*``, ``?``, ``[..]``, ``**`` for any depth; hidden files included) relative to
+    ``directory``; a directory matched means everything under it; none given means the whole
+    directory. Symbolic links are never followed nor packed. A path or pattern that matches
+    nothing raises ArtifactError naming it."""
+    all_files, all_dirs = _tree(directory)
     if not files:
-        _walk(directory, ".", out)
-        return out
+        return {f: os.path.join(directory, f) for f in all_files}
+    out: dict[str, str] = {}
     for pattern in files:
         _inside(directory, pattern)
-        matches = sorted(
-            glob.glob(pattern, root_dir=directory, recursive=True, include_hidden=True)
-        )
-        if not matches:
+        parts = [p for p in os.path.normpath(pattern).replace(os.sep, "/").split("/") if p]
+        if parts == ["."]:
+            parts = ["**"]
+        hit = False
+        for f in all_files:
+            if _match(parts, f.split("/")):
+                out[f] = os.path.join(directory, f)
+                hit = True
+        for d in all_dirs:
+            if _match(parts, d.split("/")):
+                hit = True
+                for f in all_files:
+                    if f.startswith(d + "/"):
+                        out[f] = os.path.join(directory, f)
+        if not hit:
             raise ArtifactError(f"declared output path {pattern!r} matched no file")
-        for rel in matches:
-            _walk(directory, rel, out)
     return out
 
 

@@ -72,6 +72,12 @@ def test_pack_selected_paths_and_globs(tmp_path: Path) -> None:
     assert names(z) == ["dist/app.js", "dist/lib/u.js", "notes.md", "x.md"]
     pack(str(src), str(z), ["**/*.js"])
     assert names(z) == ["dist/app.js", "dist/lib/u.js"]
+    pack(str(src), str(z), ["dist/*.js", "./README"])
+    assert names(z) == ["README", "dist/app.js"]
+    pack(str(src), str(z), ["dist/**"])
+    assert names(z) == ["dist/app.js", "dist/lib/u.js"]
+    pack(str(src), str(z), ["."])
+    assert len(names(z)) == 5
 
 
 def test_a_declared_path_matching_nothing_fails_naming_it(tmp_path: Path) -> None:
@@ -94,6 +100,11 @@ def test_symbolic_links_are_not_followed(tmp_path: Path) -> None:
     (src / "link").symlink_to(secret)
     (src / "dirlink").symlink_to(tmp_path)
     assert sorted(select_files(str(src))) == ["a.txt"]
+    outside = tree(tmp_path / "outside", {"o.txt": "o"})
+    (src / "linked").symlink_to(outside)
+    assert select_files(str(src), ["**/*.txt"]).keys() == {"a.txt"}
+    with pytest.raises(ArtifactError, match="matched no file"):
+        select_files(str(src), ["linked/o.txt"])
 
 
 def test_unpack_refuses_entries_leaving_the_directory(tmp_path: Path) -> None:
