@@ -21,7 +21,7 @@ from app.artifacts import (
 )
 from app.artifacts.store import DEFAULT_BUCKET, select_files, store_of
 from app.domain.model import PipelineDeclaration
-from tests.artifacts.conftest import make_bucket
+from tests.s3_server import make_bucket
 
 
 def tree(root: Path, files: dict[str, str]) -> Path:
