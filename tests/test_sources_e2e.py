@@ -24,7 +24,7 @@ from app.domain import events as ev
 from app.store.eventstore import EventStore
 from app.store.keys import Keys
 from tests.api_helpers import AKID, SECRET, Stageline, client, run_stageline, wait_for
-from tests.artifacts.conftest import FAKE_KEYS, s3_endpoint  # noqa: F401 (a fixture)
+from tests.s3_server import FAKE_KEYS, s3_endpoint  # noqa: F401 (a fixture)
 from tests.conftest import IN_CI, no_redis
 from tests.redis_server import RedisServer, redis_binary
 from tests.test_sources_runner import Repo, git
