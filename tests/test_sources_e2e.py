@@ -24,9 +24,9 @@ from app.domain import events as ev
 from app.store.eventstore import EventStore
 from app.store.keys import Keys
 from tests.api_helpers import AKID, SECRET, Stageline, client, run_stageline, wait_for
-from tests.s3_server import FAKE_KEYS, s3_endpoint  # noqa: F401 (a fixture)
 from tests.conftest import IN_CI, no_redis
 from tests.redis_server import RedisServer, redis_binary
+from tests.s3_server import FAKE_KEYS, s3_endpoint  # noqa: F401 (a fixture)
 from tests.test_sources_runner import Repo, git
 from tests.workers.helpers import AS_TEST_USER
 from workers.config import WorkerConfig
