@@ -403,3 +403,13 @@ def test_s3_source_versions(world: dict[str, Any], s3_endpoint: str) -> None:  #
         err = attempt["output"]["executionResult"]["errorDetails"]
         assert err["code"] == "ObjectNotFound"
         assert f"s3://{BUCKET}/gone.zip not found" in err["message"]
+
+
+def test_source_types_are_listed(live: Stageline) -> None:
+    cp = client(live.url)
+    ids = [t["id"] for t in cp.list_action_types(actionOwnerFilter="AWS")["actionTypes"]]
+    assert GIT_SOURCE in ids and S3_SOURCE in ids
+    codecommit = {**GIT_SOURCE, "provider": "CodeCommit"}
+    assert codecommit in ids
+    got = cp.get_action_type(**S3_SOURCE)["actionType"]
+    assert got["outputArtifactDetails"] == {"minimumCount": 1, "maximumCount": 1}

@@ -43,6 +43,30 @@ BUILTIN_TYPES: list[JSON] = [
         "outputArtifactDetails": {"minimumCount": 0, "maximumCount": 0},
         "description": "Waits for PutApprovalResult",
     },
+    # source actions (docs/pipelines.md, "Sources"): one output artifact, no input
+    {
+        "id": {
+            "category": "Source",
+            "owner": "AWS",
+            "provider": "CodeStarSourceConnection",
+            "version": "1",
+        },
+        "inputArtifactDetails": {"minimumCount": 0, "maximumCount": 0},
+        "outputArtifactDetails": {"minimumCount": 1, "maximumCount": 1},
+        "description": "Fetches a git branch or commit (STAGELINE_GIT_ROOT / connections file)",
+    },
+    {
+        "id": {"category": "Source", "owner": "AWS", "provider": "CodeCommit", "version": "1"},
+        "inputArtifactDetails": {"minimumCount": 0, "maximumCount": 0},
+        "outputArtifactDetails": {"minimumCount": 1, "maximumCount": 1},
+        "description": "Fetches a git branch or commit (STAGELINE_GIT_ROOT)",
+    },
+    {
+        "id": {"category": "Source", "owner": "AWS", "provider": "S3", "version": "1"},
+        "inputArtifactDetails": {"minimumCount": 0, "maximumCount": 0},
+        "outputArtifactDetails": {"minimumCount": 1, "maximumCount": 1},
+        "description": "Fetches a zip object from the deployment's S3 endpoint",
+    },
 ]
 _ARN_RE = re.compile(r"^arn:aws:codepipeline:(?P<region>[^:]+):(?P<account>\d{12}):(?P<rest>.+)$")
 _PIPELINE_NAME_RE = re.compile(NAME_PATTERN)
