@@ -219,8 +219,12 @@ def _repository_url(base: str, names: Mapping[str, str]) -> str:
 # --- git -------------------------------------------------------------------------------------
 
 
+# the worker's own git environment that reaches git: how it authenticates over ssh
+_GIT_ENV_KEPT = frozenset({"GIT_SSH", "GIT_SSH_COMMAND"})
+
+
 def _git_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _GIT_ENV_KEPT}
     env.update(
         GIT_TERMINAL_PROMPT="0",  # never wait for a password
         GIT_CONFIG_NOSYSTEM="1",
