@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import io
 import os
 import shutil
@@ -246,6 +247,21 @@ def test_git_source_head_then_override(live: Stageline, world: dict[str, Any]) -
     assert (stored_artifact(world, "git-src", eid2) / "app.txt").read_text() == "one\n"
     # the first execution still shows what it fetched
     assert execution(cp, "git-src", eid)["artifactRevisions"][0]["revisionId"] == repo.second
+
+    # PutActionRevision on the source: the revision put is what the new execution fetches
+    put = cp.put_action_revision(
+        pipelineName="git-src",
+        stageName="Source",
+        actionName="Checkout",
+        actionRevision={
+            "revisionId": repo.feature,
+            "revisionChangeId": "push-1",
+            "created": datetime.datetime(2024, 1, 3, tzinfo=datetime.UTC),
+        },
+    )
+    assert put["newRevision"] is True
+    doc = wait_done(cp, "git-src", put["pipelineExecutionId"])
+    assert [r["revisionId"] for r in doc["artifactRevisions"]] == [repo.feature]
 
 
 @pytest.mark.parametrize(
