@@ -13,6 +13,7 @@ target directory (absolute names, ``..``).
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import shutil
@@ -305,7 +306,25 @@ class LocalArtifactStore(ZipStore):
     def path(self, bucket: str, key: str) -> str:
         return _inside(self.root, os.path.join(bucket, key))
 
+    def check_root(self) -> None:
+        """Make the root (mode 0700) or check it: a directory of this process's user that
+        nobody else may write, not a link (in a shared temp dir, an action could have made
+        the path first to read or plant artifacts)."""
+        with contextlib.suppress(FileExistsError):
+            os.makedirs(self.root, mode=0o700)
+        st = os.lstat(self.root)
+        if (
+            not stat.S_ISDIR(st.st_mode)
+            or st.st_uid != os.geteuid()
+            or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+        ):
+            raise ArtifactError(
+                f"artifact directory {self.root} must be a directory of this process's user "
+                "that nobody else can write (not a link)"
+            )
+
     def upload(self, zip_path: str, bucket: str, key: str) -> None:
+        self.check_root()
         dst = self.path(bucket, key)
         os.makedirs(os.path.dirname(dst), mode=0o700, exist_ok=True)
         part = f"{dst}.{uuid.uuid4().hex}.part"
@@ -313,6 +332,7 @@ class LocalArtifactStore(ZipStore):
         os.replace(part, dst)  # never a half-written artifact under its name
 
     def download(self, bucket: str, key: str, zip_path: str) -> None:
+        self.check_root()
         src = self.path(bucket, key)
         if not os.path.isfile(src):
             raise ArtifactError(f"artifact {bucket}/{key} is not in the store ({self.root})")

@@ -204,3 +204,20 @@ async def test_s3_store_without_the_bucket_fails_clearly(
     src = tree(tmp_path / "src", {"a": "a"})
     with pytest.raises(ArtifactError, match=r"s3://no-such-bucket/"):
         await store.put("pipe", "x1", "Built", str(src))
+
+
+def test_a_local_root_someone_else_could_write_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    root.mkdir()
+    root.chmod(0o777)
+    src = tree(tmp_path / "src", {"a": "a"})
+    store = LocalArtifactStore(str(root))
+    with pytest.raises(ArtifactError, match="nobody else can write"):
+        store._put_sync("k.zip", str(src), None)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "src")
+    with pytest.raises(ArtifactError, match="not a link"):
+        LocalArtifactStore(str(link))._put_sync("k.zip", str(src), None)
+    fresh = tmp_path / "fresh" / "root"
+    LocalArtifactStore(str(fresh))._put_sync("k.zip", str(src), None)
+    assert fresh.stat().st_mode & 0o777 == 0o700

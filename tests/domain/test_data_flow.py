@@ -9,6 +9,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.domain import commands as c
 from app.domain import events as ev
@@ -458,3 +460,33 @@ def test_old_events_without_the_new_fields_still_decode() -> None:
         executionId="x", actionExecutionId="a", outputArtifacts={"A": loc("k")}
     )
     assert msgspec.json.decode(msgspec.json.encode(full), type=ev.AnyEvent) == full
+
+
+# --- properties ------------------------------------------------------------------------------
+
+_text = st.text(st.characters(blacklist_characters="#", blacklist_categories=("Cs",)), max_size=30)
+_name = st.from_regex(r"[A-Za-z0-9_]{1,8}", fullmatch=True)
+
+
+@given(
+    values=st.dictionaries(_name, _text.filter(bool), min_size=1, max_size=4),
+    plain=st.lists(_text.filter(bool), min_size=1, max_size=3),
+)
+def test_resolution_replaces_exactly_the_references(
+    values: dict[str, str], plain: list[str]
+) -> None:
+    """Text without references runs unchanged (recorded as None); each reference to a
+    pipeline variable becomes its value and nothing else changes."""
+    variables = [{"name": n, "defaultValue": v} for n, v in values.items()]
+    names = list(values)
+    commands = [*plain, " ".join(f"<#{{variables.{n}}}>" for n in names)]
+    decl = pipeline({"S": [act("a", commands=commands)]}, variables=variables)
+    h = Harness()
+    h.create(decl)
+    eid = start(h)
+    s = scheduled(h, eid, "a")
+    assert s.resolvedCommands == [*plain, " ".join(f"<{values[n]}>" for n in names)]
+    plain_only = pipeline({"S": [act("a", commands=plain)]}, variables=variables)
+    h2 = Harness()
+    h2.create(plain_only)
+    assert scheduled(h2, start(h2), "a").resolvedCommands is None
