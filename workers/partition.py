@@ -96,6 +96,9 @@ def reactions(env: ev.Envelope) -> list[c.Command]:
     return []
 
 
+ACTION_ENDS = (ev.ActionExecutionSucceeded, ev.ActionExecutionFailed, ev.ActionExecutionAbandoned)
+
+
 @dataclass
 class _Pending:
     pipeline: str
@@ -389,12 +392,37 @@ class PartitionOwner:
             cmds = reactions(env)
             if isinstance(env.event, ev.ActionExecutionScheduled):
                 cmds += await self._scheduled(env, env.event)
+            elif isinstance(env.event, ACTION_ENDS):
+                await self._ended(env, env.event)
             if cmds:
                 p = pending.setdefault(env.pipeline, _Pending(env.pipeline))
                 p.items += [(cmd, self.origin(env)) for cmd in cmds]
         last = last or entries[-1].id
         await self.commit(list(pending.values()), last)
         self.position = last
+
+    async def _ended(
+        self,
+        env: ev.Envelope,
+        e: ev.ActionExecutionSucceeded | ev.ActionExecutionFailed | ev.ActionExecutionAbandoned,
+    ) -> None:
+        """A custom action ended (a job result, a stop, a lost worker, ...): its job leaves
+        the open list and its record expires, whether or not anyone ever polled for it."""
+        repo = self.engine.repo
+        s = repo.cached(env.pipeline)
+        x = s.executions.get(e.executionId) if s is not None else None
+        if x is None:
+            s = await repo.load(env.pipeline, [e.executionId])
+            x = s.executions.get(e.executionId)
+        a = x.actions.get(e.actionExecutionId) if x is not None else None
+        if s is None or x is None or a is None or a.kind != "custom" or a.jobId is None:
+            return
+        adecl = s.action_declaration(x, a.stageName, a.actionName)
+        if adecl is not None:
+            ref = JobRef(
+                a.jobId, adecl.actionTypeId.key, env.pipeline, x.executionId, a.actionExecutionId
+            )
+            await self.engine.jobs.close(ref, finished=True)
 
     async def _scheduled(self, env: ev.Envelope, e: ev.ActionExecutionScheduled) -> list[c.Command]:
         if e.kind in ("commands", "approval"):
