@@ -357,3 +357,32 @@ def test_settings_from_env(tmp_path: Path) -> None:
     path.write_text(json.dumps({ARN: 3}))
     with pytest.raises(ValueError, match="needs a url"):
         load_connections(str(path))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the repository away")
+async def test_repository_of_another_user(repo: Repo, tmp_path: Path) -> None:
+    """A repository owned by another user (a git service's) under the operator's root is
+    read (git's "dubious ownership" refusal is lifted for that repository only)."""
+    _chown(repo.root, 65534)
+    settings = SourceSettings(git_root=str(repo.root))
+    out, tree = await fetch(connection_action(), settings, tmp_path / "t")
+    assert (tree / "app.txt").read_text() == "two\n"
+    assert out.revision.revisionId == repo.second
+    cc = SourceSettings(git_root=f"file://{repo.root}/team")
+    out, _ = await fetch(codecommit_action(), cc, tmp_path / "u")
+    assert out.revision.revisionId == repo.second
+
+
+def _chown(root: Path, uid: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            os.lchown(os.path.join(dirpath, name), uid, uid)
+    os.lchown(root, uid, uid)
+
+
+async def test_a_commit_override_is_never_a_ref_name(repo: Repo, tmp_path: Path) -> None:
+    git(repo.path, "branch", "beef1234", repo.first)  # a branch named like a commit id
+    settings = SourceSettings(git_root=str(repo.root))
+    revs = [{"actionName": "Src", "revisionType": "COMMIT_ID", "revisionValue": "beef1234"}]
+    err = await _error(connection_action(), settings, tmp_path, revisions=revs)
+    assert err.code == "RevisionNotFound"

@@ -223,7 +223,7 @@ def _repository_url(base: str, names: Mapping[str, str]) -> str:
 _GIT_ENV_KEPT = frozenset({"GIT_SSH", "GIT_SSH_COMMAND"})
 
 
-def _git_env() -> dict[str, str]:
+def _git_env(global_config: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_") or k in _GIT_ENV_KEPT}
     env.update(
         GIT_TERMINAL_PROMPT="0",  # never wait for a password
@@ -231,15 +231,42 @@ def _git_env() -> dict[str, str]:
         GIT_ALLOW_PROTOCOL="file:git:http:https:ssh",  # no ext::, no fd::
         LC_ALL="C",
     )
+    if global_config is not None:
+        env["GIT_CONFIG_GLOBAL"] = global_config
     return env
 
 
-async def _git(settings: SourceSettings, *args: str, check: bool = True) -> tuple[int, str, str]:
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def trusting_config(work: str, repository: str) -> str:
+    """A global git configuration for one fetch: the worker user's own (included) plus
+    ``safe.directory`` for the local repository the operator's mapping names, so a worker
+    may read repositories another user owns (e.g. a git service's), which git otherwise
+    refuses as "dubious ownership". Returns its path."""
+    home = os.path.expanduser("~")
+    own = os.environ.get("GIT_CONFIG_GLOBAL") or os.path.join(home, ".gitconfig")
+    xdg = os.path.join(os.environ.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"), "git")
+    real = os.path.realpath(repository)
+    lines = ["[include]", f"\tpath = {_quoted(os.path.join(xdg, 'config'))}"]
+    lines += [f"\tpath = {_quoted(own)}", "[safe]"]
+    for d in dict.fromkeys([repository, real, os.path.join(real, ".git")]):
+        lines.append(f"\tdirectory = {_quoted(d)}")
+    path = os.path.join(work, "gitconfig")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+async def _git(
+    settings: SourceSettings, *args: str, check: bool = True, config: str | None = None
+) -> tuple[int, str, str]:
     with anyio.fail_after(GIT_TIMEOUT_S):
         p = await anyio.run_process(
             [settings.git, "-c", "core.hooksPath=/dev/null", *args],
             check=False,
-            env=_git_env(),
+            env=_git_env(config),
         )
     out = p.stdout.decode("utf-8", "replace")
     err = p.stderr.decode("utf-8", "replace").strip()
@@ -273,9 +300,13 @@ async def fetch_git(
         raise SourceError("ConfigurationError", f"BranchName '{src.branch}' is not a branch name")
     if not _SCHEME.match(src.url) and not await anyio.Path(src.url).is_dir():
         raise SourceError("RepositoryNotFound", f"repository '{src.shown}' not found ({src.url})")
+    config = None
+    if not _SCHEME.match(src.url) or src.url.startswith("file://"):
+        local = src.url.removeprefix("file://")
+        config = await anyio.to_thread.run_sync(trusting_config, work, local)
     bare = os.path.join(work, "repo.git")
     rc, _, err = await _git(
-        settings, "clone", "--bare", "--quiet", "--", src.url, bare, check=False
+        settings, "clone", "--bare", "--quiet", "--", src.url, bare, check=False, config=config
     )
     if rc != 0:
         raise SourceError(
@@ -301,7 +332,7 @@ async def fetch_git(
         rc, out, _ = await _git(
             settings, gd, "rev-parse", "--verify", "--quiet", f"{wanted}^{{commit}}", check=False
         )
-        if rc != 0:
+        if rc != 0 or not out.strip().startswith(wanted.lower()):  # not a ref named so
             raise SourceError(
                 "RevisionNotFound",
                 f"commit '{wanted}' (source revision override) not found in repository "
