@@ -22,12 +22,22 @@ def _type(category: str, owner: str, provider: str, version: str = "1") -> dict[
     return {"category": category, "owner": owner, "provider": provider, "version": version}
 
 
+SOURCE_CONFIG = {
+    "S3": {"S3Bucket": "b", "S3ObjectKey": "k.zip"},
+    "CodeStarSourceConnection": {"FullRepositoryId": "team/app", "BranchName": "main"},
+    "CodeCommit": {"RepositoryName": "app", "BranchName": "main"},
+}
+
+
 def _decl(*types: dict[str, str], name: str = "types") -> dict[str, Any]:
     actions: list[dict[str, Any]] = []
     for i, t in enumerate(types):
         a: dict[str, Any] = {"name": f"a{i}", "actionTypeId": t}
         if t["provider"] == "Commands":
             a["commands"] = ["true"]
+        if t["provider"] in SOURCE_CONFIG:  # what a source action needs (docs/pipelines.md)
+            a["configuration"] = SOURCE_CONFIG[t["provider"]]
+            a["outputArtifacts"] = [{"name": f"out{i}"}]
         actions.append(a)
     return {
         "name": name,

@@ -34,7 +34,7 @@ from app.domain.resolution import (
     start_variables,
     variable_problems,
 )
-from app.domain.sources import override_problem, source_family
+from app.domain.sources import configuration_problems, override_problem, source_family
 from app.domain.state import (
     ExecutionState,
     PipelineState,
@@ -455,7 +455,7 @@ def _check_structure(decl: PipelineDeclaration, name: str) -> None:
     problems = variable_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
-    unrunnable = action_type_problems(decl)
+    unrunnable = action_type_problems(decl) or configuration_problems(decl)
     if unrunnable:
         raise DomainError("InvalidActionDeclarationException", "; ".join(unrunnable))
 

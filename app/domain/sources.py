@@ -37,6 +37,14 @@ REVISION_TYPES: Mapping[SourceFamily, frozenset[str]] = {
     "s3": frozenset({"S3_OBJECT_VERSION_ID", "S3_OBJECT_KEY"}),
 }
 
+# the configuration each provider needs (AWS refuses a declaration without them)
+REQUIRED_CONFIGURATION: Mapping[str, tuple[str, ...]] = {
+    "CodeStarSourceConnection": ("FullRepositoryId", "BranchName"),
+    "CodeCommit": ("RepositoryName", "BranchName"),
+    "S3": ("S3Bucket", "S3ObjectKey"),
+}
+OUTPUT_FORMATS = ("CODE_ZIP", "CODEBUILD_CLONE_REF")
+
 # a COMMIT_ID override: a full or abbreviated hex object name (SHA-1 or SHA-256)
 COMMIT_ID_PATTERN = re.compile(r"[0-9a-fA-F]{4,64}")
 
@@ -47,6 +55,38 @@ def source_family(a: ActionDeclaration) -> SourceFamily | None:
     if t.owner != "AWS" or t.category != "Source" or t.version != "1":
         return None
     return SOURCE_PROVIDERS.get(t.provider)
+
+
+def configuration_problems(decl: PipelineDeclaration) -> list[str]:
+    """Source actions declared without what they need (``InvalidActionDeclarationException``
+    at CreatePipeline/UpdatePipeline): a required configuration key, a known
+    ``OutputArtifactFormat``, exactly one output artifact."""
+    problems: list[str] = []
+    for st in decl.stages:
+        for a in st.actions:
+            family = source_family(a)
+            if family is None:
+                continue
+            config = a.configuration or {}
+            for key in REQUIRED_CONFIGURATION[a.actionTypeId.provider]:
+                if not config.get(key):
+                    problems.append(
+                        f"Action configuration for action '{a.name}' is missing required "
+                        f"configuration '{key}'"
+                    )
+            fmt = config.get("OutputArtifactFormat")
+            if family == "git" and fmt is not None and fmt not in OUTPUT_FORMATS:
+                problems.append(
+                    f"Action configuration for action '{a.name}': OutputArtifactFormat "
+                    f"'{fmt}' is not one of {', '.join(OUTPUT_FORMATS)}"
+                )
+            outputs = len(a.outputArtifacts or [])
+            if outputs != 1:
+                problems.append(
+                    f"Action '{a.name}' in stage '{st.name}' has {outputs} output artifacts; "
+                    "a source action has exactly one"
+                )
+    return problems
 
 
 def override_problem(

@@ -15,6 +15,7 @@ from app.domain.model import ActionDeclaration, ActionTypeId, PipelineDeclaratio
 from app.domain.sources import (
     COMMIT_ID_PATTERN,
     REVISION_TYPES,
+    configuration_problems,
     override_problem,
     overrides_for,
     source_family,
@@ -282,3 +283,80 @@ def test_old_success_events_decode_without_a_revision() -> None:
         executionId="e", actionExecutionId="a", revision=ev.ArtifactRevision(revisionId="r")
     )
     assert b'"revision":{"revisionId":"r"}' in msgspec.json.encode(bare)
+
+
+# --- configuration checked at create ---------------------------------------------------------
+
+
+def _with(a: ActionDeclaration, **changes: object) -> ActionDeclaration:
+    return msgspec.structs.replace(a, **changes)  # type: ignore[arg-type]
+
+
+def _decl_of(*actions: ActionDeclaration) -> PipelineDeclaration:
+    return PipelineDeclaration(
+        name="p", roleArn=ROLE, stages=[stage("Source", list(actions)), stage("B", [action("b")])]
+    )
+
+
+def test_complete_source_declarations_pass() -> None:
+    assert configuration_problems(decl()) == []
+    ok = _with(
+        src("Git", "CodeStarSourceConnection"),
+        configuration={
+            "FullRepositoryId": "a/b",
+            "BranchName": "main",
+            "OutputArtifactFormat": "CODEBUILD_CLONE_REF",
+        },
+    )
+    assert configuration_problems(_decl_of(ok)) == []
+
+
+@pytest.mark.parametrize(
+    ("provider", "key"),
+    [
+        ("CodeStarSourceConnection", "FullRepositoryId"),
+        ("CodeStarSourceConnection", "BranchName"),
+        ("CodeCommit", "RepositoryName"),
+        ("CodeCommit", "BranchName"),
+        ("S3", "S3Bucket"),
+        ("S3", "S3ObjectKey"),
+    ],
+)
+def test_a_missing_required_key_is_refused(provider: str, key: str) -> None:
+    a = src("Src", provider)
+    config = dict(a.configuration or {})
+    del config[key]
+    problems = configuration_problems(_decl_of(_with(a, configuration=config)))
+    assert problems == [
+        f"Action configuration for action 'Src' is missing required configuration '{key}'"
+    ]
+    h = Harness()
+    err = h.error(c.CreatePipeline(declaration=_decl_of(_with(a, configuration=config))))
+    assert err.type_name == "InvalidActionDeclarationException"
+    assert f"'{key}'" in err.message
+    assert h.state.declaration is None
+
+
+def test_no_configuration_at_all() -> None:
+    problems = configuration_problems(_decl_of(_with(src("Src", "S3"), configuration=None)))
+    assert len(problems) == 2
+
+
+def test_output_format_and_artifact_count() -> None:
+    git = src("Git", "CodeStarSourceConnection")
+    bad_fmt = _with(git, configuration={**(git.configuration or {}), "OutputArtifactFormat": "X"})
+    (problem,) = configuration_problems(_decl_of(bad_fmt))
+    assert "OutputArtifactFormat 'X'" in problem
+    s3 = src("Obj", "S3")  # the format is a git source's key: S3 ignores it
+    s3_fmt = _with(s3, configuration={**(s3.configuration or {}), "OutputArtifactFormat": "X"})
+    assert configuration_problems(_decl_of(s3_fmt)) == []
+    for outputs in ([], [{"name": "a"}, {"name": "b"}]):
+        (problem,) = configuration_problems(_decl_of(_with(git, outputArtifacts=outputs)))
+        assert f"has {len(outputs)} output artifacts" in problem
+    none = _with(git, outputArtifacts=None)
+    assert "has 0 output artifacts" in configuration_problems(_decl_of(none))[0]
+
+
+def test_other_actions_are_not_checked() -> None:
+    custom = src("Other", "OtherSource", owner="Custom")
+    assert configuration_problems(_decl_of(_with(custom, configuration=None))) == []
