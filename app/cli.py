@@ -409,6 +409,20 @@ def _action_args(p: argparse.ArgumentParser) -> None:
         "artifactStore is {type: S3, location: <bucket>} keep their artifacts there; "
         "credentials come from the standard AWS environment or credentials file",
     )
+    p.add_argument(
+        "--git-root",
+        default=None,
+        metavar="DIR_OR_URL",
+        help="where git source actions find repositories: FullRepositoryId / RepositoryName "
+        "is a path under it (default: $STAGELINE_GIT_ROOT; docs/pipelines.md, Sources)",
+    )
+    p.add_argument(
+        "--git-connections",
+        default=None,
+        metavar="FILE",
+        help="a JSON file mapping ConnectionArn (or '*', 'CodeCommit') to a repository base "
+        "URL or template (default: $STAGELINE_GIT_CONNECTIONS)",
+    )
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
@@ -675,6 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _worker_config(a: argparse.Namespace) -> WorkerConfig:
     from app.artifacts import ArtifactSettings
     from workers.runners.commands_action import RUNTIMES, ActionSettings
+    from workers.runners.sources import ENV_GIT_CONNECTIONS, ENV_GIT_ROOT, SourceSettings
 
     if a.log_max_lines < 1 or a.action_timeout < 1:
         raise CliError("--log-max-lines and --action-timeout must be >= 1", EXIT_USAGE)
@@ -690,12 +705,22 @@ def _worker_config(a: argparse.Namespace) -> WorkerConfig:
         artifacts=ArtifactSettings.from_env(dir=a.artifact_dir, s3_endpoint=a.s3_endpoint),
     )
     _check_action_user(actions.user)
+    env = dict(os.environ)
+    if a.git_root:
+        env[ENV_GIT_ROOT] = a.git_root
+    if a.git_connections:
+        env[ENV_GIT_CONNECTIONS] = a.git_connections
+    try:
+        sources = SourceSettings.from_env(env)
+    except (OSError, ValueError) as err:
+        raise CliError(f"--git-connections: {err}", EXIT_USAGE) from err
     if actions.runtime not in RUNTIMES:
         raise CliError(f"--action-runtime must be one of {', '.join(RUNTIMES)}", EXIT_USAGE)
     if actions.runtime == "docker" and shutil.which(actions.container_cli) is None:
         raise CliError(f"--action-runtime docker: {actions.container_cli} not found", EXIT_USAGE)
     return WorkerConfig(
         actions=actions,
+        sources=sources,
         name=getattr(a, "name", None) or default_name(),
         concurrency=a.concurrency,
         lease_ttl_s=getattr(a, "lease_ttl", 30.0),

@@ -386,3 +386,23 @@ async def test_a_commit_override_is_never_a_ref_name(repo: Repo, tmp_path: Path)
     revs = [{"actionName": "Src", "revisionType": "COMMIT_ID", "revisionValue": "beef1234"}]
     err = await _error(connection_action(), settings, tmp_path, revisions=revs)
     assert err.code == "RevisionNotFound"
+
+
+def test_worker_command_line_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.cli import CliError, _worker_config, build_parser
+
+    monkeypatch.delenv("STAGELINE_GIT_ROOT", raising=False)
+    monkeypatch.setenv("STAGELINE_GIT_CONNECTIONS", "")
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"*": "https://git.example.com"}))
+    args = build_parser().parse_args(
+        ["worker", "--git-root", "/srv/git", "--git-connections", str(path)]
+    )
+    cfg = _worker_config(args)
+    assert cfg.sources.git_root == "/srv/git"
+    assert cfg.sources.connections == {"*": Connection("https://git.example.com")}
+    monkeypatch.setenv("STAGELINE_GIT_ROOT", "/from/env")
+    assert _worker_config(build_parser().parse_args(["worker"])).sources.git_root == "/from/env"
+    bad = build_parser().parse_args(["worker", "--git-connections", str(tmp_path / "none")])
+    with pytest.raises(CliError, match="--git-connections"):
+        _worker_config(bad)
