@@ -18,6 +18,7 @@ from app.domain.sources import (
     configuration_problems,
     override_problem,
     overrides_for,
+    put_revision_override,
     source_family,
 )
 from tests.domain.helpers import ROLE, Harness, action, of_type, stage
@@ -360,3 +361,14 @@ def test_output_format_and_artifact_count() -> None:
 def test_other_actions_are_not_checked() -> None:
     custom = src("Other", "OtherSource", owner="Custom")
     assert configuration_problems(_decl_of(_with(custom, configuration=None))) == []
+
+
+def test_put_action_revision_becomes_an_override() -> None:
+    git = put_revision_override(src("Git", "CodeCommit"), SHA)
+    assert git == [override("Git", "COMMIT_ID")]
+    obj = put_revision_override(src("Obj", "S3"), "v9")
+    assert obj == [override("Obj", "S3_OBJECT_VERSION_ID", "v9")]
+    assert put_revision_override(src("Other", "X", owner="Custom"), SHA) is None
+    assert put_revision_override(action("b1"), SHA) is None
+    assert override_problem(decl(), git) is None  # what it makes is always accepted
+    assert override_problem(decl(), obj) is None
