@@ -19,6 +19,7 @@ import msgspec
 
 from app.domain import commands as c
 from app.domain import events as ev
+from app.domain.artifacts import artifact_problems
 from app.domain.errors import DomainError
 from app.domain.model import (
     ActionDeclaration,
@@ -449,7 +450,7 @@ def _check_structure(decl: PipelineDeclaration, name: str) -> None:
     problems = declaration_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
-    problems = variable_problems(decl)
+    problems = variable_problems(decl) + artifact_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
     unrunnable = action_type_problems(decl)
