@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 
+from app.domain.artifacts import ArtifactLocation
 from app.domain.model import PipelineDeclaration, StageRetryMode
 
 
@@ -80,6 +81,7 @@ class CompleteAction(Command, frozen=True, kw_only=True):
     # False: record the result alone (a runner, at execution level); the partition's owner
     # then decides what follows with ``Advance``.
     consequences: bool = True
+    outputArtifacts: dict[str, ArtifactLocation] | None = None  # name -> where it was stored
 
 
 class LoseAction(Command, frozen=True, kw_only=True):

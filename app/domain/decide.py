@@ -19,6 +19,7 @@ import msgspec
 
 from app.domain import commands as c
 from app.domain import events as ev
+from app.domain.artifacts import artifact_problems
 from app.domain.errors import DomainError
 from app.domain.model import (
     ActionDeclaration,
@@ -27,6 +28,12 @@ from app.domain.model import (
     StageRetryMode,
     action_type_problems,
     declaration_problems,
+)
+from app.domain.resolution import (
+    CONFIGURATION_ERROR,
+    prepare_action,
+    start_variables,
+    variable_problems,
 )
 from app.domain.state import (
     ExecutionState,
@@ -85,6 +92,7 @@ class Decision:
         self.ctx = ctx
         self.events: list[ev.Envelope] = []
         self._owned: set[str] = set()
+        self.unrunnable: list[ev.ActionExecutionFailed] = []  # see fail_unrunnable
 
     def own(self, eid: str) -> None:
         if eid not in self._owned:
@@ -141,17 +149,20 @@ class Decision:
         for a in sdecl.actions:
             if a.run_order == run_order:
                 self.schedule_action(eid, stage, a)
+        self.fail_unrunnable()
 
     def schedule_action(self, eid: str, stage: str, a: ActionDeclaration) -> None:
         kind = action_kind(a)
         x = self.x(eid)
         runs = sum(1 for p in x.actions.values() if p.stageName == stage and p.actionName == a.name)
+        prep = prepare_action(self.decl(x), x, self.s.name, a)
+        aid = self.ctx.new_id()
         self.emit(
             ev.ActionExecutionScheduled(
                 executionId=eid,
                 stageName=stage,
                 actionName=a.name,
-                actionExecutionId=self.ctx.new_id(),
+                actionExecutionId=aid,
                 runOrder=a.run_order,
                 pipelineVersion=x.pipelineVersion,
                 attempt=runs + 1,
@@ -159,8 +170,38 @@ class Decision:
                 token=self.ctx.new_id() if kind == "approval" else None,
                 jobId=self.ctx.new_id() if kind == "custom" else None,
                 jobNonce=self.ctx.new_id() if kind == "custom" else None,
+                resolvedConfiguration=prep.configuration,
+                resolvedCommands=prep.commands,
+                resolvedEnvironment=prep.environment,
+                inputArtifacts=prep.inputs,
             )
         )
+        if prep.problem is not None:
+            self.unrunnable.append(
+                ev.ActionExecutionFailed(
+                    executionId=eid,
+                    actionExecutionId=aid,
+                    errorCode=CONFIGURATION_ERROR,
+                    message=prep.problem,
+                    summary=prep.problem[:200],
+                )
+            )
+
+    def fail_unrunnable(self) -> None:
+        """Fail the attempts just scheduled that cannot run (an unresolvable variable
+        reference, a missing input artifact): each result first, then what follows, as
+        ``Advance`` would after results recorded on their own (only a latest attempt fails
+        its stage; an automatic retry may schedule new attempts, checked the same way)."""
+        failed, self.unrunnable = self.unrunnable, []
+        for result in failed:
+            self.emit(result)
+        for result in failed:
+            _advance(
+                self,
+                c.Advance(
+                    executionId=result.executionId, actionExecutionId=result.actionExecutionId
+                ),
+            )
 
     def enter(self, eid: str, stage: str) -> None:
         self.emit(ev.StageEntered(executionId=eid, stageName=stage))
@@ -231,6 +272,7 @@ class Decision:
             adecl = sdecl.action(prev.actionName)
             assert adecl is not None
             self.schedule_action(eid, stage, adecl)
+        self.fail_unrunnable()
 
     def progress(self, eid: str) -> None:
         """Move an execution on after one of its actions ended."""
@@ -408,6 +450,9 @@ def _check_structure(decl: PipelineDeclaration, name: str) -> None:
     problems = declaration_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
+    problems = variable_problems(decl) + artifact_problems(decl)
+    if problems:
+        raise DomainError("InvalidStructureException", "; ".join(problems))
     unrunnable = action_type_problems(decl)
     if unrunnable:
         raise DomainError("InvalidActionDeclarationException", "; ".join(unrunnable))
@@ -450,6 +495,7 @@ def _start(d: Decision, cmd: c.Command) -> None:
             triggerType=cmd.triggerType,
             triggerDetail=cmd.triggerDetail,
             clientRequestToken=cmd.clientRequestToken,
+            variables=start_variables(decl, d.s.name, cmd.variables),
         )
     )
     d.try_enter(cmd.executionId, decl.stages[0].name)
@@ -599,6 +645,7 @@ def _complete(d: Decision, cmd: c.Command) -> None:
             summary=cmd.summary,
             externalExecutionId=cmd.externalExecutionId,
             outputVariables=cmd.outputVariables,
+            outputArtifacts=cmd.outputArtifacts,
         )
     else:
         result = ev.ActionExecutionFailed(

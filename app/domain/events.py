@@ -18,6 +18,7 @@ from typing import Literal
 
 import msgspec
 
+from app.domain.artifacts import ArtifactLocation
 from app.domain.model import PipelineDeclaration, RetryTrigger, StageRetryMode
 
 Kind = Literal["commands", "approval", "custom", "other"]
@@ -156,6 +157,12 @@ class ActionExecutionScheduled(Event, tag=True, frozen=True):
     jobNonce: str | None = None
     pipelineVersion: int | None = None  # the declaration it runs with (runners need no read)
     attempt: int | None = None  # 1 for the action's first run in this execution, then 2 ...
+    # what the attempt runs with, variable references resolved (app/domain/resolution.py):
+    # each None when the declaration's values hold no reference (they run unchanged)
+    resolvedConfiguration: dict[str, str] | None = None
+    resolvedCommands: list[str] | None = None
+    resolvedEnvironment: dict[str, str] | None = None  # plaintext environmentVariables
+    inputArtifacts: dict[str, ArtifactLocation] | None = None  # name -> where it is
 
 
 class ActionExecutionStarted(Event, tag=True, frozen=True):
@@ -186,6 +193,7 @@ class ActionExecutionSucceeded(Event, tag=True, frozen=True):
     summary: str | None = None
     externalExecutionId: str | None = None
     outputVariables: dict[str, str] | None = None
+    outputArtifacts: dict[str, ArtifactLocation] | None = None  # name -> where it was stored
 
 
 class ActionExecutionFailed(Event, tag=True, frozen=True):

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 import msgspec
 
 from app.domain import events as ev
+from app.domain.artifacts import ArtifactLocation
 from app.domain.errors import DomainError
 from app.domain.model import (
     ActionDeclaration,
@@ -65,6 +66,10 @@ class ActionExec(msgspec.Struct, omit_defaults=True, gc=False):
     outputVariables: dict[str, str] | None = None
     updatedBy: str | None = None
     seq: int = 0  # the last event about this attempt (a runner appends against it)
+    # what the attempt ran with (variables resolved at scheduling) and what it produced
+    resolvedConfiguration: dict[str, str] | None = None
+    inputArtifacts: dict[str, ArtifactLocation] | None = None
+    outputArtifacts: dict[str, ArtifactLocation] | None = None
 
 
 class StageRun(msgspec.Struct, omit_defaults=True, gc=False):
@@ -385,6 +390,8 @@ def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> 
                 token=e.token,
                 jobId=e.jobId,
                 jobNonce=e.jobNonce,
+                resolvedConfiguration=e.resolvedConfiguration,
+                inputArtifacts=e.inputArtifacts,
             )
             run = x.stages[e.stageName]
             run.latest[e.actionName] = e.actionExecutionId
@@ -409,6 +416,7 @@ def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> 
             a.summary = e.summary if e.summary is not None else a.summary
             a.externalExecutionId = e.externalExecutionId
             a.outputVariables = e.outputVariables
+            a.outputArtifacts = e.outputArtifacts
             a.updatedBy = a.updatedBy or env.actor
         case ev.ActionExecutionFailed():
             a = x.actions[e.actionExecutionId]
