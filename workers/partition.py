@@ -39,7 +39,7 @@ from app.engine import Engine
 from app.jobs import JobRef
 from app.repository import SYSTEM, Origin, decided_on, trim
 from app.store.eventstore import AppendResult, Batch, ConcurrencyError, Fenced
-from workers import persist, retention
+from workers import due, persist, retention
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN
 from workers.leases import Leases
@@ -93,6 +93,8 @@ def reactions(env: ev.Envelope) -> list[c.Command]:
         e, (ev.ActionExecutionSucceeded, ev.ActionExecutionFailed, ev.ActionExecutionAbandoned)
     ):
         return [c.Advance(executionId=e.executionId, actionExecutionId=e.actionExecutionId)]
+    if isinstance(e, (ev.RuleExecutionSucceeded, ev.RuleExecutionFailed)):
+        return [c.SettleCondition(executionId=e.executionId, ruleExecutionId=e.ruleExecutionId)]
     return []
 
 
@@ -187,6 +189,7 @@ class PartitionOwner:
             now = anyio.current_time()
             if now >= next_reap:
                 await self.reap()
+                await due.wake(self)
                 next_reap = now + self.config.reap_every_s
             if now >= next_snap:
                 await self.flush_snapshots()
@@ -385,6 +388,8 @@ class PartitionOwner:
             cmds = reactions(env)
             if isinstance(env.event, ev.ActionExecutionScheduled):
                 cmds += await self._scheduled(env, env.event)
+            if isinstance(env.event, ev.RuleExecutionDeferred):
+                await due.defer(self.engine, self.partition, env)
             if cmds:
                 p = pending.setdefault(env.pipeline, _Pending(env.pipeline))
                 p.items += [(cmd, self.origin(env)) for cmd in cmds]

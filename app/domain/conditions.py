@@ -750,7 +750,12 @@ def override_problem(
         raise DomainError(
             "StageNotFoundException", f"Stage '{stage}' not found in pipeline '{s.name}'"
         )
-    x = s.require_execution(eid)
+    x = s.lookup(eid)
+    if x is None:  # (PipelineExecutionNotFoundException is not among the operation's errors)
+        return DomainError(
+            "ConditionNotOverridableException",
+            f"Pipeline execution '{eid}' not found in pipeline '{s.name}'",
+        ), ""
     if decl.mode != "PARALLEL" and s.stageLatest.get(stage, eid) != eid:
         return DomainError(
             "NotLatestPipelineExecutionException",

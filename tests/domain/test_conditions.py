@@ -818,7 +818,7 @@ def test_override_refusals() -> None:
     eid = to_deploy(h)
     assert refuse(eid, "Nope", "BEFORE_ENTRY").type_name == "StageNotFoundException"
     assert refuse("ffffffff-ffff-4fff-8fff-ffffffffffff", "Deploy", "BEFORE_ENTRY").type_name == (
-        "PipelineExecutionNotFoundException"
+        "ConditionNotOverridableException"
     )
     # passed already
     assert refuse(eid, "Deploy", "BEFORE_ENTRY").type_name == "ConditionNotOverridableException"
