@@ -8,6 +8,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.domain import commands as c
 from app.domain import conditions as cond
@@ -900,3 +902,152 @@ def test_decide_on_conditions_is_pure_and_deterministic() -> None:
         two = decide(h.state, cmd, make_ctx(IdGen(prefix=0xA), now=monday))
         assert one == two and (one or isinstance(cmd, c.SettleCondition))
         assert h.state == before
+
+
+# --- properties ------------------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    passes=st.lists(st.booleans(), min_size=1, max_size=5),
+    result=st.sampled_from(["FAIL", "SKIP"]),
+)
+def test_before_entry_is_met_exactly_when_every_rule_passes(
+    passes: list[bool], result: str
+) -> None:
+    rules = [vcheck(f"r{i}", "x", "x" if ok else "y") for i, ok in enumerate(passes)]
+    h = harness(decl(before=conds(result, *rules)))
+    eid = to_deploy(h)
+    x = h.x(eid)
+    k = latest_cond(h, eid, "Deploy", "BEFORE_ENTRY")
+    met = all(passes)
+    assert k.status == ("Succeeded" if met else "Failed")
+    assert [r.status for r in rules_of(h, eid, "Deploy", "BEFORE_ENTRY")] == [
+        "Succeeded" if ok else "Failed" for ok in passes
+    ]
+    if met:
+        assert x.stages["Deploy"].status == "InProgress" and x.status == "InProgress"
+    elif result == "SKIP":
+        assert x.stages["Deploy"].status == "Skipped" and x.currentStage == "Post"
+    else:
+        assert x.stages["Deploy"].status == "Failed" and x.status == "Failed"
+    # the log folds to the same state
+    assert msgspec.json.encode(fold("p", h.log).executions[eid]) == msgspec.json.encode(x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    outcomes=st.lists(st.sampled_from(["ok", "fail", "lost"]), min_size=1, max_size=4),
+    order=st.randoms(use_true_random=False),
+)
+def test_commands_rules_in_any_order(outcomes: list[str], order: Any) -> None:
+    h = harness(decl(success=conds("FAIL", *[shell(f"s{i}") for i in range(len(outcomes))])))
+    eid = to_deploy(h)
+    h.succeed(eid, "d1", "d2")
+    rules = rules_of(h, eid, "Deploy", "ON_SUCCESS")
+    pairs = list(zip(rules, outcomes, strict=True))
+    order.shuffle(pairs)
+    for r, outcome in pairs:
+        rid = r.ruleExecutionId
+        if outcome == "lost":
+            h.run(c.LoseAction(executionId=eid, actionExecutionId=rid))
+        else:
+            h.run(c.CompleteRule(executionId=eid, ruleExecutionId=rid, succeeded=outcome == "ok"))
+    x = h.x(eid)
+    k = latest_cond(h, eid, "Deploy", "ON_SUCCESS")
+    if all(o == "ok" for o in outcomes):
+        assert k.status == "Succeeded" and x.currentStage == "Post"
+    else:
+        assert k.status == "Failed" and x.status == "Failed"
+        first_bad = next(r for r, o in pairs if o != "ok")
+        assert f"Rule '{first_bad.ruleName}' failed" in (k.summary or "")
+    assert len(of_type(h.log, ev.ConditionEnded)) == 1
+
+
+# --- constants and defaults -----------------------------------------------------------------
+
+
+def test_results_allowed_per_condition_type() -> None:
+    assert cond.RESULTS == {
+        "BEFORE_ENTRY": ("FAIL", "SKIP"),
+        "ON_SUCCESS": ("FAIL", "ROLLBACK"),
+        "ON_FAILURE": ("RETRY", "ROLLBACK"),
+    }
+    assert cond.PROVIDERS == ("VariableCheck", "DeploymentWindow", "Commands")
+    assert (cond.RULE_CATEGORY, cond.RULE_OWNER, cond.RULE_VERSION) == ("Rule", "AWS", "1")
+
+
+def test_on_success_default_result_is_fail_and_on_failure_defaults_to_its_result() -> None:
+    h = harness(decl(success=conds(None, vcheck("v", "a", "b"))))
+    eid = to_deploy(h)
+    h.succeed(eid, "d1", "d2")
+    assert "ROLLBACK" not in (h.x(eid).statusSummary or "")
+    assert "onSuccess condition was not met" in (h.x(eid).statusSummary or "")
+    sdecl = decl(failure=FailureConditions(conditions=[{"rules": [vcheck("v", "a", "a")]}]))
+    d0 = sdecl.stages[1]
+    c0 = cond.parse(d0, "ON_FAILURE")
+    assert c0 is not None and cond.result_of(d0, "ON_FAILURE", c0) == "ROLLBACK"
+    d1 = decl(failure=_on_failure("RETRY", vcheck("v", "a", "a"))).stages[1]
+    c1 = cond.parse(d1, "ON_FAILURE")
+    assert c1 is not None and cond.result_of(d1, "ON_FAILURE", c1) == "RETRY"
+
+
+def test_rule_defaults_owner_and_version() -> None:
+    r = {
+        "name": "v",
+        "ruleTypeId": {"category": "Rule", "provider": "VariableCheck"},
+        "configuration": {"Variable": "a", "Value": "a", "Operator": "EQ"},
+    }
+    h = harness(decl(before=conds("FAIL", r)))
+    eid = to_deploy(h)
+    assert h.action(eid, "d1").status == "InProgress"
+    for bad in (
+        {"category": "Action", "provider": "VariableCheck"},
+        {"category": "Rule", "owner": "Custom", "provider": "VariableCheck"},
+    ):
+        rr = dict(r, ruleTypeId=bad)
+        err = Harness().error(c.CreatePipeline(declaration=decl(before=conds("FAIL", rr))))
+        assert err.type_name == "InvalidStageDeclarationException"
+
+
+def test_window_search_finds_a_distant_opening() -> None:
+    # 29 February 09:00, a leap day: more than a year away
+    w = cond.Window.parse("0 0 9 29 2 ?", None)
+    open_now, nxt = w.evaluate(TUESDAY_20H)
+    assert open_now is False
+    assert nxt == datetime(2028, 2, 29, 9, 0, tzinfo=UTC).timestamp()
+    assert cond.WINDOW_SEARCH >= 1000
+
+
+def test_deferred_until_changes_emit_once() -> None:
+    saturday = datetime(2026, 12, 5, 12, 0, tzinfo=UTC).timestamp()
+    h = harness(decl(before=conds("FAIL", window("hours", "* * 9-17 ? * MON-FRI"))), saturday)
+    eid = to_deploy(h)
+    (r,) = rules_of(h, eid, "Deploy", "BEFORE_ENTRY")
+    # due and still closed (e.g. a daylight-saving shift): deferred again, to a later time
+    h.state.executions[eid].rules[r.ruleExecutionId].until = saturday
+    envs = h.run(c.EvaluateRule(executionId=eid, ruleExecutionId=r.ruleExecutionId))
+    assert types(envs) == ["RuleExecutionDeferred"]
+    assert h.run(c.EvaluateRule(executionId=eid, ruleExecutionId=r.ruleExecutionId)) == []
+
+
+def test_stopping_execution_abandons_a_condition_when_its_rule_ends() -> None:
+    d = decl(failure=_on_failure("RETRY", shell("check"), mode="ALL_ACTIONS"))
+    dep = msgspec.structs.replace(
+        d.stages[1],
+        actions=[
+            d.stages[1].actions[0],
+            msgspec.structs.replace(d.stages[1].actions[1], runOrder=1),
+        ],
+    )
+    h = harness(msgspec.structs.replace(d, stages=[d.stages[0], dep, d.stages[2]]))
+    eid = to_deploy(h)
+    h.fail(eid, "d1")
+    h.stop(eid)  # d2 still runs: Stopping
+    assert h.x(eid).status == "Stopping"
+    rid = rules_of(h, eid, "Deploy", "ON_FAILURE")[0].ruleExecutionId
+    h.run(c.CompleteRule(executionId=eid, ruleExecutionId=rid, succeeded=True))
+    assert latest_cond(h, eid, "Deploy", "ON_FAILURE").status == "Abandoned"
+    assert len(h.attempts(eid, "d1")) == 1
+    h.succeed(eid, "d2")
+    assert h.x(eid).status == "Stopped"
