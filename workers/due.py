@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.domain import commands as c
 from app.domain import events as ev
+from app.domain.state import ExecutionState
 from app.engine import Engine
 from app.repository import Origin
 
@@ -56,3 +57,27 @@ async def wake(owner: PartitionOwner) -> int:
     await owner.commit(list(pending.values()), None)
     await engine.redis.zrem(key, *rows)
     return len(rows)
+
+
+async def reconcile(
+    engine: Engine, partition: int, pipeline: str, x: ExecutionState
+) -> list[c.Command]:
+    """A partition taken over without a checkpoint (``PartitionOwner._reconcile``): the
+    conditions of ``x`` still being evaluated are settled when a rule ended, and its
+    deferred rules are recorded in the ``due`` zset."""
+    out: list[c.Command] = []
+    for k in x.conditions.values():
+        if k.status != "InProgress":
+            continue
+        for rid in k.rules:
+            r = x.rules.get(rid)
+            if r is None:
+                continue
+            if r.status != "InProgress":
+                out.append(c.SettleCondition(executionId=x.executionId, ruleExecutionId=rid))
+                break
+            if r.until is not None:
+                member = SEP.join((pipeline, x.executionId, rid))
+                score = math.ceil(r.until * 1000)
+                await engine.redis.zadd(engine.keys.due(partition), {member: score})
+    return out

@@ -304,6 +304,7 @@ class PartitionOwner:
                 x = s.executions.get(eid)
                 if x is None or x.status != "InProgress":
                     continue
+                items += [(cmd, SYSTEM) for cmd in await due.reconcile(self.engine, p, name, x)]
                 for st in x.stages.values():
                     if st.pendingRetry is not None:
                         items.append(

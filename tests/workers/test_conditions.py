@@ -178,3 +178,41 @@ async def test_deferred_window_woken_by_the_owner_at_the_injected_clock(
     (r,) = x.rules.values()
     assert r.status == "Succeeded"
     assert not await redis.zcard(engine.keys.due(part))
+
+
+async def test_reconcile_settles_ended_rules_and_records_deferred_ones(redis: Redis) -> None:
+    """A partition taken over without a checkpoint decides from the projections."""
+    from app.domain import commands as cmds
+    from workers import due
+
+    clock = Clock(SATURDAY)
+    engine = engine_with(redis, clock)
+    await engine.start()
+    base = pipeline("rec", {"Source": [counted("src", Path("/dev/null"))]})
+    hours = rule("hours", "DeploymentWindow", configuration={"Cron": "* * 9-17 ? * MON-FRI"})
+    gate = rule("gate", "Commands", commands=["true"])
+    await engine.create_pipeline(
+        with_conditions(
+            base, "Source", beforeEntry={"conditions": [{"result": "FAIL", "rules": [hours, gate]}]}
+        )
+    )
+    eid = await engine.start_execution("rec")
+    part = engine.keys.partition("rec")
+    x = await execution(engine, "rec", eid)
+    assert await due.reconcile(engine, part, "rec", x) == []
+    rows = await redis.zrange(engine.keys.due(part), 0, -1, withscores=True)
+    assert [(m.decode() if isinstance(m, bytes) else m).split("\x1f")[0] for m, _ in rows] == [
+        "rec"
+    ]
+    assert rows[0][1] == MONDAY * 1000
+    gate_id = next(r.ruleExecutionId for r in x.rules.values() if r.ruleName == "gate")
+    await engine.repo.execute(
+        "rec",
+        cmds.CompleteRule(
+            executionId=eid, ruleExecutionId=gate_id, succeeded=False, consequences=False
+        ),
+    )
+    x = await execution(engine, "rec", eid)
+    assert await due.reconcile(engine, part, "rec", x) == [
+        cmds.SettleCondition(executionId=eid, ruleExecutionId=gate_id)
+    ]
