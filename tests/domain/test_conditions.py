@@ -1051,3 +1051,77 @@ def test_stopping_execution_abandons_a_condition_when_its_rule_ends() -> None:
     assert len(h.attempts(eid, "d1")) == 1
     h.succeed(eid, "d2")
     assert h.x(eid).status == "Stopped"
+
+
+def _stored(d: PipelineDeclaration) -> Harness:
+    """A pipeline whose declaration was stored without today's checks (an older release)."""
+    h = Harness()
+    h.now = TUESDAY_20H
+    stored = msgspec.structs.replace(d, version=1, executionMode="SUPERSEDED", pipelineType="V2")
+    h.state = fold(
+        "p",
+        [
+            ev.Envelope(
+                id="x",
+                pipeline="p",
+                version=1,
+                time=1.0,
+                actor="t",
+                event=ev.PipelineCreated(declaration=stored),
+            )
+        ],
+    )
+    return h
+
+
+def test_a_stored_unsupported_rule_fails_when_evaluated() -> None:
+    alarm = {"name": "alarm", "ruleTypeId": {"category": "Rule", "provider": "CloudWatchAlarm"}}
+    h = _stored(decl(before=conds("FAIL", alarm)))
+    eid = to_deploy(h)
+    (r,) = rules_of(h, eid, "Deploy", "BEFORE_ENTRY")
+    assert (r.status, r.errorCode) == ("Failed", "RuleTypeNotSupported")
+    assert h.x(eid).status == "Failed"
+
+
+def test_a_stored_invalid_window_fails_when_evaluated() -> None:
+    h = _stored(decl(before=conds("FAIL", window("w", "* * * *"))))
+    eid = to_deploy(h)
+    (r,) = rules_of(h, eid, "Deploy", "BEFORE_ENTRY")
+    assert (r.status, r.errorCode) == ("Failed", "DeploymentWindowInvalid")
+
+
+def test_resolved_configuration_keeps_an_unresolvable_reference() -> None:
+    h = harness(
+        decl(
+            before=conds(
+                "FAIL", vcheck("v", "#{variables.Missing}", "#{codepipeline.PipelineName}")
+            )
+        )
+    )
+    eid = to_deploy(h)
+    (r,) = rules_of(h, eid, "Deploy", "BEFORE_ENTRY")
+    assert r.resolvedConfiguration == {
+        "Variable": "#{variables.Missing}",
+        "Value": "p",
+        "Operator": "EQ",
+    }
+    assert r.status == "Failed" and "#{variables.Missing}" in (r.errorMessage or "")
+
+
+@pytest.mark.parametrize("years", ["20x", "2026-", "*/", "1999,abc"])
+def test_window_invalid_year_field(years: str) -> None:
+    with pytest.raises(ValueError):
+        cond.Window.parse(f"* * * * * ? {years}", None)
+
+
+def test_a_long_rule_failure_message_is_cut() -> None:
+    h = harness(decl(before=conds("FAIL", shell("gate"))))
+    eid = to_deploy(h)
+    (r,) = rules_of(h, eid, "Deploy", "BEFORE_ENTRY")
+    h.run(
+        c.CompleteRule(
+            executionId=eid, ruleExecutionId=r.ruleExecutionId, succeeded=False, message="x" * 9000
+        )
+    )
+    assert len(h.x(eid).rules[r.ruleExecutionId].errorMessage or "") == 5000
+    assert len(latest_cond(h, eid, "Deploy", "BEFORE_ENTRY").summary or "") == 2000
