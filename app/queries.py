@@ -294,6 +294,9 @@ def _stage_state(
         meta = _retry_metadata(run)
         if meta is not None:
             doc["retryStageMetadata"] = meta
+        from app.condition_queries import stage_condition_states  # (it imports this module)
+
+        doc.update(stage_condition_states(x, run))
     return doc
 
 

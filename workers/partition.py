@@ -39,6 +39,7 @@ from app.engine import Engine
 from app.jobs import JobRef
 from app.repository import SYSTEM, Origin, decided_on, trim
 from app.store.eventstore import AppendResult, Batch, ConcurrencyError, Fenced
+from workers import due as deferred_rules
 from workers import persist, retention
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN
@@ -93,6 +94,8 @@ def reactions(env: ev.Envelope) -> list[c.Command]:
         e, (ev.ActionExecutionSucceeded, ev.ActionExecutionFailed, ev.ActionExecutionAbandoned)
     ):
         return [c.Advance(executionId=e.executionId, actionExecutionId=e.actionExecutionId)]
+    if isinstance(e, (ev.RuleExecutionSucceeded, ev.RuleExecutionFailed)):
+        return [c.SettleCondition(executionId=e.executionId, ruleExecutionId=e.ruleExecutionId)]
     return []
 
 
@@ -194,6 +197,7 @@ class PartitionOwner:
             now = anyio.current_time()
             if now >= next_reap:
                 await self.reap()
+                await deferred_rules.wake(self)
                 next_reap = now + self.config.reap_every_s
             if now >= next_snap:
                 await self.flush_snapshots()
@@ -308,6 +312,8 @@ class PartitionOwner:
                 x = s.executions.get(eid)
                 if x is None or x.status != "InProgress":
                     continue
+                settle = await deferred_rules.reconcile(self.engine, p, name, x)
+                items += [(cmd, SYSTEM) for cmd in settle]
                 for st in x.stages.values():
                     if st.pendingRetry is not None:
                         items.append(
@@ -394,6 +400,8 @@ class PartitionOwner:
                 cmds += await self._scheduled(env, env.event)
             elif isinstance(env.event, ACTION_ENDS):
                 await self._ended(env, env.event)
+            elif isinstance(env.event, ev.RuleExecutionDeferred):
+                await deferred_rules.defer(self.engine, self.partition, env)
             if cmds:
                 p = pending.setdefault(env.pipeline, _Pending(env.pipeline))
                 p.items += [(cmd, self.origin(env)) for cmd in cmds]

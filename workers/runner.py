@@ -30,7 +30,7 @@ from app.domain.model import ActionDeclaration
 from app.domain.state import ActionExec, ExecutionState, PipelineState, StageRun
 from app.engine import Engine
 from app.repository import Leasing, Origin, Outcome, new_uuid
-from workers import persist
+from workers import persist, rules
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN, Entry
 from workers.leases import Lease, Leases
@@ -204,6 +204,9 @@ class Runner:
         pipeline = entry.text("p")
         env = ev.decode_payload(pipeline, int(entry.text("v")), entry.fields["e"])
         e = env.event
+        if isinstance(e, ev.RuleExecutionScheduled):  # a stage condition's Commands rule
+            await rules.run_rule(self, entry, env)
+            return
         if not isinstance(e, ev.ActionExecutionScheduled) or e.actionExecutionId in self.running:
             return
         lease = Lease(pipeline, e.executionId, e.actionExecutionId, self.name)

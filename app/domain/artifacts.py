@@ -14,6 +14,7 @@ can point it at another execution.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Literal
 
 import msgspec
@@ -90,3 +91,68 @@ def input_artifacts(
         else:
             found[name] = loc
     return found, missing
+
+
+# the service model's ArtifactName and FilePathList / FilePath
+ARTIFACT_NAME = re.compile(r"[a-zA-Z0-9_\-]+\Z")
+ARTIFACT_NAME_MAX = 100
+FILES_MAX = 10
+FILE_PATH_MAX = 128
+
+
+def _name_problem(where: str, doc: object) -> str | None:
+    name = doc.get("name") if isinstance(doc, dict) else None
+    if not isinstance(name, str) or not 1 <= len(name) <= ARTIFACT_NAME_MAX:
+        return f"{where}: an artifact needs a name of 1 to {ARTIFACT_NAME_MAX} characters"
+    if not ARTIFACT_NAME.match(name):
+        return f"{where}: artifact name {name!r} must match [a-zA-Z0-9_\\-]+"
+    return None
+
+
+def artifact_problems(decl: PipelineDeclaration) -> list[str]:
+    """The declaration's artifacts (kept as plain JSON in the model) against the service
+    model and AWS's rules: valid names and ``files``, output artifact names unique within the
+    pipeline, and every input artifact the output of an action that runs before (an earlier
+    stage, or a lower runOrder of the same stage)."""
+    problems: list[str] = []
+    produced: dict[str, tuple[int, int]] = {}  # name -> (stage index, runOrder)
+    for si, stage in enumerate(decl.stages):
+        for a in stage.actions:
+            where = f"action '{a.name}' in stage '{stage.name}'"
+            for o in a.outputArtifacts or []:
+                problem = _name_problem(where, o)
+                if problem is not None:
+                    problems.append(problem)
+                    continue
+                name = str(o["name"])
+                if name in produced:
+                    problems.append(
+                        f"{where}: output artifact name '{name}' is not unique in the pipeline"
+                    )
+                produced.setdefault(name, (si, a.run_order))
+                files = o.get("files")
+                if files is not None and (
+                    not isinstance(files, list)
+                    or not 1 <= len(files) <= FILES_MAX
+                    or not all(isinstance(f, str) and 1 <= len(f) <= FILE_PATH_MAX for f in files)
+                ):
+                    problems.append(
+                        f"{where}: output artifact '{name}' files must be 1 to {FILES_MAX} "
+                        f"paths of 1 to {FILE_PATH_MAX} characters"
+                    )
+    for si, stage in enumerate(decl.stages):
+        for a in stage.actions:
+            where = f"action '{a.name}' in stage '{stage.name}'"
+            for i in a.inputArtifacts or []:
+                problem = _name_problem(where, i)
+                if problem is not None:
+                    problems.append(problem)
+                    continue
+                name = str(i["name"])
+                at = produced.get(name)
+                if at is None or at >= (si, a.run_order):
+                    problems.append(
+                        f"{where}: input artifact '{name}' is not the output artifact of an "
+                        "action that runs before it"
+                    )
+    return problems

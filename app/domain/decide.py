@@ -18,7 +18,9 @@ from typing import cast
 import msgspec
 
 from app.domain import commands as c
+from app.domain import conditions
 from app.domain import events as ev
+from app.domain.artifacts import artifact_problems
 from app.domain.errors import DomainError
 from app.domain.model import (
     ActionDeclaration,
@@ -209,6 +211,8 @@ class Decision:
         self.emit(ev.StageEntered(executionId=eid, stageName=stage))
         sdecl = self.decl(self.x(eid)).stage(stage)
         assert sdecl is not None
+        if conditions.start(self, eid, stage, "BEFORE_ENTRY"):
+            return
         self.schedule_group(eid, stage, sdecl.run_orders()[0])
 
     def try_enter(self, eid: str, stage: str) -> None:
@@ -235,6 +239,8 @@ class Decision:
 
     def fail_stage(self, eid: str, stage: str, reason: str) -> None:
         """A first action failure in a running stage: automatic retry, or fail the execution."""
+        if conditions.on_failure(self, eid, stage, reason):
+            return
         x = self.x(eid)
         run = x.stages[stage]
         sdecl = self.decl(x).stage(stage)
@@ -267,6 +273,8 @@ class Decision:
         )
         sdecl = self.decl(x).stage(stage)
         assert sdecl is not None
+        if conditions.retry_entry(self, eid, stage):
+            return
         if mode == "ALL_ACTIONS":
             self.schedule_group(eid, stage, sdecl.run_orders()[0])
             return
@@ -275,6 +283,8 @@ class Decision:
             assert adecl is not None
             self.schedule_action(eid, stage, adecl)
         self.fail_unrunnable()
+        if not failed:  # failed by its onSuccess condition: evaluated again
+            self.progress(eid)
 
     def progress(self, eid: str) -> None:
         """Move an execution on after one of its actions ended."""
@@ -296,7 +306,11 @@ class Decision:
         assert sdecl is not None
         if run.status == "Failed":
             auto = sdecl.auto_retry_mode()
-            if auto is not None and run.autoRetries == 0:
+            if (
+                auto is not None
+                and run.autoRetries == 0
+                and conditions.failure_result_applies(x, sdecl, stage)
+            ):
                 self.start_retry(eid, stage, auto, "AutomatedStageRetry")
             return
         if run.status != "InProgress":
@@ -308,7 +322,14 @@ class Decision:
         if later:
             self.schedule_group(eid, stage, later[0])
             return
-        self.emit(ev.StageSucceeded(executionId=eid, stageName=stage))
+        if conditions.before_success(self, eid, stage):
+            return
+        self.succeed_stage(eid, stage)
+
+    def succeed_stage(self, eid: str, stage: str, *, skipped: bool = False) -> None:
+        """The stage succeeded (or was skipped): release it, enter the next one or end."""
+        x = self.x(eid)
+        self.emit(ev.StageSucceeded(executionId=eid, stageName=stage, skipped=skipped))
         self.admit(stage)
         decl = self.decl(x)
         idx = decl.stage_index(stage)
@@ -362,8 +383,17 @@ def retry_problem(
         return DomainError(
             "StageNotRetryableException", f"Stage '{stage}' did not run in execution {eid}"
         )
+    evaluating = conditions.evaluating(x, stage)
+    if evaluating is not None:
+        return DomainError(
+            "StageNotRetryableException",
+            f"Stage '{stage}' of execution {eid} is evaluating its "
+            f"{conditions.WHERE[evaluating]} condition",
+        )
     actions = x.latest_actions(stage)
-    if not any(a.status in FAILED_OR_ABANDONED for a in actions):
+    if not any(a.status in FAILED_OR_ABANDONED for a in actions) and not (
+        conditions.failed_by_condition(x, stage)
+    ):
         return DomainError(
             "StageNotRetryableException",
             f"Stage '{stage}' of execution {eid} has no failed or abandoned action",
@@ -452,12 +482,13 @@ def _check_structure(decl: PipelineDeclaration, name: str) -> None:
     problems = declaration_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
-    problems = variable_problems(decl)
+    problems = variable_problems(decl) + artifact_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
     unrunnable = action_type_problems(decl) or configuration_problems(decl)
     if unrunnable:
         raise DomainError("InvalidActionDeclarationException", "; ".join(unrunnable))
+    conditions.check(decl)
 
 
 def _update(d: Decision, cmd: c.Command) -> None:
@@ -750,6 +781,8 @@ def _approval(d: Decision, cmd: c.Command) -> None:
 
 def _lose(d: Decision, cmd: c.Command) -> None:
     assert isinstance(cmd, c.LoseAction)
+    if conditions.lose_rule(d, cmd):
+        return
     x = d.s.lookup(cmd.executionId)
     a = x.actions.get(cmd.actionExecutionId) if x is not None else None
     if x is None or a is None or a.status != "InProgress":
@@ -810,3 +843,4 @@ _HANDLERS: dict[type[c.Command], Callable[[Decision, c.Command], None]] = {
     c.LoseAction: _lose,
     c.Advance: _advance,
 }
+_HANDLERS.update(conditions.HANDLERS)

@@ -16,6 +16,7 @@ from app.domain import commands as c
 from app.domain import events as ev
 from app.domain.artifacts import (
     ArtifactLocation,
+    artifact_problems,
     artifact_producers,
     input_artifacts,
     output_artifact_files,
@@ -490,3 +491,74 @@ def test_resolution_replaces_exactly_the_references(
     h2 = Harness()
     h2.create(plain_only)
     assert scheduled(h2, start(h2), "a").resolvedCommands is None
+
+
+# --- artifact declarations -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "stages, problem",
+    [
+        (
+            {
+                "A": [act("a", outputArtifacts=[{"name": "X"}])],
+                "B": [act("b", outputArtifacts=[{"name": "X"}])],
+            },
+            "output artifact name 'X' is not unique",
+        ),
+        ({"A": [act("a", outputArtifacts=[{"name": "bad name"}])]}, "must match"),
+        ({"A": [act("a", outputArtifacts=[{"name": "x" * 101}])]}, "1 to 100"),
+        ({"A": [act("a", outputArtifacts=[{"files": ["a"]}])]}, "needs a name"),
+        ({"A": [act("a", inputArtifacts=[{"name": ""}])]}, "needs a name"),
+        ({"A": [act("a", outputArtifacts=[{"name": "X", "files": []}])]}, "files must be 1 to 10"),
+        ({"A": [act("a", outputArtifacts=[{"name": "X", "files": ["f"] * 11}])]}, "files must be"),
+        ({"A": [act("a", outputArtifacts=[{"name": "X", "files": ["f" * 129]}])]}, "files must be"),
+        ({"A": [act("a", inputArtifacts=[{"name": "Nowhere"}])]}, "input artifact 'Nowhere'"),
+        (  # produced by a later stage
+            {
+                "A": [act("a", inputArtifacts=[{"name": "X"}])],
+                "B": [act("b", outputArtifacts=[{"name": "X"}])],
+            },
+            "input artifact 'X' is not the output",
+        ),
+        (  # by the same runOrder of the same stage
+            {
+                "A": [
+                    act("p", outputArtifacts=[{"name": "X"}]),
+                    act("c", inputArtifacts=[{"name": "X"}]),
+                ]
+            },
+            "input artifact 'X' is not the output",
+        ),
+        (  # by its own output
+            {"A": [act("a", outputArtifacts=[{"name": "X"}], inputArtifacts=[{"name": "X"}])]},
+            "input artifact 'X' is not the output",
+        ),
+    ],
+)
+def test_artifact_declarations_are_checked_at_create(
+    stages: dict[str, list[dict[str, Any]]], problem: str
+) -> None:
+    decl = pipeline(stages)
+    assert any(problem in p for p in artifact_problems(decl)), artifact_problems(decl)
+    err = Harness().error(c.CreatePipeline(declaration=decl))
+    assert err.type_name == "InvalidStructureException"
+    assert problem in err.message
+
+
+def test_valid_artifact_declarations() -> None:
+    decl = pipeline(
+        {
+            "A": [
+                act("p", outputArtifacts=[{"name": "x" * 100, "files": ["f" * 128] * 10}]),
+                act(
+                    "c",
+                    runOrder=2,
+                    inputArtifacts=[{"name": "x" * 100}],
+                    outputArtifacts=[{"name": "Y-_9"}],
+                ),
+            ],
+            "B": [act("d", inputArtifacts=[{"name": "x" * 100}, {"name": "Y-_9"}])],
+        }
+    )
+    assert artifact_problems(decl) == []
