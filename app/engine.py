@@ -369,6 +369,7 @@ class Engine:
         external_execution_id: str | None = None,
         output_variables: dict[str, str] | None = None,
         origin: Origin = SYSTEM,
+        revision: ev.ArtifactRevision | None = None,
     ) -> None:
         j = await self.job(job_id)
         await self.repo.execute(
@@ -383,6 +384,7 @@ class Engine:
                 externalExecutionId=external_execution_id,
                 outputVariables=output_variables,
                 jobId=job_id,
+                revision=revision,
             ),
             origin,
         )

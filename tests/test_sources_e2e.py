@@ -429,3 +429,57 @@ def test_source_types_are_listed(live: Stageline) -> None:
     assert codecommit in ids
     got = cp.get_action_type(**S3_SOURCE)["actionType"]
     assert got["outputArtifactDetails"] == {"minimumCount": 1, "maximumCount": 1}
+
+
+def test_job_worker_source_reports_its_revision(live: Stageline) -> None:
+    """A Custom source run by a job worker: PutJobSuccessResult's currentRevision is shown
+    like an engine source's revision."""
+    cp = client(live.url)
+    tid = {"category": "Source", "owner": "Custom", "provider": "E2ESource", "version": "1"}
+    cp.create_custom_action_type(
+        category="Source",
+        provider="E2ESource",
+        version="1",
+        inputArtifactDetails={"minimumCount": 0, "maximumCount": 0},
+        outputArtifactDetails={"minimumCount": 1, "maximumCount": 1},
+    )
+    decl = {
+        "name": "job-src",
+        "roleArn": ROLE,
+        "stages": [
+            {
+                "name": "Source",
+                "actions": [
+                    {
+                        "name": "Poll",
+                        "actionTypeId": tid,
+                        "configuration": {"Repo": "x"},
+                        "outputArtifacts": [{"name": "JobOut"}],
+                    }
+                ],
+            },
+            {"name": "Build", "actions": [{**build("true"), "inputArtifacts": []}]},
+        ],
+    }
+    cp.create_pipeline(pipeline=decl)
+    eid = cp.start_pipeline_execution(name="job-src")["pipelineExecutionId"]
+    jobs = wait_for(lambda: cp.poll_for_jobs(actionTypeId=tid)["jobs"], what="the job")
+    job = jobs[0]
+    cp.acknowledge_job(jobId=job["id"], nonce=job["nonce"])
+    cp.put_job_success_result(
+        jobId=job["id"],
+        currentRevision={
+            "revision": "r-42",
+            "changeIdentifier": "change-42",
+            "created": datetime.datetime(2024, 5, 1, tzinfo=datetime.UTC),
+            "revisionSummary": "from the job worker",
+        },
+    )
+    (rev,) = wait_done(cp, "job-src", eid)["artifactRevisions"]
+    assert rev["name"] == "JobOut"
+    assert rev["revisionId"] == "r-42"
+    assert rev["revisionChangeIdentifier"] == "change-42"
+    assert rev["revisionSummary"] == "from the job worker"
+    assert rev["created"] == datetime.datetime(2024, 5, 1, tzinfo=datetime.UTC)
+    state = cp.get_pipeline_state(name="job-src")["stageStates"][0]["actionStates"][0]
+    assert state["currentRevision"]["revisionId"] == "r-42"

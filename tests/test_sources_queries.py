@@ -120,3 +120,12 @@ def test_revision_without_created_uses_the_result_time() -> None:
     conforms("GetPipelineState", state)
     obj = state["stageStates"][0]["actionStates"][1]
     assert obj["currentRevision"]["created"] == h.action(eid, "Obj").lastUpdateTime
+
+
+def test_only_source_actions_count_as_source_revisions() -> None:
+    h, eid = harness()
+    h.succeed(eid, "Git", "Obj")
+    h.complete(eid, "b1", True, revision=S3REV)  # a Build that reported a revision
+    assert q.get_pipeline_execution(h.state, eid)["pipelineExecution"]["artifactRevisions"] == []
+    (summary,) = q.list_pipeline_executions(h.state)["pipelineExecutionSummaries"]
+    assert summary["sourceRevisions"] == []

@@ -20,6 +20,7 @@ from app.api import shapes as s
 from app.api.errors import AwsError
 from app.api.operations import Operations, check_tags
 from app.api.wire import DEFAULT_ACCOUNT, Handler, RequestContext
+from app.domain import events as ev
 from app.domain.errors import DomainError
 from app.domain.model import aws_strict_problems, declaration_problems
 from app.engine import Engine
@@ -39,6 +40,19 @@ def _start_variables(given: list[s.PipelineVariable] | None) -> dict[str, str] |
             raise AwsError("ValidationException", f"Pipeline variable '{v.name}' is given twice")
         out[v.name] = v.value
     return out
+
+
+def _job_revision(current: s.CurrentRevision | None) -> ev.ArtifactRevision | None:
+    """PutJobSuccessResult's ``currentRevision``: what a job worker's source fetched
+    (shown like an engine source's revision: docs/pipelines.md, "Sources")."""
+    if current is None:
+        return None
+    return ev.ArtifactRevision(
+        revisionId=current.revision,
+        revisionSummary=current.revisionSummary,
+        created=current.created,
+        revisionChangeIdentifier=current.changeIdentifier,
+    )
 
 
 def _origin(ctx: RequestContext) -> Origin:
@@ -305,6 +319,7 @@ def build_handlers(
             external_execution_id=d.externalExecutionId if d is not None else None,
             output_variables=dict(inp.outputVariables) if inp.outputVariables else None,
             origin=_origin(ctx),
+            revision=_job_revision(inp.currentRevision),
         )
         return {}
 

@@ -151,15 +151,17 @@ def fetched_revisions(
     decl: PipelineDeclaration, x: ExecutionState
 ) -> list[tuple[str, str | None, ArtifactRevision]]:
     """What the execution's source actions fetched: ``(action name, output artifact name,
-    revision)`` of each action whose latest attempt succeeded with a revision, in
-    declaration order (GetPipelineExecution ``artifactRevisions``, ListPipelineExecutions
-    ``sourceRevisions``)."""
+    revision)`` of each Source-category action (the engine's, or a job worker's that reported
+    ``currentRevision``) whose latest attempt succeeded with a revision, in declaration order
+    (GetPipelineExecution ``artifactRevisions``, ListPipelineExecutions ``sourceRevisions``)."""
     out: list[tuple[str, str | None, ArtifactRevision]] = []
     for st in decl.stages:
         run = x.stages.get(st.name)
         if run is None:
             continue
         for a in st.actions:
+            if a.actionTypeId.category != "Source":
+                continue
             aid = run.latest.get(a.name)
             attempt = x.actions.get(aid) if aid is not None else None
             if attempt is None or attempt.status != "Succeeded" or attempt.revision is None:
@@ -179,3 +181,4 @@ def put_revision_override(a: ActionDeclaration, revision_id: str) -> list[dict[s
         return None
     rtype = "COMMIT_ID" if family == "git" else "S3_OBJECT_VERSION_ID"
     return [{"actionName": a.name, "revisionType": rtype, "revisionValue": revision_id}]
+
