@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from app.domain.model import ActionDeclaration, ActionTypeId
@@ -406,3 +407,13 @@ def test_worker_command_line_settings(tmp_path: Path, monkeypatch: pytest.Monkey
     bad = build_parser().parse_args(["worker", "--git-connections", str(tmp_path / "none")])
     with pytest.raises(CliError, match="--git-connections"):
         _worker_config(bad)
+
+
+async def test_no_output_artifact_still_records_the_revision(repo: Repo, tmp_path: Path) -> None:
+    a = msgspec.structs.replace(connection_action(), outputArtifacts=None)
+    sink = Sink(tmp_path / "stored")
+    out = await run_source_job(
+        a, None, SourceSettings(git_root=str(repo.root)), sink, workdir=str(tmp_path)
+    )
+    assert sink.names == [] and out.artifacts == {}
+    assert out.revision.revisionId == repo.second

@@ -60,7 +60,7 @@ def source_family(a: ActionDeclaration) -> SourceFamily | None:
 def configuration_problems(decl: PipelineDeclaration) -> list[str]:
     """Source actions declared without what they need (``InvalidActionDeclarationException``
     at CreatePipeline/UpdatePipeline): a required configuration key, a known
-    ``OutputArtifactFormat``, exactly one output artifact."""
+    ``OutputArtifactFormat``, at most one output artifact."""
     problems: list[str] = []
     for st in decl.stages:
         for a in st.actions:
@@ -81,10 +81,10 @@ def configuration_problems(decl: PipelineDeclaration) -> list[str]:
                     f"'{fmt}' is not one of {', '.join(OUTPUT_FORMATS)}"
                 )
             outputs = len(a.outputArtifacts or [])
-            if outputs != 1:
+            if outputs > 1:  # none is allowed: the revision is still fetched and recorded
                 problems.append(
                     f"Action '{a.name}' in stage '{st.name}' has {outputs} output artifacts; "
-                    "a source action has exactly one"
+                    "a source action has at most one"
                 )
     return problems
 

@@ -351,11 +351,11 @@ def test_output_format_and_artifact_count() -> None:
     s3 = src("Obj", "S3")  # the format is a git source's key: S3 ignores it
     s3_fmt = _with(s3, configuration={**(s3.configuration or {}), "OutputArtifactFormat": "X"})
     assert configuration_problems(_decl_of(s3_fmt)) == []
-    for outputs in ([], [{"name": "a"}, {"name": "b"}]):
-        (problem,) = configuration_problems(_decl_of(_with(git, outputArtifacts=outputs)))
-        assert f"has {len(outputs)} output artifacts" in problem
-    none = _with(git, outputArtifacts=None)
-    assert "has 0 output artifacts" in configuration_problems(_decl_of(none))[0]
+    two = _with(git, outputArtifacts=[{"name": "a"}, {"name": "b"}])
+    (problem,) = configuration_problems(_decl_of(two))
+    assert "has 2 output artifacts; a source action has at most one" in problem
+    for outputs in ([], None):  # no artifact: the revision is still fetched
+        assert configuration_problems(_decl_of(_with(git, outputArtifacts=outputs))) == []
 
 
 def test_other_actions_are_not_checked() -> None:
