@@ -16,6 +16,7 @@ from app.domain.sources import (
     COMMIT_ID_PATTERN,
     REVISION_TYPES,
     configuration_problems,
+    fetched_revisions,
     override_problem,
     overrides_for,
     put_revision_override,
@@ -372,3 +373,115 @@ def test_put_action_revision_becomes_an_override() -> None:
     assert put_revision_override(action("b1"), SHA) is None
     assert override_problem(decl(), git) is None  # what it makes is always accepted
     assert override_problem(decl(), obj) is None
+
+
+# --- exact messages (what a caller reads) ----------------------------------------------------
+
+
+def test_override_messages_in_full() -> None:
+    d = decl()
+    assert override_problem(d, [override("Nope", "COMMIT_ID")]) == (
+        "Source revision override: no action 'Nope' in pipeline 'p'"
+    )
+    assert override_problem(d, [override("Other", "COMMIT_ID")]) == (
+        "Source revision override: action 'Other' is not a source action stageline runs "
+        "(Custom/Source/OtherSource/1); overrides apply to AWS CodeStarSourceConnection, "
+        "CodeCommit and S3 source actions"
+    )
+    assert override_problem(d, [override("Obj", "COMMIT_ID")]) == (
+        "Source revision override: revision type 'COMMIT_ID' does not apply to action 'Obj' "
+        "(provider S3: S3_OBJECT_KEY, S3_OBJECT_VERSION_ID)"
+    )
+    assert override_problem(d, [override("Git", "COMMIT_ID")] * 2) == (
+        "Source revision override: 'COMMIT_ID' given twice for action 'Git'"
+    )
+    assert override_problem(d, [override("Obj", "S3_OBJECT_KEY", "")]) == (
+        "Source revision override: empty revision value for action 'Obj'"
+    )
+    assert override_problem(d, [override("Git", "COMMIT_ID", "xyz1")]) == (
+        "Source revision override: 'xyz1' is not a commit id (4 to 64 hex digits) for action 'Git'"
+    )
+
+
+def test_overrides_missing_members() -> None:
+    d = decl()
+    assert override_problem(d, [{"revisionType": "COMMIT_ID", "revisionValue": SHA}]) == (
+        "Source revision override: no action '' in pipeline 'p'"
+    )
+    assert override_problem(d, [{"actionName": "Git", "revisionValue": SHA}]) == (
+        "Source revision override: revision type '' does not apply to action 'Git' "
+        "(provider CodeStarSourceConnection: COMMIT_ID)"
+    )
+    assert override_problem(d, [{"actionName": "Obj", "revisionType": "S3_OBJECT_KEY"}]) == (
+        "Source revision override: empty revision value for action 'Obj'"
+    )
+    assert overrides_for([{"actionName": "Git", "revisionType": "COMMIT_ID"}], "Git") == {}
+    assert overrides_for([{"actionName": "Git", "revisionValue": SHA}], "Git") == {}
+
+
+def test_configuration_messages_in_full() -> None:
+    git = src("Git", "CodeStarSourceConnection")
+    bad = _with(
+        git,
+        configuration={"BranchName": "main", "OutputArtifactFormat": "TAR"},
+        outputArtifacts=[{"name": "a"}, {"name": "b"}],
+    )
+    # a non-source action before it does not end the check
+    assert configuration_problems(_decl_of(src("C", "X", owner="Custom"), bad)) == [
+        "Action configuration for action 'Git' is missing required configuration "
+        "'FullRepositoryId'",
+        "Action configuration for action 'Git': OutputArtifactFormat 'TAR' is not one of "
+        "CODE_ZIP, CODEBUILD_CLONE_REF",
+        "Action 'Git' in stage 'Source' has 2 output artifacts; a source action has at most one",
+    ]
+
+
+# --- what an execution's sources fetched -----------------------------------------------------
+
+
+def test_fetched_revisions() -> None:
+    h = harness()
+    eid = h.start()
+    d = h.state.declaration_for(h.x(eid))
+    assert fetched_revisions(d, h.x(eid)) == []
+    s3rev = ev.ArtifactRevision(revisionId="v1")
+    h.complete(eid, "Obj", True, revision=s3rev)
+    h.complete(eid, "Git", True, revision=REV)
+    h.complete(eid, "Cc", True)  # no revision reported
+    # declaration order, not completion order; the output artifact's name
+    assert fetched_revisions(d, h.x(eid)) == [("Git", "GitOut", REV), ("Obj", "ObjOut", s3rev)]
+
+
+def test_fetched_revisions_skip_what_is_not_a_fetch() -> None:
+    nameless = _with(src("Git", "CodeStarSourceConnection"), outputArtifacts=None)
+    d = PipelineDeclaration(
+        name="p",
+        roleArn=ROLE,
+        stages=[
+            stage("Source", [nameless, src("Obj", "S3")]),
+            stage("Build", [action("b1")]),
+            stage("Later", [src("Late", "S3")]),
+        ],
+    )
+    h = Harness()
+    h.create(d)
+    eid = h.start()
+    h.complete(eid, "Git", True, revision=REV)
+    h.complete(eid, "Obj", False, errorCode="ObjectNotFound", message="gone")
+    assert fetched_revisions(d, h.x(eid)) == [("Git", None, REV)]  # no artifact: no name
+    h.retry_now(eid, "Source", "FAILED_ACTIONS")
+    h.complete(eid, "Obj", True, revision=REV)
+    h.complete(eid, "b1", True, revision=REV)  # not a Source-category action
+    names = [n for n, _, _ in fetched_revisions(d, h.x(eid))]
+    assert names == ["Git", "Obj"]  # "Late" has not fetched yet (InProgress)
+
+
+def test_a_later_stage_retry_keeps_the_fetch() -> None:
+    h = harness()
+    eid = h.start()
+    h.complete(eid, "Git", True, revision=REV)
+    h.succeed(eid, "Cc", "Obj", "Other")
+    h.fail(eid, "b1")
+    h.retry_now(eid, "Build", "FAILED_ACTIONS")
+    d = h.state.declaration_for(h.x(eid))
+    assert [n for n, _, _ in fetched_revisions(d, h.x(eid))] == ["Git"]
