@@ -485,3 +485,22 @@ def test_a_later_stage_retry_keeps_the_fetch() -> None:
     h.retry_now(eid, "Build", "FAILED_ACTIONS")
     d = h.state.declaration_for(h.x(eid))
     assert [n for n, _, _ in fetched_revisions(d, h.x(eid))] == ["Git"]
+
+
+def test_fetched_revisions_around_other_actions() -> None:
+    later = _with(src("Late", "S3"), runOrder=2)  # not scheduled before run order 1 ends
+    d = PipelineDeclaration(
+        name="p",
+        roleArn=ROLE,
+        stages=[
+            stage("Source", [action("prep"), src("Git", "CodeStarSourceConnection"), later]),
+            stage("Build", [action("b1")]),
+        ],
+    )
+    h = Harness()
+    h.create(d)
+    eid = h.start()
+    h.complete(eid, "prep", True, revision=REV)  # a Compute action first: not a fetch
+    assert fetched_revisions(d, h.x(eid)) == []
+    h.complete(eid, "Git", True, revision=REV)
+    assert fetched_revisions(d, h.x(eid)) == [("Git", "GitOut", REV)]
