@@ -1,0 +1,440 @@
+"""The pure matching of webhook filters (V1) and V2 triggers (app/domain/triggers.py)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from app.domain import triggers as t
+from app.domain.model import PipelineDeclaration
+
+ROLE = "arn:aws:iam::123456789012:role/r"
+CONN = {
+    "category": "Source",
+    "owner": "AWS",
+    "provider": "CodeStarSourceConnection",
+    "version": "1",
+}
+BUILD = {"category": "Build", "owner": "AWS", "provider": "Commands", "version": "1"}
+SHA = "a" * 40
+
+
+def decl(
+    triggers: list[dict[str, Any]] | None = None,
+    *,
+    branch: str = "main",
+    detect: str | None = None,
+    provider: dict[str, str] = CONN,
+) -> PipelineDeclaration:
+    config = {"BranchName": branch, "FullRepositoryId": "o/r"}
+    if detect is not None:
+        config["DetectChanges"] = detect
+    doc: dict[str, Any] = {
+        "name": "p",
+        "roleArn": ROLE,
+        "pipelineType": "V2",
+        "stages": [
+            {"name": "Source", "actions": [{"name": "src", "actionTypeId": provider,
+                                            "configuration": config}]},
+            {"name": "Build", "actions": [{"name": "b", "actionTypeId": BUILD,
+                                           "commands": ["true"]}]},
+        ],
+    }  # fmt: skip
+    if triggers is not None:
+        doc["triggers"] = triggers
+    return msgspec.convert(doc, PipelineDeclaration)
+
+
+def trig(push: Any = None, pr: Any = None, source: str = "src") -> dict[str, Any]:
+    git: dict[str, Any] = {"sourceActionName": source}
+    if push is not None:
+        git["push"] = push
+    if pr is not None:
+        git["pullRequest"] = pr
+    return {"providerType": "CodeStarSourceConnection", "gitConfiguration": git}
+
+
+def push(
+    ref: str = "refs/heads/main", files: list[str] | None = None, **extra: Any
+) -> t.GitEvent:
+    payload: dict[str, Any] = {
+        "ref": ref,
+        "after": SHA,
+        "repository": {"full_name": "o/r"},
+        "commits": [{"added": files or [], "modified": [], "removed": []}],
+        **extra,
+    }
+    ev = t.git_event("push", payload)
+    assert ev is not None
+    return ev
+
+
+def pr(action: str = "opened", base: str = "main", files: list[str] | None = None) -> t.GitEvent:
+    p: dict[str, Any] = {"base": {"ref": base}, "head": {"ref": "feature/x", "sha": SHA}}
+    if files is not None:
+        p["changed_files_list"] = files
+    ev = t.git_event("pull_request", {"action": action, "pull_request": p})
+    assert ev is not None
+    return ev
+
+
+# --- globs ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [
+        ("main", "main", True),
+        ("main", "mainline", False),
+        ("main", "xmain", False),
+        ("feature/*", "feature/a", True),
+        ("feature/*", "feature/a/b", False),  # * stays inside a path segment
+        ("feature/**", "feature/a/b", True),  # ** crosses them
+        ("feature/**", "feature/", True),
+        ("**", "a/b/c", True),
+        ("*", "", True),
+        ("release-v?", "release-v1", True),
+        ("release-v?", "release-v10", False),
+        ("a?c", "a/c", False),  # ? is not a separator either
+        ("v[0-9]", "v7", True),
+        ("v[0-9]", "vx", False),
+        ("v[!0-9]", "vx", True),
+        ("v[!0-9]", "v7", False),
+        ("{main,dev}", "dev", True),
+        ("{main,dev}", "test", False),
+        ("{main,dev}-x", "main-x", True),
+        (r"a\*b", "a*b", True),
+        (r"a\*b", "axb", False),
+        ("a.b", "axb", False),  # regex characters are literal
+        ("a+", "aa", False),
+        ("**/*.js", "src/x/y.js", True),
+        ("**/*.js", "y.js", False),  # Java PathMatcher: **/ needs a separator
+        ("*.md", "README.md", True),
+        ("*.md", "docs/README.md", False),
+    ],
+)
+def test_glob(pattern: str, text: str, expected: bool) -> None:
+    assert t.glob_match(pattern, text) is expected
+
+
+@pytest.mark.parametrize("pattern", ["a\\", "[abc", "{a,b", "{a,{b}}", "x[]"])
+def test_bad_globs(pattern: str) -> None:
+    assert t.glob_problem(pattern) is not None
+    with pytest.raises(ValueError):
+        t.glob_match(pattern, "x")
+
+
+def test_good_glob_has_no_problem() -> None:
+    assert t.glob_problem("feature/**") is None
+
+
+@given(st.text(alphabet="ab/.-_", max_size=12))
+def test_glob_without_wildcards_is_equality(text: str) -> None:
+    assert t.glob_match(text, text)
+    assert t.glob_match(re.sub(r"[^/]+", "*", text), text)  # one * per path segment
+    assert not t.glob_match(text + "x", text)
+
+
+@given(st.text(alphabet="abc/", max_size=10))
+def test_double_star_matches_everything(text: str) -> None:
+    assert t.glob_match("**", text)
+    assert t.glob_match("*", text) is ("/" not in text)
+
+
+# --- criteria ------------------------------------------------------------------------------
+
+
+def test_criteria_none_accepts() -> None:
+    assert t.criteria_match(None, "anything")
+
+
+def test_criteria_excludes_take_precedence() -> None:
+    c = {"includes": ["feature/**"], "excludes": ["feature/old/**"]}
+    assert t.criteria_match(c, "feature/new")
+    assert not t.criteria_match(c, "feature/old/x")
+    assert not t.criteria_match(c, "main")
+
+
+def test_criteria_excludes_only() -> None:
+    c = {"excludes": ["main"]}
+    assert not t.criteria_match(c, "main")
+    assert t.criteria_match(c, "dev")
+
+
+def test_criteria_includes_only() -> None:
+    c = {"includes": ["main", "dev"]}
+    assert t.criteria_match(c, "dev")
+    assert not t.criteria_match(c, "test")
+
+
+def test_files_match() -> None:
+    c = {"includes": ["src/**"], "excludes": ["**/README.md"]}
+    assert t.files_match(None, None)
+    assert t.files_match(None, ["x"])
+    assert not t.files_match(c, None)  # unknown changed files never pass a file filter
+    assert not t.files_match(c, [])
+    assert t.files_match(c, ["docs/a", "src/a.py"])  # one accepted file is enough
+    assert not t.files_match(c, ["src/x/README.md"])
+    assert not t.files_match(c, ["docs/a"])
+    assert t.files_match({"excludes": ["*.md"]}, ["README.md", "a.py"])
+    assert not t.files_match({"excludes": ["*.md"]}, ["README.md"])
+
+
+# --- Git events ----------------------------------------------------------------------------
+
+
+def test_push_event() -> None:
+    ev = push("refs/heads/feature/a", files=["a.py"])
+    assert (ev.kind, ev.name, ev.is_tag, ev.commit) == ("push", "feature/a", False, SHA)
+    assert ev.files == ("a.py",)
+    assert ev.repository == "o/r"
+    tag = push("refs/tags/v1")
+    assert (tag.name, tag.is_tag) == ("v1", True)
+
+
+def test_push_changed_files_from_every_commit_once() -> None:
+    ev = t.git_event(
+        "push",
+        {
+            "ref": "refs/heads/main",
+            "after": SHA,
+            "commits": [
+                {"added": ["a"], "modified": ["b"], "removed": ["c"]},
+                {"added": ["a"], "modified": ["d"]},
+            ],
+        },
+    )
+    assert ev is not None and ev.files == ("a", "b", "c", "d")
+    no_commits = t.git_event("push", {"ref": "refs/heads/main", "after": SHA})
+    assert no_commits is not None and no_commits.files is None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"ref": "refs/heads/main", "after": t.ZERO_COMMIT},  # a deleted branch
+        {"ref": "refs/heads/main", "after": SHA, "deleted": True},
+        {"ref": "refs/pull/1/head", "after": SHA},
+        {"ref": "refs/heads/main"},
+        {"after": SHA},
+        [],
+        "x",
+    ],
+)
+def test_pushes_not_acted_on(payload: Any) -> None:
+    assert t.git_event("push", payload) is None
+
+
+def test_ping_and_unknown_events_are_ignored() -> None:
+    assert t.git_event("ping", {"zen": "x"}) is None
+    assert t.git_event("issues", {"ref": "refs/heads/main", "after": SHA}) is None
+
+
+def test_event_type_guessed_for_a_push_without_header() -> None:
+    ev = t.git_event(None, {"ref": "refs/heads/main", "after": SHA})
+    assert ev is not None and ev.kind == "push"
+
+
+@pytest.mark.parametrize(
+    ("action", "expected"),
+    [("opened", "OPEN"), ("reopened", "OPEN"), ("synchronize", "UPDATED"), ("closed", "CLOSED")],
+)
+def test_pr_events(action: str, expected: str) -> None:
+    ev = pr(action)
+    assert (ev.kind, ev.pr_event, ev.name, ev.commit) == ("pull_request", expected, "main", SHA)
+    assert ev.source_branch == "feature/x"
+
+
+@pytest.mark.parametrize("action", ["edited", "labeled", "assigned"])
+def test_other_pr_actions_are_ignored(action: str) -> None:
+    p = {"base": {"ref": "main"}, "head": {"ref": "f", "sha": SHA}}
+    assert t.git_event("pull_request", {"action": action, "pull_request": p}) is None
+
+
+def test_pr_without_refs_is_ignored() -> None:
+    assert t.git_event("pull_request", {"action": "opened", "pull_request": {}}) is None
+    p = {"base": {"ref": "main"}, "head": {"ref": "f"}}
+    assert t.git_event("pull_request", {"action": "opened", "pull_request": p}) is None
+
+
+def test_pr_files_only_when_listed() -> None:
+    assert pr().files is None
+    assert pr(files=["a", 3, "b"]).files == ("a", "b")  # type: ignore[list-item]
+    assert pr(files=[]).files is None
+
+
+# --- filters -------------------------------------------------------------------------------
+
+
+def test_push_filter_branches_and_files() -> None:
+    f = {"branches": {"includes": ["main"]}, "filePaths": {"includes": ["src/**"]}}
+    assert t.push_filter_matches(f, push(files=["src/a.py"]))
+    assert not t.push_filter_matches(f, push(files=["docs/a.md"]))
+    assert not t.push_filter_matches(f, push("refs/heads/dev", files=["src/a.py"]))
+
+
+def test_push_filter_tags_vs_branches() -> None:
+    tags = {"tags": {"includes": ["v*"]}}
+    branches = {"branches": {"includes": ["**"]}}
+    assert t.push_filter_matches(tags, push("refs/tags/v1"))
+    assert not t.push_filter_matches(tags, push("refs/tags/x1"))
+    assert not t.push_filter_matches(tags, push("refs/heads/v1"))  # a branch named like a tag
+    assert t.push_filter_matches(branches, push("refs/heads/v1"))
+    assert not t.push_filter_matches(branches, push("refs/tags/v1"))  # a tag is no branch
+
+
+def test_push_filter_never_matches_a_pr() -> None:
+    assert not t.push_filter_matches({"branches": {"includes": ["**"]}}, pr())
+
+
+def test_pr_filter() -> None:
+    f = {"events": ["OPEN", "UPDATED"], "branches": {"includes": ["main"]}}
+    assert t.pr_filter_matches(f, pr("opened"))
+    assert t.pr_filter_matches(f, pr("synchronize"))
+    assert not t.pr_filter_matches(f, pr("closed"))
+    assert not t.pr_filter_matches(f, pr("opened", base="dev"))
+    assert not t.pr_filter_matches(f, push())
+
+
+def test_pr_filter_defaults_to_every_event_and_branch() -> None:
+    for action in ("opened", "synchronize", "closed"):
+        assert t.pr_filter_matches({}, pr(action))
+
+
+def test_pr_filter_file_paths() -> None:
+    f = {"filePaths": {"includes": ["src/**"]}}
+    assert not t.pr_filter_matches(f, pr())  # the files are unknown
+    assert t.pr_filter_matches(f, pr(files=["src/a"]))
+    assert not t.pr_filter_matches(f, pr(files=["doc/a"]))
+
+
+# --- match_trigger -------------------------------------------------------------------------
+
+
+def test_no_triggers_default_branch_detection() -> None:
+    d = decl()
+    assert t.match_trigger(d, push()) == "src"
+    assert t.match_trigger(d, push("refs/heads/dev")) is None
+    assert t.match_trigger(d, push("refs/tags/main")) is None
+    assert t.match_trigger(d, pr()) is None
+    assert t.match_trigger(decl(detect="false"), push()) is None
+    assert t.match_trigger(decl(detect="FALSE"), push()) is None
+    assert t.match_trigger(decl(detect="true"), push()) == "src"
+    assert t.match_trigger(decl(provider=BUILD | {"category": "Source"}), push()) is None
+
+
+def test_trigger_without_filters_acts_on_the_action_branch() -> None:
+    d = decl([trig()])
+    assert t.match_trigger(d, push()) == "src"
+    assert t.match_trigger(d, push("refs/heads/dev")) is None
+
+
+def test_trigger_push_filters_are_ored() -> None:
+    d = decl([trig(push=[{"branches": {"includes": ["dev"]}}, {"tags": {"includes": ["v*"]}}])])
+    assert t.match_trigger(d, push("refs/heads/dev")) == "src"
+    assert t.match_trigger(d, push("refs/tags/v2")) == "src"
+    assert t.match_trigger(d, push("refs/heads/main")) is None  # filters replace the default
+    assert t.match_trigger(d, pr()) is None
+
+
+def test_trigger_pr_filters() -> None:
+    d = decl([trig(pr=[{"events": ["CLOSED"], "branches": {"includes": ["main"]}}])])
+    assert t.match_trigger(d, pr("closed")) == "src"
+    assert t.match_trigger(d, pr("opened")) is None
+    assert t.match_trigger(d, push()) is None
+
+
+def test_trigger_of_an_unknown_action_or_provider_never_matches() -> None:
+    assert t.match_trigger(decl([trig(source="nope")]), push()) is None
+    other = {"providerType": "Other", "gitConfiguration": {"sourceActionName": "src"}}
+    assert t.match_trigger(decl([other]), push()) is None
+    assert t.match_trigger(decl([{"providerType": "CodeStarSourceConnection"}]), push()) is None
+
+
+def test_action_in_a_later_stage_is_no_source() -> None:
+    assert t.action_configuration(decl(), "b") is None
+    want = {"BranchName": "main", "FullRepositoryId": "o/r"}
+    assert t.action_configuration(decl(), "src") == want
+
+
+# --- declaration checks --------------------------------------------------------------------
+
+
+def test_trigger_problems() -> None:
+    assert t.trigger_problems(decl([trig(push=[{"branches": {"includes": ["**"]}}])])) == []
+    assert t.trigger_problems(decl()) == []
+    [p] = t.trigger_problems(decl([trig(source="b")]))
+    assert "first stage" in p
+    [p] = t.trigger_problems(
+        decl([trig(push=[{"tags": {"includes": ["v1"]}, "branches": {"includes": ["m"]}}])])
+    )
+    assert "tags" in p
+    [p] = t.trigger_problems(
+        decl([trig(push=[{"tags": {"includes": ["v1"]}, "filePaths": {"includes": ["m"]}}])])
+    )
+    assert "tags" in p
+    [p] = t.trigger_problems(decl([trig(push=[{"filePaths": {"includes": ["a"]}}])]))
+    assert "needs tags or branches" in p
+    [p] = t.trigger_problems(decl([trig(pr=[{"branches": {"excludes": ["[x"]}}])]))
+    assert "'[x'" in p
+
+
+# --- webhook filters (V1) ------------------------------------------------------------------
+
+
+PAYLOAD = {
+    "ref": "refs/heads/main",
+    "repository": {"name": "r", "private": False, "size": 3},
+    "commits": [{"id": "c1", "author": {"name": "ann"}}, {"id": "c2"}],
+}
+
+
+@pytest.mark.parametrize(
+    ("rules", "expected"),
+    [
+        ([], True),
+        ([("$.ref", "refs/heads/{BranchName}")], True),
+        ([("$.ref", "refs/heads/main")], True),
+        ([("$.ref", "refs/heads/dev")], False),
+        ([("$.ref", "refs/heads/{Nope}")], False),  # an unknown key stays literal
+        ([("$.repository.name", "r"), ("$.ref", "refs/heads/main")], True),
+        ([("$.repository.name", "r"), ("$.ref", "refs/heads/dev")], False),  # all must pass
+        ([("$.commits[0].author.name", "ann")], True),
+        ([("$.commits[1].id", "c1")], False),
+        ([("$.repository.private", "false")], True),  # non-strings compare as JSON
+        ([("$.repository.size", "3")], True),
+        ([("$.missing", None)], False),
+        ([("$.ref", None)], True),  # no matchEquals: the path must select something
+        ([("$.commits[*].id", "c2")], True),  # any selected value may match
+    ],
+)
+def test_filters_match(rules: list[tuple[str, str | None]], expected: bool) -> None:
+    assert t.filters_match(rules, PAYLOAD, {"BranchName": "main"}) is expected
+
+
+def test_expand() -> None:
+    assert t.expand("refs/heads/{Branch}", {"Branch": "main"}) == "refs/heads/main"
+    assert t.expand("{A}-{B}", {"A": "1", "B": "2"}) == "1-2"
+    assert t.expand("{X}", {}) == "{X}"
+
+
+@pytest.mark.parametrize(
+    ("path", "match", "ok"),
+    [
+        ("$.ref", "refs/heads/{Branch}", True),
+        ("$.a.b[0].c", None, True),
+        ("ref", None, False),  # must start at the root
+        ("$.[", None, False),
+        ("$.a[", None, False),
+        ("$.ref", "refs/{Branch", False),
+        ("$.ref", "refs/}", False),
+        ("$.ref", "{{x}}", False),
+    ],
+)
+def test_filter_problem(path: str, match: str | None, ok: bool) -> None:
+    assert (t.filter_problem(path, match) is None) is ok
