@@ -450,6 +450,7 @@ def _start(d: Decision, cmd: c.Command) -> None:
             triggerType=cmd.triggerType,
             triggerDetail=cmd.triggerDetail,
             clientRequestToken=cmd.clientRequestToken,
+            sourceRevisions=cmd.sourceRevisions or None,
         )
     )
     d.try_enter(cmd.executionId, decl.stages[0].name)

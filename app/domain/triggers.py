@@ -30,7 +30,9 @@ from jsonpath_ng.parser import parse as _jsonpath_parse
 from app.domain.model import PipelineDeclaration
 
 __all__ = [
+    "COMMIT_PATTERN",
     "CONNECTION_PROVIDER",
+    "GIT_SOURCE_PROVIDERS",
     "MAX_JSON_PATH_NODES",
     "GitEvent",
     "action_configuration",
@@ -44,12 +46,16 @@ __all__ = [
     "match_trigger",
     "pr_filter_matches",
     "push_filter_matches",
+    "takes_commit",
     "trigger_problems",
 ]
 
 CONNECTION_PROVIDER = "CodeStarSourceConnection"
+# AWS source providers whose revision is a git commit (a COMMIT_ID source revision)
+GIT_SOURCE_PROVIDERS = frozenset({"CodeStarSourceConnection", "CodeCommit"})
 MAX_JSON_PATH_NODES = 1000  # values one jsonPath may select (a `$..x` over a huge payload)
 ZERO_COMMIT = "0" * 40  # GitHub's `after` of a deleted branch or tag
+COMMIT_PATTERN = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")  # a full SHA-1 / SHA-256 commit id
 
 PrEvent = Literal["OPEN", "UPDATED", "CLOSED"]
 # GitHub's pull_request actions -> CodePipeline's event types; other actions are ignored.
@@ -286,7 +292,9 @@ def git_event(event_type: str | None, payload: Any) -> GitEvent | None:
     repository = _str(repo.get("full_name")) if isinstance(repo, dict) else None
     if event_type == "push" or (event_type is None and "ref" in payload and "after" in payload):
         ref, after = _str(payload.get("ref")), _str(payload.get("after"))
-        if ref is None or after is None or after == ZERO_COMMIT or payload.get("deleted") is True:
+        if after is None or after == ZERO_COMMIT or COMMIT_PATTERN.fullmatch(after) is None:
+            return None
+        if ref is None or payload.get("deleted") is True:
             return None
         if ref.startswith("refs/heads/"):
             name, is_tag = ref.removeprefix("refs/heads/"), False
@@ -311,7 +319,7 @@ def git_event(event_type: str | None, payload: Any) -> GitEvent | None:
         if not isinstance(base, dict) or not isinstance(head, dict):
             return None
         dest, sha = _str(base.get("ref")), _str(head.get("sha"))
-        if dest is None or sha is None:
+        if dest is None or sha is None or COMMIT_PATTERN.fullmatch(sha) is None:
             return None
         return GitEvent(
             kind="pull_request",
@@ -349,6 +357,21 @@ def pr_filter_matches(f: Mapping[str, Any], ev: GitEvent) -> bool:
         return False
     return criteria_match(f.get("branches"), ev.name) and files_match(
         f.get("filePaths"), ev.files
+    )
+
+
+def takes_commit(decl: PipelineDeclaration, action: str) -> bool:
+    """Whether a commit can be the source revision of ``action``: an AWS git source action
+    (AWS/Source/CodeStarSourceConnection or CodeCommit/1) of the first stage."""
+    found = decl.stages[0].action(action) if decl.stages else None
+    if found is None:
+        return False
+    t = found.actionTypeId
+    return (
+        t.owner == "AWS"
+        and t.category == "Source"
+        and t.version == "1"
+        and t.provider in GIT_SOURCE_PROVIDERS
     )
 
 

@@ -137,16 +137,22 @@ def decode_payload(content_type: str | None, body: bytes) -> Any:
     return json.loads(body)
 
 
+def _commit(text: str) -> bool:
+    return triggers.COMMIT_PATTERN.fullmatch(text) is not None
+
+
 def push_commit(payload: Any) -> str | None:
-    """The commit a GitHub-style push delivers: ``after``, else ``head_commit.id``."""
+    """The commit a GitHub-style push delivers: ``after``, else ``head_commit.id`` (a full
+    hex commit id, else none)."""
     if not isinstance(payload, dict):
         return None
     after = payload.get("after")
-    if isinstance(after, str) and after and after != triggers.ZERO_COMMIT:
+    if isinstance(after, str) and after != triggers.ZERO_COMMIT and _commit(after):
         return after
     head = payload.get("head_commit")
-    if isinstance(head, dict) and isinstance(head.get("id"), str) and head["id"]:
-        return str(head["id"])
+    hid = head.get("id") if isinstance(head, dict) else None
+    if isinstance(hid, str) and _commit(hid):
+        return hid
     return None
 
 
@@ -238,8 +244,9 @@ class WebhookReceiver:
         except DomainError as err:
             await self._refuse(hook, peer, _Refusal(404, err.type_name, err.message), send)
             return
-        config = triggers.action_configuration(decl, d["targetAction"])
-        if config is None:
+        action = decl.stages[0].action(d["targetAction"]) if decl.stages else None
+        config = dict(action.configuration or {}) if action is not None else None
+        if action is None or config is None:
             refusal = _Refusal(
                 409,
                 "ActionNotFoundException",
@@ -264,7 +271,8 @@ class WebhookReceiver:
             await _json(send, 200, {"started": False, "message": "the filters did not match"})
             return
         arn = webhook_arn(hook.name, region=self.region, account=self.account)
-        commit = push_commit(payload)
+        # the pushed commit becomes the revision of a source action (what AWS webhooks target)
+        commit = push_commit(payload) if triggers.takes_commit(decl, action.name) else None
         revisions = (
             [
                 {
@@ -429,7 +437,9 @@ class WebhookReceiver:
                 trigger_detail=detail,
                 source_revisions=[
                     {"actionName": source, "revisionType": "COMMIT_ID", "revisionValue": ev.commit}
-                ],
+                ]
+                if triggers.takes_commit(decl, source)
+                else None,
             )
         except DomainError as err:
             await _json(send, err.status, {"__type": err.type_name, "message": err.message})
