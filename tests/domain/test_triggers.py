@@ -438,3 +438,57 @@ def test_expand() -> None:
 )
 def test_filter_problem(path: str, match: str | None, ok: bool) -> None:
     assert (t.filter_problem(path, match) is None) is ok
+
+
+# --- what a delivery starts ------------------------------------------------------------------
+
+
+def test_takes_commit_only_for_aws_git_sources_of_the_first_stage() -> None:
+    assert t.takes_commit(decl(), "src")
+    codecommit = CONN | {"provider": "CodeCommit"}
+    assert t.takes_commit(decl(provider=codecommit), "src")
+    assert not t.takes_commit(decl(), "b")  # a later stage
+    assert not t.takes_commit(decl(), "nope")
+    assert not t.takes_commit(decl(provider=CONN | {"provider": "S3"}), "src")
+    assert not t.takes_commit(decl(provider=CONN | {"owner": "Custom"}), "src")
+    assert not t.takes_commit(decl(provider=CONN | {"category": "Build"}), "src")
+    assert not t.takes_commit(decl(provider=CONN | {"version": "2"}), "src")
+
+
+def test_start_execution_records_the_webhook_trigger_and_revision() -> None:
+    from app.domain import commands as c
+    from app.domain import events as ev
+    from tests.domain.helpers import Harness
+
+    h = Harness()
+    h.create()
+    revision = [{"actionName": "src", "revisionType": "COMMIT_ID", "revisionValue": SHA}]
+    envs = h.run(
+        c.StartExecution(
+            executionId="11111111-1111-4111-8111-111111111111",
+            triggerType="Webhook",
+            triggerDetail="arn:aws:codepipeline:us-east-1:1:webhook:w",
+            sourceRevisions=revision,
+        )
+    )
+    started = envs[0].event
+    assert isinstance(started, ev.ExecutionStarted)
+    assert started.triggerType == "Webhook"
+    assert started.triggerDetail == "arn:aws:codepipeline:us-east-1:1:webhook:w"
+    assert started.sourceRevisions == revision
+    assert h.x(started.executionId).sourceRevisions == revision
+    plain = h.run(c.StartExecution(executionId="22222222-2222-4222-8222-222222222222"))
+    first = plain[0].event
+    assert isinstance(first, ev.ExecutionStarted) and first.sourceRevisions is None
+
+
+_names = st.text(alphabet="ab/", min_size=0, max_size=6)
+
+
+@given(_names, st.lists(_names, max_size=3), st.lists(_names, min_size=1, max_size=3))
+def test_an_excluded_value_is_refused_whatever_the_includes(
+    value: str, includes: list[str], excludes: list[str]
+) -> None:
+    crit = {"includes": [*includes, value, "**"], "excludes": [*excludes, value]}
+    assert not t.criteria_match(crit, value)
+    assert t.criteria_match({"includes": [*includes, value]}, value)
