@@ -20,7 +20,7 @@ CONN = {
     "provider": "CodeStarSourceConnection",
     "version": "1",
 }
-BUILD = {"category": "Build", "owner": "AWS", "provider": "Commands", "version": "1"}
+BUILD = {"category": "Compute", "owner": "AWS", "provider": "Commands", "version": "1"}
 SHA = "a" * 40
 
 
@@ -458,10 +458,15 @@ def test_takes_commit_only_for_aws_git_sources_of_the_first_stage() -> None:
 def test_start_execution_records_the_webhook_trigger_and_revision() -> None:
     from app.domain import commands as c
     from app.domain import events as ev
-    from tests.domain.helpers import Harness
+    from app.domain.errors import DomainError
+    from tests.domain.helpers import Harness, make_decl
 
     h = Harness()
-    h.create()
+    try:  # "src": a git source action, where the engine runs them (the 'sources' work) ...
+        h.create(msgspec.structs.replace(decl(), name=h.name))
+    except DomainError as err:  # ... else a Commands action named so
+        assert "CodeStarSourceConnection" in err.message
+        h.create(make_decl({"Source": ["src"], "Build": ["b"]}, name=h.name))
     revision = [{"actionName": "src", "revisionType": "COMMIT_ID", "revisionValue": SHA}]
     envs = h.run(
         c.StartExecution(
