@@ -462,7 +462,10 @@ def test_ip_allow_and_deny(cp: Any, url: str) -> None:
     assert status == 200 and doc["started"] is True
 
 
-def test_unauthenticated_only_by_its_url_id(cp: Any, url: str) -> None:
+def test_unauthenticated_only_by_its_url_id(
+    cp: Any, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="stageline.access")
     name = fresh(cp, "open")
     out = cp.put_webhook(
         webhook=hook_def(
@@ -474,6 +477,11 @@ def test_unauthenticated_only_by_its_url_id(cp: Any, url: str) -> None:
     assert status == 404 and doc["__type"] == "WebhookNotFoundException"
     status, _, doc = raw(url, "POST", path_of(out["url"]), body, {})
     assert status == 200 and doc["started"] is True
+    # the URL id is all that protects this webhook: the access log does not show it
+    webhook_id = out["url"].rsplit("/", 1)[1]
+    access = [r.getMessage() for r in caplog.records if r.name == "stageline.access"]
+    assert any("/webhooks/" in m for m in access)
+    assert not [m for m in access if webhook_id in m]
 
 
 def test_endpoint_refusals(cp: Any, url: str) -> None:

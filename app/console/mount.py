@@ -255,6 +255,8 @@ class Console:
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else "-"
         path = scope.get("path", "")
+        if path.startswith("/webhooks/"):
+            path = "/webhooks/…"  # a webhook's URL id is its only secret when UNAUTHENTICATED
         if self.access_log_format == "json":
             access_log.info(
                 json.dumps(
