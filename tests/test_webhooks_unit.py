@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import urllib.parse
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,17 @@ def test_check_authentication(kind: str, conf: dict[str, str], ok: bool) -> None
     with pytest.raises(AwsError) as exc:
         check_authentication(kind, conf)
     assert exc.value.type_name == "InvalidWebhookAuthenticationParametersException"
+
+
+def test_trigger_secret_file(tmp_path: Path) -> None:
+    from app.cli import CliError, _trigger_secret
+
+    assert _trigger_secret(None) is None
+    f = tmp_path / "secret"
+    f.write_bytes(b"  s3cret\n")
+    assert _trigger_secret(str(f)) == b"s3cret"
+    f.write_bytes(b"\n")
+    with pytest.raises(CliError):
+        _trigger_secret(str(f))
+    with pytest.raises(CliError):
+        _trigger_secret(str(tmp_path / "missing"))
