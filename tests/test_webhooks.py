@@ -58,14 +58,18 @@ def server(real_redis_url: str) -> Iterator[tuple[Stageline, str]]:
         log_level="warning",
     )
     with run_stageline(cfg) as srv:
-        client(srv.url).create_custom_action_type(
-            category="Source",
-            provider="HookSource",
-            version="1",
-            inputArtifactDetails={"minimumCount": 0, "maximumCount": 0},
-            outputArtifactDetails={"minimumCount": 0, "maximumCount": 1},
-        )
+        create_hook_source(client(srv.url))
         yield srv, real_redis_url
+
+
+def create_hook_source(cp: Any) -> None:
+    cp.create_custom_action_type(
+        category="Source",
+        provider="HookSource",
+        version="1",
+        inputArtifactDetails={"minimumCount": 0, "maximumCount": 0},
+        outputArtifactDetails={"minimumCount": 0, "maximumCount": 1},
+    )
 
 
 @pytest.fixture
@@ -663,3 +667,23 @@ def test_triggers_off_without_a_secret(real_redis_url: str, server: Any) -> None
     with run_stageline(cfg) as srv:
         status, _, doc = raw(srv.url, "POST", "/triggers/x", b"{}", {})
         assert status == 404 and "trigger-secret-file" in doc["message"]
+
+
+def test_redis_down_answers_503(redis_factory: Any, tmp_path: Any) -> None:
+    r = redis_factory(tmp_path / "r")
+    r.start()
+    cfg = ServeConfig(port=0, redis_url=r.url, workers=False, partitions=PARTITIONS,
+                      log_level="warning")  # fmt: skip
+    with run_stageline(cfg) as srv:
+        cp = client(srv.url)
+        create_hook_source(cp)
+        cp.create_pipeline(pipeline=pipeline("down", v2={}))
+        out = cp.put_webhook(
+            webhook=hook_def("down", "down", authentication="UNAUTHENTICATED",
+                             authenticationConfiguration={})
+        )["webhook"]  # fmt: skip
+        r.kill()
+        status, _, doc = raw(srv.url, "POST", path_of(out["url"]), push_body(), {})
+        assert status == 503 and doc["__type"] == "ServiceUnavailableException", doc
+        status, _, doc = raw(srv.url, "POST", "/triggers/down", push_body(), {})
+        assert status == 404  # triggers off: no Redis needed to say so

@@ -41,6 +41,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from app.api.wire import store_error
 from app.domain import triggers
 from app.domain.errors import DomainError
 from app.engine import Engine
@@ -203,10 +204,16 @@ class WebhookReceiver:
                 },
             )
             return
-        if path.startswith(PATH_PREFIX):
-            await self._webhook(scope, body, send, path.removeprefix(PATH_PREFIX))
-        else:
-            await self._trigger(scope, body, send, path.removeprefix(TRIGGERS_PREFIX))
+        try:
+            if path.startswith(PATH_PREFIX):
+                await self._webhook(scope, body, send, path.removeprefix(PATH_PREFIX))
+            else:
+                await self._trigger(scope, body, send, path.removeprefix(TRIGGERS_PREFIX))
+        except Exception as exc:
+            err = store_error(exc)  # Redis down, full, failing over: 503 (GitHub redelivers)
+            if err is None:
+                raise
+            await _json(send, err.status, {"__type": err.type_name, "message": err.message})
 
     # --- /webhooks/<id-or-name> ---------------------------------------------------------------
 
