@@ -497,3 +497,39 @@ def test_an_excluded_value_is_refused_whatever_the_includes(
     crit = {"includes": [*includes, value, "**"], "excludes": [*excludes, value]}
     assert not t.criteria_match(crit, value)
     assert t.criteria_match({"includes": [*includes, value]}, value)
+
+
+def test_a_path_compares_at_most_max_json_path_nodes_values() -> None:
+    n = t.MAX_JSON_PATH_NODES
+    items = [{"id": "x"}] * n + [{"id": "wanted"}]
+    assert not t.filters_match([("$.items[*].id", "wanted")], {"items": items}, {})
+    assert t.filters_match([("$.items[*].id", "wanted")], {"items": items[1:]}, {})
+
+
+def test_changed_files_skip_what_is_not_a_commit_or_a_path() -> None:
+    ev = t.git_event(
+        "push",
+        {
+            "ref": "refs/heads/main",
+            "after": SHA,
+            "commits": ["nope", {"added": ["a", 7], "modified": None}],
+        },
+    )
+    assert ev is not None and ev.files == ("a",)
+    odd = t.git_event("push", {"ref": "refs/heads/main", "after": SHA, "commits": "x"})
+    assert odd is not None and odd.files is None
+
+
+def test_commit_ids_must_be_full_hex() -> None:
+    for bad in ("abc123", "g" * 40, "A" * 39):
+        assert t.git_event("push", {"ref": "refs/heads/main", "after": bad}) is None
+    assert t.git_event("push", {"ref": "refs/heads/main", "after": "b" * 64}) is not None
+    p = {"base": {"ref": "main"}, "head": {"ref": "f", "sha": "short"}}
+    assert t.git_event("pull_request", {"action": "opened", "pull_request": p}) is None
+
+
+def test_trigger_problems_skip_what_the_model_would_refuse() -> None:
+    odd = {"providerType": "CodeStarSourceConnection", "gitConfiguration": "x"}
+    assert t.trigger_problems(decl([odd])) == []
+    [p] = t.trigger_problems(decl([trig(push=[{"branches": {"includes": [3]}}])]))
+    assert "not a string" in p
