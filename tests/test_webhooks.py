@@ -359,6 +359,12 @@ def test_signed_push_starts_an_execution(
     assert status == 200 and again["pipelineExecutionId"] == eid
     listed = next(w for w in cp.list_webhooks()["webhooks"] if w["arn"] == out["arn"])
     assert "lastTriggered" in listed and "errorCode" not in listed
+    # later deliveries that start nothing leave lastTriggered as it was
+    other = push_body("refs/heads/dev")
+    for _ in range(3):
+        raw(server[0].url, "POST", path_of(out["url"]), other, signed(other, TOKEN.encode()))
+    relisted = next(w for w in cp.list_webhooks()["webhooks"] if w["arn"] == out["arn"])
+    assert relisted["lastTriggered"] == listed["lastTriggered"]
     # by name works too for a signed webhook
     by_name = f"/webhooks/p-{name}"
     status, _, doc = raw(server[0].url, "POST", by_name, body, signed(body, TOKEN.encode()))

@@ -104,10 +104,10 @@ class WebhookOps:
             "arn": arn,
         }
         if history:
-            deliveries = await self.store.deliveries(hook.webhook_id)
-            started = next((d for d in deliveries if d.result == "started"), None)
-            if started is not None:
-                item["lastTriggered"] = started.at
+            last = await self.store.last_started(hook.webhook_id)
+            if last is not None:
+                item["lastTriggered"] = last
+            deliveries = await self.store.deliveries(hook.webhook_id, count=1)
             latest = deliveries[0] if deliveries else None
             if latest is not None and latest.result == "refused":
                 item["errorCode"] = latest.errorCode or "Refused"

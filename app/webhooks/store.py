@@ -159,6 +159,10 @@ def deliveries_key(webhook_id: str, namespace: str = "sl") -> str:
     return f"{namespace}:{{{namespace}.webhooks}}:wh:{webhook_id}:deliveries"
 
 
+def _last_key(webhook_id: str, namespace: str) -> str:
+    return f"{namespace}:{{{namespace}.webhooks}}:wh:{webhook_id}:last"
+
+
 def _id(entry_id: Any) -> str:
     return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
@@ -210,12 +214,19 @@ class WebhookStore:
     # --- deliveries ---------------------------------------------------------------------------
 
     async def record(self, webhook_id: str, delivery: Delivery) -> None:
-        await self.redis.xadd(
-            deliveries_key(webhook_id, self.namespace),
-            {"d": _encoder.encode(delivery)},
-            maxlen=DELIVERY_LOG_MAX,
-            approximate=True,
-        )
+        """Append a delivery; a started one is also the webhook's ``lastTriggered`` (kept
+        apart, so no number of later ignored deliveries trims it away)."""
+        key = deliveries_key(webhook_id, self.namespace)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(key, {"d": _encoder.encode(delivery)}, maxlen=DELIVERY_LOG_MAX,
+                      approximate=True)  # fmt: skip
+            if delivery.result == "started":
+                pipe.hset(_last_key(webhook_id, self.namespace), "started", repr(delivery.at))
+            await pipe.execute()
+
+    async def last_started(self, webhook_id: str) -> float | None:
+        value: Any = await self.redis.hget(_last_key(webhook_id, self.namespace), "started")
+        return float(value) if value is not None else None
 
     async def deliveries(self, webhook_id: str, count: int = 100) -> list[Delivery]:
         """The latest ``count`` deliveries, newest first."""
@@ -225,7 +236,9 @@ class WebhookStore:
         return [_delivery_decoder.decode(f[b"d"]) for _, f in entries or []]
 
     async def forget(self, webhook_id: str) -> None:
-        await self.redis.delete(deliveries_key(webhook_id, self.namespace))
+        await self.redis.delete(
+            deliveries_key(webhook_id, self.namespace), _last_key(webhook_id, self.namespace)
+        )
 
 
 def now() -> float:
