@@ -125,3 +125,36 @@ def test_trigger_secret_file(tmp_path: Path) -> None:
         _trigger_secret(str(f))
     with pytest.raises(CliError):
         _trigger_secret(str(tmp_path / "missing"))
+
+
+async def test_a_webhook_change_that_keeps_conflicting_is_concurrent_modification() -> None:
+    from types import SimpleNamespace
+
+    import fakeredis
+
+    from app.api.operations import Operations
+    from app.api.wire import RequestContext
+    from app.engine import Engine
+    from app.repository import Origin
+    from app.webhooks.store import WebhookConflict, WebhookPut, WebhookStore
+
+    redis = fakeredis.FakeAsyncRedis()
+    ops = Operations(Engine(redis), region="us-east-1", account="1", origin=lambda _: Origin())
+    store = WebhookStore(redis)
+    put = WebhookPut(name="w", webhookId="i", definition={}, at=1.0, actor="a")
+    await store.append("0-0", [put])
+    calls = 0
+
+    async def racing_append(seen: str, events: list[object]) -> None:
+        nonlocal calls
+        calls += 1
+        raise WebhookConflict("someone else came first")
+
+    ops.webhooks.store.append = racing_append  # type: ignore[assignment,method-assign]
+    ctx = RequestContext("r", "anonymous", "127.0.0.1:1", 0.0)
+    with pytest.raises(AwsError) as exc:
+        await ops.webhooks.delete_webhook(SimpleNamespace(name="w"), ctx)
+    assert exc.value.type_name == "ConcurrentModificationException"
+    assert calls == 20  # retried, then refused
+    assert "w" in (await store.load()).by_name
+    await redis.aclose()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -19,6 +20,7 @@ from app.api.wire import RequestContext
 from app.domain import triggers
 from app.webhooks.store import (
     Webhook,
+    WebhookConflict,
     WebhookDeleted,
     WebhookEvent,
     WebhookPut,
@@ -117,6 +119,15 @@ class WebhookOps:
             item["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
         return item
 
+    async def _change(self, decide: Callable[[Webhooks], list[WebhookEvent]]) -> Webhooks:
+        try:
+            return await self.store.change(decide)
+        except WebhookConflict:
+            raise AwsError(
+                "ConcurrentModificationException",
+                "the webhooks kept changing while this request was decided; retry",
+            ) from None
+
     # --- operations ---------------------------------------------------------------------------
 
     async def put_webhook(self, inp: Any, ctx: RequestContext) -> JSON:
@@ -165,7 +176,7 @@ class WebhookOps:
                 )
             ]
 
-        hooks = await self.store.change(decide)
+        hooks = await self._change(decide)
         hook = hooks.by_name[d.name]
         if tags:
             resource = tag_resource(self.arn(d.name), hook.webhook_id)
@@ -222,7 +233,7 @@ class WebhookOps:
                 )
             ]
 
-        await self.store.change(decide)
+        await self._change(decide)
         for hook in gone:
             resource = tag_resource(self.arn(hook.name), hook.webhook_id)
 
@@ -258,7 +269,7 @@ class WebhookOps:
                 )
             ]
 
-        await self.store.change(decide)
+        await self._change(decide)
         return {}
 
     async def register_webhook_with_third_party(self, inp: Any, ctx: RequestContext) -> JSON:
