@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.domain import triggers as t
-from app.domain.model import PipelineDeclaration
+from app.domain.model import ActionTypeId, PipelineDeclaration
 
 ROLE = "arn:aws:iam::123456789012:role/r"
 CONN = {
@@ -533,3 +533,103 @@ def test_trigger_problems_skip_what_the_model_would_refuse() -> None:
     assert t.trigger_problems(decl([odd])) == []
     [p] = t.trigger_problems(decl([trig(push=[{"branches": {"includes": [3]}}])]))
     assert "not a string" in p
+
+
+# --- found by mutation testing --------------------------------------------------------------
+
+
+def test_refs_and_commits_must_be_non_empty_strings() -> None:
+    assert t.git_event("push", {"ref": 5, "after": SHA}) is None
+    assert t.git_event("push", {"ref": "", "after": SHA}) is None
+    assert t.git_event("push", {"ref": "refs/heads/main", "after": ""}) is None
+    no_files = t.git_event("push", {"ref": "refs/heads/main", "after": SHA, "commits": []})
+    assert no_files is not None and no_files.files is None
+
+
+def test_malformed_pull_requests_are_ignored() -> None:
+    assert t.git_event("pull_request", {"action": "opened", "pull_request": "x"}) is None
+    assert t.git_event("pull_request", {"action": 3, "pull_request": {}}) is None
+    only_base = {"base": {"ref": "main"}}
+    assert t.git_event("pull_request", {"action": "opened", "pull_request": only_base}) is None
+    only_head = {"head": {"ref": "f", "sha": SHA}}
+    assert t.git_event("pull_request", {"action": "opened", "pull_request": only_head}) is None
+
+
+def test_pr_repository() -> None:
+    p = {"base": {"ref": "main"}, "head": {"ref": "f", "sha": SHA}}
+    ev = t.git_event(
+        "pull_request",
+        {"action": "opened", "pull_request": p, "repository": {"full_name": "o/r"}},
+    )
+    assert ev is not None and ev.repository == "o/r"
+
+
+def test_non_strings_compare_as_compact_json() -> None:
+    payload = {"files": ["a", "b"], "meta": {"k": 1}}
+    assert t.filters_match([("$.files", '["a","b"]')], payload, {})
+    assert t.filters_match([("$.meta", '{"k":1}')], payload, {})
+    assert not t.filters_match([("$.files", '["a", "b"]')], payload, {})
+
+
+def test_every_rule_counts_after_one_without_match_equals() -> None:
+    rules: list[tuple[str, str | None]] = [("$.ref", None), ("$.ref", "refs/heads/dev")]
+    assert not t.filters_match(rules, PAYLOAD, {})
+
+
+def test_problems_say_why() -> None:
+    why = t.filter_problem("$.[", None)
+    assert why is not None and "not valid" in why
+    why = t.glob_problem("[x")
+    assert why is not None and "unclosed" in why
+    assert t.filter_problem("$.ref", "{a{b}") is not None  # nested, though it closes once
+
+
+def test_later_triggers_are_tried_after_ones_that_cannot_match() -> None:
+    good = trig(push=[{"branches": {"includes": ["main"]}}])
+    other = {"providerType": "Other", "gitConfiguration": {"sourceActionName": "src"}}
+    no_git = {"providerType": "CodeStarSourceConnection", "gitConfiguration": "x"}
+    for first in (other, no_git, trig(source="nope"), trig(),
+                  trig(push=[{"branches": {"includes": ["dev"]}}])):  # fmt: skip
+        assert t.match_trigger(decl([first, good]), push()) == "src"
+    # a filterless trigger that does not match (another branch) lets the next one try
+    assert t.match_trigger(decl([trig(), good], branch="dev"), push()) == "src"
+
+
+def test_default_detection_looks_at_every_source_action() -> None:
+    d = decl()
+    other = msgspec.structs.replace(
+        d.stages[0].actions[0],
+        name="s3",
+        actionTypeId=msgspec.convert(CONN | {"provider": "S3"}, ActionTypeId),
+    )
+    stage = msgspec.structs.replace(d.stages[0], actions=[other, d.stages[0].actions[0]])
+    two = msgspec.structs.replace(d, stages=[stage, *d.stages[1:]])
+    assert t.match_trigger(two, push()) == "src"
+
+
+def test_a_declaration_without_stages_matches_nothing() -> None:
+    empty = msgspec.structs.replace(decl(), stages=[])
+    assert t.takes_commit(empty, "src") is False
+    assert t.action_configuration(empty, "src") is None
+    assert t.match_trigger(empty, push()) is None
+
+
+def test_every_push_filter_and_criterion_is_checked() -> None:
+    both = {"tags": {"includes": ["v1"]}, "branches": {"includes": ["m"]}}
+    tags_files = {"tags": {"includes": ["v1"]}, "filePaths": {"includes": ["a"]}}
+    problems = t.trigger_problems(decl([trig(push=["x", both, tags_files])]))
+    assert len(problems) == 2 and all(p.startswith("A push filter may have tags") for p in problems)
+    assert problems[0].endswith("not tags with branches or file paths")
+    [p] = t.trigger_problems(decl([trig(push=["x", {"filePaths": {"includes": ["a"]}}])]))
+    assert p == "A push filter needs tags or branches"
+    for key in ("tags", "branches", "filePaths"):
+        f: dict[str, Any] = {"branches": {"includes": ["m"]}, key: {"includes": ["[x"]}}
+        if key == "tags":
+            f = {"tags": {"includes": ["[x"]}}
+        [p] = t.trigger_problems(decl([trig(push=["x", f])]))
+        assert p.startswith(f"Trigger {key} pattern '[x'")
+    [p] = t.trigger_problems(decl([trig(pr=["x", {"branches": {"includes": [3]}}])]))
+    assert p == "Trigger branches pattern '3': not a string"
+    # a trigger the model would refuse does not hide the next one's problems
+    odd = {"providerType": "CodeStarSourceConnection", "gitConfiguration": "x"}
+    assert len(t.trigger_problems(decl([odd, trig(source="b")]))) == 1
