@@ -96,24 +96,21 @@ class WebhookOps:
         base = self.base_url or f"http://{ctx.host or 'localhost'}"
         return f"{base}{PATH_PREFIX}{hook.webhook_id}"
 
-    async def _item(
-        self, hook: Webhook, ctx: RequestContext, catalog: cat.Catalog, *, history: bool = True
-    ) -> JSON:
+    async def _item(self, hook: Webhook, ctx: RequestContext, catalog: cat.Catalog) -> JSON:
         arn = self.arn(hook.name)
         item: JSON = {
             "definition": redacted(hook.definition),
             "url": self.url(hook, ctx),
             "arn": arn,
         }
-        if history:
-            last = await self.store.last_started(hook.webhook_id)
-            if last is not None:
-                item["lastTriggered"] = last
-            deliveries = await self.store.deliveries(hook.webhook_id, count=1)
-            latest = deliveries[0] if deliveries else None
-            if latest is not None and latest.result == "refused":
-                item["errorCode"] = latest.errorCode or "Refused"
-                item["errorMessage"] = latest.message or ""
+        last = await self.store.last_started(hook.webhook_id)
+        if last is not None:
+            item["lastTriggered"] = last
+        deliveries = await self.store.deliveries(hook.webhook_id, count=1)
+        latest = deliveries[0] if deliveries else None
+        if latest is not None and latest.result == "refused":
+            item["errorCode"] = latest.errorCode or "Refused"
+            item["errorMessage"] = latest.message or ""
         tags = catalog.tags.get(tag_resource(arn, hook.webhook_id), {})
         if tags:
             item["tags"] = [{"key": k, "value": v} for k, v in tags.items()]
