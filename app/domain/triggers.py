@@ -350,7 +350,7 @@ def push_filter_matches(f: Mapping[str, Any], ev: GitEvent) -> bool:
 def pr_filter_matches(f: Mapping[str, Any], ev: GitEvent) -> bool:
     """One ``pullRequest`` filter: the event type among ``events`` (default: all three), the
     destination branch accepted by ``branches``, a changed file by ``filePaths`` (if any)."""
-    if ev.kind != "pull_request" or ev.pr_event is None:
+    if ev.pr_event is None:  # only pull requests have one
         return False
     events = f.get("events") or ["OPEN", "UPDATED", "CLOSED"]
     if ev.pr_event not in events:
@@ -400,7 +400,7 @@ def match_trigger(decl: PipelineDeclaration, ev: GitEvent) -> str | None:
             if t.get("providerType") != CONNECTION_PROVIDER or not isinstance(git, dict):
                 continue
             source = git.get("sourceActionName")
-            config = action_configuration(decl, source) if isinstance(source, str) else None
+            config = action_configuration(decl, str(source))
             if config is None:
                 continue
             push, prs = git.get("push"), git.get("pullRequest")
