@@ -394,6 +394,22 @@ def _action_args(p: argparse.ArgumentParser) -> None:
         metavar="MINUTES",
         help="time limit of an action that declares no timeoutInMinutes (default 60)",
     )
+    p.add_argument(
+        "--artifact-dir",
+        default=None,
+        metavar="DIR",
+        help="the local artifact store: where actions' artifacts are kept as zip files "
+        "(default: $STAGELINE_ARTIFACT_DIR, else <temp dir>/stageline-artifacts; processes "
+        "on several hosts need a shared directory or S3)",
+    )
+    p.add_argument(
+        "--s3-endpoint",
+        default=None,
+        metavar="URL",
+        help="an S3-compatible endpoint (default: $STAGELINE_S3_ENDPOINT): pipelines whose "
+        "artifactStore is {type: S3, location: <bucket>} keep their artifacts there; "
+        "credentials come from the standard AWS environment or credentials file",
+    )
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
@@ -670,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _worker_config(a: argparse.Namespace) -> WorkerConfig:
+    from app.artifacts import ArtifactSettings
     from workers.runners.commands_action import RUNTIMES, ActionSettings
 
     if a.log_max_lines < 1 or a.action_timeout < 1:
@@ -683,6 +700,7 @@ def _worker_config(a: argparse.Namespace) -> WorkerConfig:
         image=a.action_image,
         network=a.action_network,
         container_cli=a.container_cli,
+        artifacts=ArtifactSettings.from_env(dir=a.artifact_dir, s3_endpoint=a.s3_endpoint),
     )
     _check_action_user(actions.user)
     if actions.runtime not in RUNTIMES:

@@ -30,6 +30,18 @@ from app.repository import Origin
 JSON = dict[str, Any]
 
 
+def _start_variables(given: list[s.PipelineVariable] | None) -> dict[str, str] | None:
+    """StartPipelineExecution's ``variables`` as a map; a name given twice is refused."""
+    if not given:
+        return None
+    out: dict[str, str] = {}
+    for v in given:
+        if v.name in out:
+            raise AwsError("ValidationException", f"Pipeline variable '{v.name}' is given twice")
+        out[v.name] = v.value
+    return out
+
+
 def _origin(ctx: RequestContext) -> Origin:
     """Who asked; an SDK retry of the same call (same invocation id) is the same command.
 
@@ -191,6 +203,7 @@ def build_handlers(
             _origin(ctx),
             client_request_token=inp.clientRequestToken,
             trigger_detail=ctx.actor,
+            variables=_start_variables(inp.variables),
         )
         return {"pipelineExecutionId": eid}
 

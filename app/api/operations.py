@@ -477,11 +477,14 @@ class Operations:
         )
 
     async def override_stage_condition(self, inp: Any, ctx: RequestContext) -> JSON:
-        await self._stage(inp.pipelineName, inp.stageName)
-        raise AwsError(
-            "ConditionNotOverridableException",
-            "stageline does not evaluate stage conditions, so there is none to override",
+        await self.engine.override_stage_condition(
+            inp.pipelineName,
+            inp.stageName,
+            inp.pipelineExecutionId,
+            inp.conditionType,
+            self.origin(ctx),
         )
+        return {}
 
     async def rollback_stage(self, inp: Any, ctx: RequestContext) -> JSON:
         await self._stage(inp.pipelineName, inp.stageName)
@@ -491,11 +494,25 @@ class Operations:
         )
 
     async def list_rule_executions(self, inp: Any, ctx: RequestContext) -> JSON:
-        await self.engine.head(inp.pipelineName)
-        return {"ruleExecutionDetails": []}  # stageline evaluates no rules
+        f = inp.filter
+        eid = f.pipelineExecutionId if f is not None else None
+        latest = f.latestInPipelineExecution if f is not None else None
+        if latest is not None:
+            if eid is not None and eid != latest.pipelineExecutionId:
+                raise AwsError(
+                    "ValidationException",
+                    "filter.pipelineExecutionId and filter.latestInPipelineExecution."
+                    "pipelineExecutionId name different executions",
+                )
+            eid = latest.pipelineExecutionId
+        return await self.engine.list_rule_executions(
+            inp.pipelineName, execution_id=eid, max_results=inp.maxResults, next_token=inp.nextToken
+        )
 
     async def list_rule_types(self, inp: Any, ctx: RequestContext) -> JSON:
-        return {"ruleTypes": []}  # stageline evaluates no rules
+        from app import condition_queries as cq
+
+        return cq.list_rule_types(inp.ruleOwnerFilter, inp.regionFilter)
 
     def handlers(self) -> dict[str, Op]:
         return {

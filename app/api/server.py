@@ -6,7 +6,7 @@ import contextlib
 import ipaddress
 import logging
 import signal
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,7 @@ class ServeConfig:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     access_log: str | None = "text"  # one line per request: "text", "json" or None (off)
     audit_key: bytes | None = field(default=None, repr=False)  # tags new events (docs/audit.md)
+    clock: Callable[[], float] | None = field(default=None, repr=False)  # tests: the engine's time
     webhook_base_url: str | None = None  # PutWebhook's url base; None: http://<Host header>
     trigger_secret: bytes | None = field(default=None, repr=False)  # POST /triggers/ HMAC key
 
@@ -148,6 +149,8 @@ async def serve(
         concurrency_limit=cfg.max_concurrent_executions,
         audit_key=cfg.audit_key,
     )
+    if cfg.clock is not None:  # event times, DeploymentWindow rules (docs/pipelines.md)
+        engine.repo.clock = cfg.clock
     engine.store.min_replica_acks = await default_replica_acks(redis, cfg.min_replica_acks)
     await engine.start()
     app = make_app(engine, cfg)
