@@ -22,6 +22,7 @@ import socket
 import string
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -476,6 +477,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-workers", action="store_true", help="API only; run workers apart")
     _audit_key_arg(s)
     s.add_argument(
+        "--webhook-base-url",
+        default=os.environ.get("STAGELINE_WEBHOOK_BASE_URL"),
+        help="base of the webhook URLs PutWebhook returns, e.g. https://ci.example.com "
+        "(env STAGELINE_WEBHOOK_BASE_URL; default: http://<the request's Host>)",
+    )
+    s.add_argument(
+        "--trigger-secret-file",
+        default=os.environ.get("STAGELINE_TRIGGER_SECRET_FILE"),
+        help="file holding the secret GitHub signs V2 trigger deliveries with "
+        "(POST /triggers/<pipeline>; env STAGELINE_TRIGGER_SECRET_FILE; default: off)",
+    )
+    s.add_argument(
         "--access-key",
         action="append",
         default=[os.environ["STAGELINE_ACCESS_KEYS"]]
@@ -835,6 +848,19 @@ async def _until_redis_answers(engine: Any) -> bool:
     return ok
 
 
+def _trigger_secret(path: str | None) -> bytes | None:
+    """The V2 trigger secret of --trigger-secret-file (surrounding whitespace stripped)."""
+    if not path:
+        return None
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise CliError(f"cannot read --trigger-secret-file {path}: {exc.strerror}") from None
+    if not secret:
+        raise CliError(f"--trigger-secret-file {path} is empty", EXIT_USAGE)
+    return secret
+
+
 async def _serve(a: argparse.Namespace) -> None:
     from dataclasses import replace
 
@@ -892,6 +918,8 @@ async def _serve(a: argparse.Namespace) -> None:
         worker=worker,
         access_log=None if a.access_log == "off" else a.access_log,
         audit_key=audit_key,
+        webhook_base_url=a.webhook_base_url,
+        trigger_secret=_trigger_secret(a.trigger_secret_file),
     )
     try:
         check_exposure(cfg)

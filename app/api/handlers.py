@@ -23,6 +23,7 @@ from app.api.wire import DEFAULT_ACCOUNT, Handler, RequestContext
 from app.domain import events as ev
 from app.domain.errors import DomainError
 from app.domain.model import aws_strict_problems, declaration_problems
+from app.domain.triggers import trigger_problems
 from app.engine import Engine
 from app.queries import DEFAULT_REGION
 from app.repository import Origin
@@ -118,11 +119,14 @@ def build_handlers(
     region: str = DEFAULT_REGION,
     account: str = DEFAULT_ACCOUNT,
     aws_strict: bool = False,
+    webhook_base_url: str | None = None,
 ) -> dict[str, Handler]:
     """Every CodePipeline operation's handler. ``aws_strict`` adds AWS's source-stage rules
     (:func:`app.domain.model.aws_strict_problems`) to CreatePipeline/UpdatePipeline."""
     h: dict[str, Callable[[Any, RequestContext], Awaitable[JSON]]] = {}
-    ops = Operations(engine, region=region, account=account, origin=_origin)
+    ops = Operations(
+        engine, region=region, account=account, origin=_origin, webhook_base_url=webhook_base_url
+    )
 
     async def check_declaration(decl: Any) -> None:
         problems = declaration_problems(decl)  # limits first, in every mode (as the engine)
@@ -132,6 +136,9 @@ def build_handlers(
             problems = aws_strict_problems(decl)
             if problems:
                 raise AwsError("InvalidStructureException", problems[0])
+        problems = trigger_problems(decl)  # V2 triggers (app/domain/triggers.py)
+        if problems:
+            raise AwsError("InvalidStructureException", problems[0])
         await ops.check_action_types(decl)
 
     # --- the heart -----------------------------------------------------------------------

@@ -25,6 +25,7 @@ from app.domain.model import NAME_PATTERN, ActionTypeId, PipelineDeclaration
 from app.domain.sources import put_revision_override
 from app.engine import Engine
 from app.repository import Origin
+from app.webhooks.ops import WebhookOps
 
 JSON = dict[str, Any]
 Op = Callable[[Any, RequestContext], Awaitable[JSON]]
@@ -123,12 +124,14 @@ class Operations:
         region: str,
         account: str,
         origin: Callable[[RequestContext], Origin],
+        webhook_base_url: str | None = None,
     ) -> None:
         self.engine = engine
         self.region = region
         self.account = account
         self.origin = origin
         self.catalog = cat.CatalogStore(engine.redis, engine.keys.namespace)
+        self.webhooks = WebhookOps(self, webhook_base_url)
 
     # --- resources ------------------------------------------------------------------------
 
@@ -158,7 +161,10 @@ class Operations:
                 raise missing
             return arn
         if rest.startswith("webhook:"):
-            raise missing  # stageline has no webhooks (PutWebhook refuses them)
+            found = await self.webhooks.tag_resource_of(rest.removeprefix("webhook:"))
+            if found is None:
+                raise missing
+            return found
         if _PIPELINE_NAME_RE.match(rest) is None or len(rest) > 100:
             raise AwsError("InvalidArnException", f"The ARN '{arn}' is not valid")
         try:
@@ -537,31 +543,6 @@ class Operations:
 
         return cq.list_rule_types(inp.ruleOwnerFilter, inp.regionFilter)
 
-    async def list_webhooks(self, inp: Any, ctx: RequestContext) -> JSON:
-        return {"webhooks": []}
-
-    async def put_webhook(self, inp: Any, ctx: RequestContext) -> JSON:
-        await self.engine.head(inp.webhook.targetPipeline)
-        raise AwsError(
-            "ValidationException",
-            "stageline does not receive webhooks: start executions with StartPipelineExecution",
-        )
-
-    async def delete_webhook(self, inp: Any, ctx: RequestContext) -> JSON:
-        return {}  # AWS answers a missing webhook with success; stageline has none
-
-    async def register_webhook_with_third_party(self, inp: Any, ctx: RequestContext) -> JSON:
-        raise AwsError(
-            "WebhookNotFoundException",
-            f"Webhook '{inp.webhookName}' does not exist (stageline has no webhooks)",
-        )
-
-    async def deregister_webhook_with_third_party(self, inp: Any, ctx: RequestContext) -> JSON:
-        raise AwsError(
-            "WebhookNotFoundException",
-            f"Webhook '{inp.webhookName}' does not exist (stageline has no webhooks)",
-        )
-
     def handlers(self) -> dict[str, Op]:
         return {
             "TagResource": self.tag_resource,
@@ -585,9 +566,9 @@ class Operations:
             "RollbackStage": self.rollback_stage,
             "ListRuleExecutions": self.list_rule_executions,
             "ListRuleTypes": self.list_rule_types,
-            "ListWebhooks": self.list_webhooks,
-            "PutWebhook": self.put_webhook,
-            "DeleteWebhook": self.delete_webhook,
-            "RegisterWebhookWithThirdParty": self.register_webhook_with_third_party,
-            "DeregisterWebhookWithThirdParty": self.deregister_webhook_with_third_party,
+            "ListWebhooks": self.webhooks.list_webhooks,
+            "PutWebhook": self.webhooks.put_webhook,
+            "DeleteWebhook": self.webhooks.delete_webhook,
+            "RegisterWebhookWithThirdParty": self.webhooks.register_webhook_with_third_party,
+            "DeregisterWebhookWithThirdParty": self.webhooks.deregister_webhook_with_third_party,
         }
