@@ -7,9 +7,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import hashlib
+import hmac
 import io
+import json
 import os
 import shutil
+import uuid
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +28,7 @@ from app.artifacts import ArtifactLocation, ArtifactSettings, LocalArtifactStore
 from app.domain import events as ev
 from app.store.eventstore import EventStore
 from app.store.keys import Keys
-from tests.api_helpers import AKID, SECRET, Stageline, client, run_stageline, wait_for
+from tests.api_helpers import AKID, SECRET, Stageline, client, raw, run_stageline, wait_for
 from tests.conftest import IN_CI, no_redis
 from tests.redis_server import RedisServer, redis_binary
 from tests.s3_server import FAKE_KEYS, s3_endpoint  # noqa: F401 (a fixture)
@@ -483,3 +487,41 @@ def test_job_worker_source_reports_its_revision(live: Stageline) -> None:
     assert rev["created"] == datetime.datetime(2024, 5, 1, tzinfo=datetime.UTC)
     state = cp.get_pipeline_state(name="job-src")["stageStates"][0]["actionStates"][0]
     assert state["currentRevision"]["revisionId"] == "r-42"
+
+
+def test_a_signed_push_webhook_fetches_the_pushed_commit(
+    live: Stageline, world: dict[str, Any]
+) -> None:
+    """Webhooks and sources together: the push's commit (not the branch head) is fetched."""
+    repo: Repo = world["repo"]
+    cp = client(live.url)
+    out = world["base"] / "pushed"
+    cp.create_pipeline(pipeline=pipeline("git-push", git_action(), f"cp app.txt {out}"))
+    secret = "push-secret-for-the-test"
+    hook = cp.put_webhook(
+        webhook={
+            "name": "git-push-hook",
+            "targetPipeline": "git-push",
+            "targetAction": "Checkout",
+            "filters": [{"jsonPath": "$.ref", "matchEquals": "refs/heads/{BranchName}"}],
+            "authentication": "GITHUB_HMAC",
+            "authenticationConfiguration": {"SecretToken": secret},
+        }
+    )["webhook"]
+    body = json.dumps(
+        {"ref": "refs/heads/main", "after": repo.first, "head_commit": {"id": repo.first}}
+    ).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": str(uuid.uuid4()),
+        "X-Hub-Signature-256": "sha256="
+        + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest(),
+    }
+    path = "/" + hook["url"].split("/", 3)[3]
+    status, _, doc = raw(live.url, "POST", path, body, headers)
+    assert status == 200 and doc["started"] is True, doc
+    done = wait_done(cp, "git-push", doc["pipelineExecutionId"])
+    assert [r["revisionId"] for r in done["artifactRevisions"]] == [repo.first]
+    assert done["trigger"]["triggerType"] == "Webhook"
+    assert out.read_text() == "one\n"
