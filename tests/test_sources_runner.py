@@ -417,3 +417,14 @@ async def test_no_output_artifact_still_records_the_revision(repo: Repo, tmp_pat
     )
     assert sink.names == [] and out.artifacts == {}
     assert out.revision.revisionId == repo.second
+
+
+async def test_a_long_commit_message_is_cut(repo: Repo, tmp_path: Path) -> None:
+    message = "subject\n\n" + "x" * 10_000
+    git(repo.path, "commit", "--quiet", "--allow-empty", "-m", message)
+    try:
+        out, _ = await fetch(connection_action(), SourceSettings(git_root=str(repo.root)), tmp_path)
+        assert out.revision.revisionSummary == message[:2048]
+        assert out.output_variables["CommitMessage"] == message[:4096]
+    finally:
+        git(repo.path, "reset", "--quiet", "--hard", repo.second)

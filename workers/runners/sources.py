@@ -46,6 +46,8 @@ ENV_S3_ENDPOINT = "STAGELINE_S3_ENDPOINT"  # the artifact store's endpoint (same
 ENV_S3_REGION = "STAGELINE_S3_REGION"
 REVISION_SUMMARY_KEY = "codepipeline-artifact-revision-summary"  # S3 object metadata
 GIT_TIMEOUT_S = 600.0
+REVISION_SUMMARY_MAX = 2048  # the model's RevisionSummary
+MESSAGE_VARIABLE_MAX = 4096  # the CommitMessage output variable (a long message is cut)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SEGMENT = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]*")
 
@@ -357,7 +359,7 @@ async def fetch_git(
     variables = dict(src.variables)
     variables.update(
         CommitId=commit,
-        CommitMessage=message,
+        CommitMessage=message[:MESSAGE_VARIABLE_MAX],
         AuthorDate=_iso_of(author_date),
     )
     if a.actionTypeId.provider == "CodeCommit":
@@ -365,7 +367,7 @@ async def fetch_git(
     url = src.commit_url.replace("{CommitId}", commit) if src.commit_url else None
     revision = ArtifactRevision(
         revisionId=commit,
-        revisionSummary=message or None,
+        revisionSummary=message[:REVISION_SUMMARY_MAX] or None,
         revisionUrl=url,
         created=float(created),
         revisionChangeIdentifier=_iso(created),
