@@ -12,10 +12,12 @@ code runs on both; the few places that differ test :func:`is_cluster`."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -41,6 +43,33 @@ def default_url() -> str | None:
     return os.environ.get(ENV_URL) or None
 
 
+class GuardedConnection(Connection):
+    """redis-py's connection with one race closed. A cluster client that refreshes its slots
+    (a failover, a reshard) disconnects every connection of the nodes it replaces, one that
+    is sending a command included: the send then met ``_writer = None`` and raised
+    ``AttributeError``, which no caller treats as Redis being away (a worker died of it
+    under load during a failover). Here it is the connection error it is, and is retried."""
+
+    async def _send_packed_command(self, command: Iterable[bytes]) -> None:
+        writer = self._writer
+        if writer is None:
+            raise RedisConnectionError("connection closed while sending (slots refreshed)")
+        writer.writelines(command)
+        await writer.drain()
+
+
+def guard_cluster(cluster: Any) -> None:
+    """Give a (not yet initialised) cluster client's nodes, present and discovered later,
+    :class:`GuardedConnection` (unless it uses TLS, whose class is kept)."""
+    manager = cluster.nodes_manager
+    if manager.connection_kwargs.get("connection_class", Connection) is not Connection:
+        return
+    manager.connection_kwargs["connection_class"] = GuardedConnection
+    for node in list(manager.startup_nodes.values()) + list(manager.nodes_cache.values()):
+        if node.connection_class is Connection:
+            node.connection_class = GuardedConnection
+
+
 async def connect(url: str | None) -> Redis:
     """A client for ``url``, or for the process-wide embedded server when ``url`` is None.
 
@@ -52,8 +81,15 @@ async def connect(url: str | None) -> Redis:
     if url:
         # A pool that makes a burst wait for a connection instead of failing it (a worker
         # starting its owner loops for 128 partitions at once: "Too many connections").
+        extra: dict[str, Any] = {}
+        if url.startswith("redis://"):  # (rediss:// and unix:// keep their own classes)
+            extra["connection_class"] = GuardedConnection
         pool = BlockingConnectionPool.from_url(
-            url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, socket_timeout=SOCKET_TIMEOUT_S
+            url,
+            max_connections=POOL_SIZE,
+            timeout=POOL_WAIT_S,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            **extra,
         )
         client = Redis(connection_pool=pool)
         try:
@@ -66,6 +102,7 @@ async def connect(url: str | None) -> Redis:
             return client
         await client.aclose()
         cluster: Any = RedisCluster.from_url(url, socket_timeout=SOCKET_TIMEOUT_S)
+        guard_cluster(cluster)
         await cluster.initialize()
         result: Redis = cluster
         return result

@@ -75,3 +75,30 @@ async def test_appends_go_on_when_a_node_lost_its_scripts(cluster_redis: RedisCl
         r = await store.append(Batch(p, [env(p, started("x"))], head_expected=1))
         assert (r.first, r.last) == (2, 2)
     assert await store.pipelines() == sorted(names)
+
+
+async def test_connections_torn_down_while_sending_are_connection_errors(
+    real_cluster_url: str,
+) -> None:
+    """A cluster client refreshing its slots disconnects every connection of a replaced node,
+    one that is sending too: that is a connection error the callers retry, not the
+    AttributeError redis-py's own connection raised (which killed a worker under load)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from app.store.connection import GuardedConnection, connect
+
+    client: Any = await connect(real_cluster_url)
+    try:
+        for node in client.get_nodes():  # present nodes, and the class for discovered ones
+            assert node.connection_class is GuardedConnection
+        assert client.nodes_manager.connection_kwargs["connection_class"] is GuardedConnection
+        assert await client.ping()
+        node = client.get_primaries()[0]
+        conn = node.acquire_connection()
+        await conn.connect()
+        await conn.disconnect()  # what a slot refresh does to a node's connections
+        with pytest.raises(RedisConnectionError, match="closed while sending"):
+            await conn._send_packed_command([b"PING\r\n"])
+        node.release(conn)
+    finally:
+        await client.aclose()
