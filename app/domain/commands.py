@@ -112,3 +112,23 @@ class PutApproval(Command, frozen=True, kw_only=True):
     token: str
     status: Literal["Approved", "Rejected"]
     summary: str = ""
+
+
+class DisableStageTransition(Command, frozen=True, kw_only=True):
+    stageName: str
+    transitionType: Literal["Inbound", "Outbound"]
+    reason: str
+
+
+class EnableStageTransition(Command, frozen=True, kw_only=True):
+    stageName: str
+    transitionType: Literal["Inbound", "Outbound"]
+
+
+class RollbackStage(Command, frozen=True, kw_only=True):
+    """RollbackStage: a new execution (``executionId``, type ROLLBACK) re-runs the stage with
+    what ``targetExecutionId`` ran it with."""
+
+    executionId: str
+    stageName: str
+    targetExecutionId: str

@@ -19,6 +19,7 @@ import msgspec
 
 from app.domain import commands as c
 from app.domain import events as ev
+from app.domain import rollback, transitions
 from app.domain.errors import DomainError
 from app.domain.model import (
     ActionDeclaration,
@@ -173,7 +174,10 @@ class Decision:
         s = self.s
         assert s.declaration is not None
         mode = s.declaration.mode
-        if mode == "PARALLEL" or (stage not in s.occupant and not s.waiting.get(stage)):
+        held = transitions.closed(s, stage)  # a disabled transition: wait (supersede, queue)
+        if not held and (
+            mode == "PARALLEL" or (stage not in s.occupant and not s.waiting.get(stage))
+        ):
             self.enter(eid, stage)
             return
         if mode == "SUPERSEDED":
@@ -184,7 +188,7 @@ class Decision:
     def admit(self, stage: str) -> None:
         """The stage was released: let the first waiting execution in."""
         s = self.s
-        if stage in s.occupant:
+        if stage in s.occupant or transitions.closed(s, stage):
             return
         waiters = s.waiting.get(stage)
         if waiters:
@@ -208,7 +212,13 @@ class Decision:
             # ALL_ACTIONS with siblings still running: the retry starts when the last ends.
             return
         self.emit(ev.ExecutionFailed(executionId=eid, stageName=stage, reason=reason))
+        rollback.after_failure(self, eid, stage)  # onFailure: ROLLBACK
         self.admit(stage)
+
+    def rollback_stage(self, eid_failed: str, stage: str) -> str | None:
+        """Roll ``stage`` back (AutomatedRollback) after ``eid_failed`` failed in it (its
+        StageFailed/ExecutionFailed already emitted): the rollback execution, or None."""
+        return rollback.roll_back(self, eid_failed, stage)
 
     def start_retry(
         self,
@@ -268,7 +278,7 @@ class Decision:
         self.admit(stage)
         decl = self.decl(x)
         idx = decl.stage_index(stage)
-        if idx + 1 < len(decl.stages):
+        if idx + 1 < len(decl.stages) and x.rollbackStage is None:  # a rollback: one stage
             self.try_enter(eid, decl.stages[idx + 1].name)
         else:
             self.emit(ev.ExecutionSucceeded(executionId=eid))
@@ -406,6 +416,9 @@ def _check_structure(decl: PipelineDeclaration, name: str) -> None:
             "InvalidStructureException", f"declaration name {decl.name!r} is not {name!r}"
         )
     problems = declaration_problems(decl)
+    if problems:
+        raise DomainError("InvalidStructureException", "; ".join(problems))
+    problems = rollback.declaration_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
     unrunnable = action_type_problems(decl)
@@ -755,4 +768,7 @@ _HANDLERS: dict[type[c.Command], Callable[[Decision, c.Command], None]] = {
     c.PutApproval: _approval,
     c.LoseAction: _lose,
     c.Advance: _advance,
+    c.DisableStageTransition: transitions.disable,
+    c.EnableStageTransition: transitions.enable,
+    c.RollbackStage: rollback.rollback_stage,
 }

@@ -43,6 +43,23 @@ class PipelineDeleted(Event, tag=True, frozen=True):
     pass
 
 
+class StageTransitionDisabled(Event, tag=True, frozen=True):
+    """DisableStageTransition: executions stop before the transition (app/domain/transitions.py).
+    ``transitionType`` Inbound: into ``stageName``; Outbound: out of it into the next stage."""
+
+    stageName: str
+    transitionType: Literal["Inbound", "Outbound"]
+    reason: str = ""
+
+
+class StageTransitionEnabled(Event, tag=True, frozen=True):
+    """EnableStageTransition: the transition is open again (the held executions go on in the
+    same decision)."""
+
+    stageName: str
+    transitionType: Literal["Inbound", "Outbound"]
+
+
 # --- execution -------------------------------------------------------------------------------
 
 
@@ -91,6 +108,19 @@ class ExecutionStopping(Event, tag=True, frozen=True):
 class ExecutionStopped(Event, tag=True, frozen=True):
     executionId: str
     reason: str | None = None
+
+
+class RollbackStarted(Event, tag=True, frozen=True):
+    """The execution (just started, executionType ROLLBACK) re-runs ``stageName`` only, with
+    the variables and source revisions of ``targetExecutionId`` (app/domain/rollback.py).
+    ``trigger`` ManualRollback (RollbackStage) or AutomatedRollback (onFailure: ROLLBACK of
+    ``failedExecutionId``)."""
+
+    executionId: str
+    stageName: str
+    targetExecutionId: str
+    trigger: Literal["ManualRollback", "AutomatedRollback"] = "ManualRollback"
+    failedExecutionId: str | None = None
 
 
 # --- stage -----------------------------------------------------------------------------------
@@ -227,6 +257,9 @@ AnyEvent = (
     | ActionExecutionSucceeded
     | ActionExecutionFailed
     | ActionExecutionAbandoned
+    | StageTransitionDisabled
+    | StageTransitionEnabled
+    | RollbackStarted
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)
@@ -250,10 +283,17 @@ HEAD_EVENTS: frozenset[type[Event]] = frozenset(
         ExecutionSucceeded,
         ExecutionFailed,
         ExecutionStopped,
+        RollbackStarted,
     }
 )
 PIPELINE_EVENTS: frozenset[type[Event]] = frozenset(
-    {PipelineCreated, PipelineUpdated, PipelineDeleted}
+    {
+        PipelineCreated,
+        PipelineUpdated,
+        PipelineDeleted,
+        StageTransitionDisabled,
+        StageTransitionEnabled,
+    }
 )
 
 
