@@ -126,9 +126,10 @@ class EnableStageTransition(Command, frozen=True, kw_only=True):
 
 
 class RollbackStage(Command, frozen=True, kw_only=True):
-    """RollbackStage: a new execution (``executionId``, type ROLLBACK) re-runs the stage with
-    what ``targetExecutionId`` ran it with."""
+    """RollbackStage: a new execution (``rollbackExecutionId``, type ROLLBACK) re-runs the
+    stage with what ``targetExecutionId`` ran it with. (Not ``executionId``: the repository
+    would look the new id up before deciding and mark it absent.)"""
 
-    executionId: str
+    rollbackExecutionId: str
     stageName: str
     targetExecutionId: str

@@ -81,8 +81,7 @@ def target_problem(s: PipelineState, stage: str, target: str) -> DomainError | N
     if decl.mode == "PARALLEL":
         return DomainError(
             "UnableToRollbackStageException",
-            f"Pipeline '{s.name}' is in PARALLEL execution mode: stage rollback is not "
-            "available",
+            f"Pipeline '{s.name}' is in PARALLEL execution mode: stage rollback is not available",
         )
     if _is_source(decl, stage):
         return DomainError(
@@ -122,7 +121,7 @@ def rollback_stage(d: Decision, cmd: c.Command) -> None:
     problem = target_problem(s, cmd.stageName, cmd.targetExecutionId)
     if problem is not None:
         raise problem
-    if cmd.executionId in s.executions:
+    if cmd.rollbackExecutionId in s.executions:
         return  # an idempotent repeat: already started
     busy = s.occupant.get(cmd.stageName)
     if busy is not None:
@@ -138,7 +137,7 @@ def rollback_stage(d: Decision, cmd: c.Command) -> None:
             f"(limit {s.concurrencyLimit}): try again later",
             status=409,
         )
-    start(d, cmd.executionId, cmd.stageName, cmd.targetExecutionId, "ManualRollback")
+    start(d, cmd.rollbackExecutionId, cmd.stageName, cmd.targetExecutionId, "ManualRollback")
 
 
 def start(

@@ -135,7 +135,12 @@ def disable(d: Decision, cmd: c.Command) -> None:
 
 def enable(d: Decision, cmd: c.Command) -> None:
     assert isinstance(cmd, c.EnableStageTransition)
-    into = _target(d.s, cmd.stageName, cmd.transitionType)
+    try:
+        into = _target(d.s, cmd.stageName, cmd.transitionType)
+    except DomainError as err:
+        if err.type_name != "ValidationException" or cmd.transitionType not in TRANSITION_TYPES:
+            raise
+        return  # the first stage's inbound / the last one's outbound: never disabled
     if _disabled(d.s, cmd.stageName, cmd.transitionType) is None:
         return  # already enabled: nothing changes (an idempotent repeat)
     d.emit(ev.StageTransitionEnabled(stageName=cmd.stageName, transitionType=cmd.transitionType))

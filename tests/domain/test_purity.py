@@ -108,7 +108,7 @@ def _cmds(h: Harness, ids: dict[str, str]) -> list[c.Command]:
         c.DisableStageTransition(stageName="Gate", transitionType="Inbound", reason="hold"),
         c.DisableStageTransition(stageName="Build", transitionType="Outbound", reason="hold"),
         c.EnableStageTransition(stageName="Gate", transitionType="Inbound"),
-        c.RollbackStage(executionId=UNKNOWN, stageName="Build", targetExecutionId=g),
+        c.RollbackStage(rollbackExecutionId=UNKNOWN, stageName="Build", targetExecutionId=g),
     ]
 
 
