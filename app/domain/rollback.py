@@ -121,8 +121,6 @@ def rollback_stage(d: Decision, cmd: c.Command) -> None:
     problem = target_problem(s, cmd.stageName, cmd.targetExecutionId)
     if problem is not None:
         raise problem
-    if cmd.rollbackExecutionId in s.executions:
-        return  # an idempotent repeat: already started
     busy = s.occupant.get(cmd.stageName)
     if busy is not None:
         raise DomainError(
