@@ -208,6 +208,9 @@ def test_rollback_counts_against_the_concurrency_limit() -> None:
     h.start()
     name, _ = rollback_error(h, "Test", e1)
     assert name == "ConflictException"
+    h.stop(sorted(h.state.active)[0], abandon=True)
+    assert len(h.state.active) == 1
+    assert rollback(h, "Test", e1)  # one below the limit: accepted
 
 
 def test_rollback_enters_before_executions_held_for_the_stage() -> None:
@@ -392,6 +395,26 @@ def test_decision_rollback_stage_helper() -> None:
     d2 = Decision(h2.state, make_ctx())
     assert d2.rollback_stage(x, "Deploy") is None
     assert d2.events == []
+
+
+def test_decision_rollback_stage_helper_waits_for_an_occupied_stage() -> None:
+    h = pipeline("QUEUED")
+    good(h)
+    e2 = to_deploy(h)
+    w = h.start()
+    through(h, w, "Build")
+    assert h.state.waiting == {"Deploy": [w]}
+    h.fail(e2, "d1")  # no onFailure: e2 fails and w is admitted into Deploy
+    assert h.state.occupant == {"Deploy": w}
+    d = Decision(h.state, make_ctx())
+    assert d.rollback_stage(e2, "Deploy") is None
+    assert d.events == []
+
+
+def test_other_results_are_accepted_in_parallel_mode() -> None:
+    h = Harness()
+    h.create(with_result(make_decl(THREE, mode="PARALLEL"), "Deploy", "FAIL"))
+    assert h.state.declaration is not None
 
 
 @pytest.mark.parametrize("mode", ["SUPERSEDED", "QUEUED"])

@@ -297,3 +297,22 @@ def test_pipeline_delete_and_recreate_forgets_transitions() -> None:
     h.create(make_decl(THREE))
     assert h.state.transitions == {}
     assert inbound(h, "Build") == {"enabled": True}
+
+
+def test_enabling_one_of_two_closing_transitions_keeps_the_execution_held() -> None:
+    h = pipeline("QUEUED")
+    disable(h, "Source", "Outbound", reason="one")
+    disable(h, "Build", "Inbound", reason="two")
+    a = h.start()
+    h.succeed(a, "src")
+    assert h.state.waiting == {"Build": [a]}
+    assert enable(h, "Build", "Inbound") == envs_of_type(h, "StageTransitionEnabled")
+    assert h.x(a).waitingFor == "Build"
+    envs = enable(h, "Source", "Outbound")
+    assert [e.executionId for e in of_type(envs, ev.StageEntered)] == [a]
+
+
+def envs_of_type(h: Harness, name: str) -> list[ev.Envelope]:
+    """The last event of the log, when it is of type ``name`` (else nothing)."""
+    last = h.log[-1]
+    return [last] if ev.event_type(last.event) == name else []
