@@ -178,7 +178,7 @@ def automatic_target(s: PipelineState, failed: str, stage: str) -> str | None:
     if x is None or is_rollback(x):
         return None  # a failed rollback is not rolled back again
     target = s.lastSucceeded.get(stage)
-    if target is None or target == failed:
+    if target is None:
         return None
     if target_problem(s, stage, target) is not None:
         return None

@@ -80,7 +80,7 @@ def inbound_state(s: PipelineState, stage: str) -> dict[str, Any]:
     doc: dict[str, Any] = {"enabled": t.enabled, "lastChangedAt": t.at}
     if t.by is not None:
         doc["lastChangedBy"] = t.by
-    if not t.enabled and t.reason:
+    if t.reason:  # only a disabled transition has one
         doc["disabledReason"] = t.reason
     return doc
 
@@ -150,9 +150,9 @@ def enable(d: Decision, cmd: c.Command) -> None:
 def release(d: Decision, stage: str) -> None:
     """The transition into ``stage`` may have opened: let the held execution(s) in."""
     s = d.s
-    if closed(s, stage) or s.declaration is None:
+    if closed(s, stage):
         return
-    if s.declaration.mode == "PARALLEL":
+    if s.require_declaration().mode == "PARALLEL":
         for eid in list(s.waiting.get(stage, [])):
             d.enter(eid, stage)
         return

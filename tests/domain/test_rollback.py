@@ -167,7 +167,8 @@ def test_rollback_errors() -> None:
     rid = rollback(h, "Deploy", e1)
     # the stage must not be running (rid is in it)
     name, msg = rollback_error(h, "Deploy", e1)
-    assert name == "UnableToRollbackStageException" and "in progress" in msg
+    assert name == "UnableToRollbackStageException"
+    assert f"is in progress (execution {rid}): wait for it to end or stop it first" in msg
     h.succeed(rid, "d1", "d2")
     name, msg = rollback_error(h, "Deploy", rid)
     assert name == "UnableToRollbackStageException" and "rollback execution" in msg

@@ -131,11 +131,13 @@ def test_errors() -> None:
     first = h.error(
         c.DisableStageTransition(stageName="Source", transitionType="Inbound", reason="x")
     )
-    assert first.type_name == "ValidationException" and "first stage" in first.message
+    assert first.type_name == "ValidationException"
+    assert "is the first stage of pipeline 'p': it has no inbound transition" in first.message
     last = h.error(
         c.DisableStageTransition(stageName="Deploy", transitionType="Outbound", reason="x")
     )
-    assert last.type_name == "ValidationException" and "last stage" in last.message
+    assert last.type_name == "ValidationException"
+    assert "is the last stage of pipeline 'p': it has no outbound transition" in last.message
     empty = h.error(
         c.DisableStageTransition(stageName="Build", transitionType="Inbound", reason="")
     )
@@ -147,6 +149,7 @@ def test_errors() -> None:
     assert disable(h, reason="x" * 300)  # the maximum is accepted
     bad = h.error(c.EnableStageTransition(stageName="Build", transitionType="Sideways"))  # type: ignore[arg-type]
     assert bad.type_name == "ValidationException"
+    assert "Member must satisfy enum value set: [Inbound, Outbound]" in bad.message
     # transitions that do not exist are never disabled: enabling them is a no-op
     assert enable(h, "Source", "Inbound") == []
     assert enable(h, "Deploy", "Outbound") == []
@@ -316,3 +319,31 @@ def envs_of_type(h: Harness, name: str) -> list[ev.Envelope]:
     """The last event of the log, when it is of type ``name`` (else nothing)."""
     last = h.log[-1]
     return [last] if ev.event_type(last.event) == name else []
+
+
+def test_enabling_one_of_two_in_parallel_mode_keeps_them_held() -> None:
+    h = pipeline("PARALLEL")
+    disable(h, "Source", "Outbound", reason="one")
+    disable(h, "Build", "Inbound", reason="two")
+    a = h.start()
+    h.succeed(a, "src")
+    assert types(enable(h, "Build", "Inbound")) == ["StageTransitionEnabled"]
+    assert h.state.waiting == {"Build": [a]}
+    assert types(enable(h, "Source", "Outbound"))[:2] == ["StageTransitionEnabled", "StageEntered"]
+
+
+def test_enable_in_parallel_mode_with_nobody_held() -> None:
+    h = pipeline("PARALLEL")
+    disable(h)
+    assert types(enable(h)) == ["StageTransitionEnabled"]
+
+
+def test_a_stage_that_became_last_keeps_its_outbound_record_harmlessly() -> None:
+    h = pipeline("QUEUED")
+    disable(h, "Build", "Outbound", reason="no deploys")
+    h.update(make_decl({"Source": ["src"], "Build": [("b1", 1), ("b2", 1)]}))
+    a = h.start()
+    assert h.x(a).currentStage == "Source"  # the first stage has no transition into it
+    assert h.x(a).waitingFor is None
+    h.succeed(a, "src")
+    assert h.x(a).currentStage == "Build"
