@@ -350,7 +350,10 @@ def test_rollback_result_is_refused_in_parallel_mode_and_for_a_source_stage() ->
             declaration=with_result(make_decl(THREE, mode="PARALLEL"), "Deploy", "ROLLBACK")
         )
     )
-    assert err.type_name == "InvalidStructureException" and "PARALLEL" in err.message
+    assert err.type_name == "InvalidStructureException"
+    assert err.message == (
+        "stage 'Deploy': onFailure result ROLLBACK is not available in PARALLEL execution mode"
+    )
     src = StageDeclaration(
         name="Source",
         actions=[ActionDeclaration(name="s", actionTypeId=SOURCE_TYPE)],
@@ -360,7 +363,8 @@ def test_rollback_result_is_refused_in_parallel_mode_and_for_a_source_stage() ->
     err = h.error(
         c.CreatePipeline(declaration=msgspec.structs.replace(decl, stages=[src, *decl.stages]))
     )
-    assert err.type_name == "InvalidStructureException" and "source stage" in err.message
+    assert err.type_name == "InvalidStructureException"
+    assert err.message == "stage 'Source': a source stage cannot be rolled back"
     h.create(with_result(make_decl(THREE), "Deploy", "ROLLBACK"))
     err = h.error(
         c.UpdatePipeline(

@@ -149,7 +149,7 @@ def test_errors() -> None:
     assert disable(h, reason="x" * 300)  # the maximum is accepted
     bad = h.error(c.EnableStageTransition(stageName="Build", transitionType="Sideways"))  # type: ignore[arg-type]
     assert bad.type_name == "ValidationException"
-    assert "Member must satisfy enum value set: [Inbound, Outbound]" in bad.message
+    assert "constraint: Member must satisfy enum value set: [Inbound, Outbound]" in bad.message
     # transitions that do not exist are never disabled: enabling them is a no-op
     assert enable(h, "Source", "Inbound") == []
     assert enable(h, "Deploy", "Outbound") == []
@@ -347,3 +347,15 @@ def test_a_stage_that_became_last_keeps_its_outbound_record_harmlessly() -> None
     assert h.x(a).waitingFor is None
     h.succeed(a, "src")
     assert h.x(a).currentStage == "Build"
+
+
+def test_a_stage_named_none_does_not_close_the_first_stage() -> None:
+    h = Harness()
+    h.create(make_decl({"First": ["f"], "None": ["n"], "Last": ["l"]}))
+    disable(h, "None", "Outbound", reason="after None")
+    a = h.start()
+    assert h.x(a).currentStage == "First" and h.x(a).waitingFor is None
+    h.succeed(a, "f")
+    assert h.x(a).currentStage == "None"
+    h.succeed(a, "n")
+    assert h.x(a).waitingFor == "Last"
