@@ -281,7 +281,7 @@ def evolve_ref(s: PipelineState, version: int, ref: ev.HeadRef) -> PipelineState
     return s
 
 
-def _evolve_pipeline(s: PipelineState, e: ev.Event, v: int, t: float, actor: str = "") -> None:
+def _evolve_pipeline(s: PipelineState, e: ev.Event, v: int, t: float, actor: str) -> None:
     match e:
         case ev.PipelineCreated():
             fresh = PipelineState(name=s.name, version=s.version, headVersion=v, incarnation=v)

@@ -359,3 +359,12 @@ def test_a_stage_named_none_does_not_close_the_first_stage() -> None:
     assert h.x(a).currentStage == "None"
     h.succeed(a, "n")
     assert h.x(a).waitingFor == "Last"
+
+
+def test_after_a_change_to_parallel_a_stage_held_by_an_older_execution_is_entered() -> None:
+    h = pipeline("QUEUED")
+    a = h.to_build()
+    assert h.state.occupant == {"Build": a}
+    h.update(make_decl(THREE, mode="PARALLEL"))
+    b = h.to_build()  # PARALLEL: no stage occupancy, the older occupant does not hold it
+    assert h.x(b).currentStage == "Build" and h.x(b).waitingFor is None
