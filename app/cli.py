@@ -22,6 +22,7 @@ import socket
 import string
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -393,6 +394,22 @@ def _action_args(p: argparse.ArgumentParser) -> None:
         metavar="MINUTES",
         help="time limit of an action that declares no timeoutInMinutes (default 60)",
     )
+    p.add_argument(
+        "--artifact-dir",
+        default=None,
+        metavar="DIR",
+        help="the local artifact store: where actions' artifacts are kept as zip files "
+        "(default: $STAGELINE_ARTIFACT_DIR, else <temp dir>/stageline-artifacts; processes "
+        "on several hosts need a shared directory or S3)",
+    )
+    p.add_argument(
+        "--s3-endpoint",
+        default=None,
+        metavar="URL",
+        help="an S3-compatible endpoint (default: $STAGELINE_S3_ENDPOINT): pipelines whose "
+        "artifactStore is {type: S3, location: <bucket>} keep their artifacts there; "
+        "credentials come from the standard AWS environment or credentials file",
+    )
 
 
 def _api_args(p: argparse.ArgumentParser) -> None:
@@ -445,6 +462,18 @@ def build_parser() -> argparse.ArgumentParser:
     _retention_arg(s)
     s.add_argument("--no-workers", action="store_true", help="API only; run workers apart")
     _audit_key_arg(s)
+    s.add_argument(
+        "--webhook-base-url",
+        default=os.environ.get("STAGELINE_WEBHOOK_BASE_URL"),
+        help="base of the webhook URLs PutWebhook returns, e.g. https://ci.example.com "
+        "(env STAGELINE_WEBHOOK_BASE_URL; default: http://<the request's Host>)",
+    )
+    s.add_argument(
+        "--trigger-secret-file",
+        default=os.environ.get("STAGELINE_TRIGGER_SECRET_FILE"),
+        help="file holding the secret GitHub signs V2 trigger deliveries with "
+        "(POST /triggers/<pipeline>; env STAGELINE_TRIGGER_SECRET_FILE; default: off)",
+    )
     s.add_argument(
         "--access-key",
         action="append",
@@ -657,6 +686,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _worker_config(a: argparse.Namespace) -> WorkerConfig:
+    from app.artifacts import ArtifactSettings
     from workers.runners.commands_action import RUNTIMES, ActionSettings
 
     if a.log_max_lines < 1 or a.action_timeout < 1:
@@ -670,6 +700,7 @@ def _worker_config(a: argparse.Namespace) -> WorkerConfig:
         image=a.action_image,
         network=a.action_network,
         container_cli=a.container_cli,
+        artifacts=ArtifactSettings.from_env(dir=a.artifact_dir, s3_endpoint=a.s3_endpoint),
     )
     _check_action_user(actions.user)
     if actions.runtime not in RUNTIMES:
@@ -792,6 +823,19 @@ async def _until_redis_answers(engine: Any) -> bool:
     return ok
 
 
+def _trigger_secret(path: str | None) -> bytes | None:
+    """The V2 trigger secret of --trigger-secret-file (surrounding whitespace stripped)."""
+    if not path:
+        return None
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise CliError(f"cannot read --trigger-secret-file {path}: {exc.strerror}") from None
+    if not secret:
+        raise CliError(f"--trigger-secret-file {path} is empty", EXIT_USAGE)
+    return secret
+
+
 async def _serve(a: argparse.Namespace) -> None:
     from dataclasses import replace
 
@@ -849,6 +893,8 @@ async def _serve(a: argparse.Namespace) -> None:
         worker=worker,
         access_log=None if a.access_log == "off" else a.access_log,
         audit_key=audit_key,
+        webhook_base_url=a.webhook_base_url,
+        trigger_secret=_trigger_secret(a.trigger_secret_file),
     )
     try:
         check_exposure(cfg)

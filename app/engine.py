@@ -434,3 +434,48 @@ class Engine:
         )
         await self.jobs.close(j.ref, finished=True)
 
+    # --- stage conditions (app/domain/conditions.py) --------------------------------------
+
+    async def override_stage_condition(
+        self,
+        name: str,
+        stage: str,
+        execution_id: str,
+        condition_type: Literal["BEFORE_ENTRY", "ON_SUCCESS"],
+        origin: Origin = SYSTEM,
+    ) -> None:
+        """OverrideStageCondition: the waiting or failed condition lets the stage go on."""
+        await self.repo.execute(
+            name,
+            c.OverrideCondition(
+                executionId=execution_id, stageName=stage, conditionType=condition_type
+            ),
+            origin,
+        )
+
+    async def list_rule_executions(
+        self,
+        name: str,
+        *,
+        execution_id: str | None = None,
+        max_results: int | None = None,
+        next_token: str | None = None,
+    ) -> dict[str, Any]:
+        """ListRuleExecutions: of one execution, or of the pipeline's latest executions (a
+        window of the executions index: the token's execution and as many older ones as
+        the page needs, at least the newest 100)."""
+        from app import condition_queries as cq
+
+        limit = q.limit_of(max_results)
+        if execution_id is not None:
+            view = await self._view(name, [execution_id])
+        else:
+            start = 0
+            if next_token is not None:
+                eid, _, _ = q.cursor_item(next_token).partition("/")
+                start = await self.store.execution_rank(name, eid) or 0
+            ids = await self.store.execution_ids(name, start=start, count=max(limit + 2, 100))
+            view = await self._view(name, list(reversed(ids)))
+        return cq.list_rule_executions(
+            view, execution_id=execution_id, max_results=limit, next_token=next_token
+        )

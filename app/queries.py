@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from app.domain import transitions
+from app.domain.artifacts import ArtifactLocation
 from app.domain.errors import DomainError
 from app.domain.model import (
     ActionDeclaration,
@@ -283,6 +284,9 @@ def _stage_state(
         meta = _retry_metadata(run)
         if meta is not None:
             doc["retryStageMetadata"] = meta
+        from app.condition_queries import stage_condition_states  # (it imports this module)
+
+        doc.update(stage_condition_states(x, run))
     return doc
 
 
@@ -337,8 +341,21 @@ def get_pipeline_execution(s: PipelineState, execution_id: str) -> JSON:
             executionMode=s.declaration_for(x).mode,
             executionType=x.executionType,
             rollbackMetadata=_rollback_metadata(x),
+            variables=_resolved_variables(x),
         )
     }
+
+
+def _resolved_variables(x: ExecutionState) -> list[JSON] | None:
+    """``ResolvedPipelineVariable`` s of the execution (pipeline-level, as resolved at start)."""
+    if not x.variables:
+        return None
+    return [{"name": k, "resolvedValue": v} for k, v in x.variables.items()]
+
+
+def _artifact_details(found: Mapping[str, ArtifactLocation] | None) -> list[JSON]:
+    """``ArtifactDetail`` s (name, s3location) of an attempt's input or output artifacts."""
+    return [{"name": n, "s3location": loc.s3_location()} for n, loc in (found or {}).items()]
 
 
 def _execution_summary(s: PipelineState, x: ExecutionState) -> JSON:
@@ -417,10 +434,10 @@ def _action_input(s: PipelineState, x: ExecutionState, a: ActionExec, region: st
     return _obj(
         actionTypeId=msgspec.to_builtins(decl.actionTypeId),
         configuration=config,
-        resolvedConfiguration=dict(config),
+        resolvedConfiguration=dict(a.resolvedConfiguration or config),
         roleArn=decl.roleArn,
         region=decl.region or region,
-        inputArtifacts=[],
+        inputArtifacts=_artifact_details(a.inputArtifacts),
         namespace=decl.namespace,
     )
 
@@ -430,7 +447,7 @@ def _action_output(s: PipelineState, x: ExecutionState, a: ActionExec, region: s
     if a.kind == "commands":  # the engine ran it: its output is in the logs API
         stream = log_stream_arn(region, DEFAULT_ACCOUNT, s.name, x.executionId, a.actionExecutionId)
     return {
-        "outputArtifacts": [],
+        "outputArtifacts": _artifact_details(a.outputArtifacts),
         "executionResult": _obj(
             externalExecutionId=a.externalExecutionId or None,
             externalExecutionSummary=a.summary or None,
@@ -688,7 +705,9 @@ def _job_data(
 ) -> JSON:
     return {
         "actionTypeId": msgspec.to_builtins(decl.actionTypeId),
-        "actionConfiguration": {"configuration": dict(decl.configuration or {})},
+        "actionConfiguration": {
+            "configuration": dict(a.resolvedConfiguration or decl.configuration or {})
+        },
         "pipelineContext": {
             "pipelineName": s.name,
             "stage": {"name": a.stageName},
@@ -696,7 +715,16 @@ def _job_data(
             "pipelineArn": pipeline_arn(s.name, region=region, account=account),
             "pipelineExecutionId": x.executionId,
         },
-        "inputArtifacts": [],
+        "inputArtifacts": [
+            {
+                "name": n,
+                "location": {
+                    "type": "S3",
+                    "s3Location": {"bucketName": loc.bucket, "objectKey": loc.key},
+                },
+            }
+            for n, loc in (a.inputArtifacts or {}).items()
+        ],
         "outputArtifacts": [],
     }
 

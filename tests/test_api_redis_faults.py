@@ -192,3 +192,37 @@ def test_botocore_retries_the_503_by_itself(redis_factory: Any, tmp_path: Path) 
         assert seen == [503, 200]
         assert out["ResponseMetadata"]["RetryAttempts"] == 1
         assert out["pipelineExecutionId"]
+
+
+def test_paused_redis_answers_503_unreachable(redis_factory: Any, tmp_path: Path) -> None:
+    """Redis frozen (SIGSTOP): a call gives up after the socket timeout with a 503 naming the
+    cause instead of hanging; answers are normal again once Redis resumes (issue 12). The
+    URL's ``socket_timeout`` (default 10 s, app/store/connection.py) keeps the test short."""
+    import os
+    import signal
+
+    server = redis_factory(tmp_path / "redis")
+    server.start()
+    cfg = ServeConfig(
+        port=0,
+        redis_url=server.url + "?socket_timeout=1.5",
+        workers=False,
+        log_level="critical",
+    )
+    with run_stageline(cfg) as srv:
+        cp = client(srv.url)
+        cp.create_pipeline(pipeline=declaration("p"))
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(cp.exceptions.ClientError) as ei:
+                cp.start_pipeline_execution(name="p")
+            assert ei.value.response["Error"] == {
+                "Code": "ServiceUnavailableException",
+                "Message": STORE_UNREACHABLE,
+            }
+            assert ei.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        wait_for(lambda: raw(srv.url, "GET", "/health")[0] == 200, what="Redis to be back")
+        assert cp.start_pipeline_execution(name="p")["pipelineExecutionId"]

@@ -119,6 +119,27 @@ def one_of_each(x: str) -> list[ev.Event]:
         ev.StageRetryStarted(executionId=x, stageName="S", retryMode="FAILED_ACTIONS"),
         ev.StageRetryRejected(executionId=x, stageName="S"),
         ev.StageSucceeded(executionId=x, stageName="S"),
+        # stage conditions (app/domain/conditions.py)
+        ev.ConditionStarted(
+            executionId=x, stageName="S", conditionType="ON_SUCCESS", conditionExecutionId="c1"
+        ),
+        ev.RuleExecutionScheduled(
+            executionId=x,
+            stageName="S",
+            conditionExecutionId="c1",
+            ruleName="r",
+            ruleExecutionId="r1",
+            provider="Commands",
+            kind="commands",
+        ),
+        ev.RuleExecutionStarted(executionId=x, ruleExecutionId="r1", worker="w"),
+        ev.RuleExecutionDeferred(executionId=x, ruleExecutionId="r1", until=1.0),
+        ev.RuleExecutionSucceeded(executionId=x, ruleExecutionId="r1"),
+        ev.RuleExecutionFailed(executionId=x, ruleExecutionId="r1"),
+        ev.ConditionEnded(executionId=x, stageName="S", conditionExecutionId="c1", status="Failed"),
+        ev.StageConditionOverridden(
+            executionId=x, stageName="S", conditionType="ON_SUCCESS", conditionExecutionId="c1"
+        ),
         ev.ExecutionWaiting(executionId=x, stageName="T"),
         ev.ExecutionSuperseded(executionId=x, byExecutionId="other"),
         ev.ExecutionStopping(executionId=x),

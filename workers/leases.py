@@ -2,7 +2,8 @@
 
 A runner takes the lease *before* it records that it started the action, renews it while
 the action runs, and drops it when the result is recorded. Anything left in the set past
-its expiry belongs to a runner that died: the reaper fails that action as WorkerLost.
+its expiry, and still there a grace period later, belongs to a runner that died: the reaper
+fails that action as WorkerLost (``PartitionOwner.reap``).
 Times come from the workers' clocks; keep them in sync (NTP) across machines.
 """
 
@@ -17,6 +18,14 @@ from redis.asyncio import Redis
 from app.store.keys import Keys
 
 SEP = "\x1f"
+
+_RELEASE_EXPIRED = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,14 @@ class Leases:
 
     async def release(self, lease: Lease) -> None:
         await self.redis.zrem(self._key(lease), lease.member)
+
+    async def release_expired(self, lease: Lease) -> bool:
+        """Drop the lease only if it is still expired (its runner did not renew it)."""
+        now = int(time.time() * 1000)
+        removed: Any = await self.redis.eval(
+            _RELEASE_EXPIRED, 1, self._key(lease), lease.member, now
+        )
+        return bool(removed)
 
     async def expired(self, partition: int, limit: int = 100) -> list[Lease]:
         now = int(time.time() * 1000)

@@ -233,9 +233,7 @@ def assign(partitions: int, members: Sequence[str]) -> dict[str, list[int]]:
     if not unique:
         return {}
     base, extra = divmod(partitions, len(unique))
-    pairs = sorted(
-        ((_weight(m, p), m, p) for m in unique for p in range(partitions)), reverse=True
-    )
+    pairs = sorted(((_weight(m, p), m, p) for m in unique for p in range(partitions)), reverse=True)
     counts = dict.fromkeys(unique, 0)
     owner: dict[int, str] = {}
     for _, m, p in pairs:

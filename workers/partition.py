@@ -39,6 +39,7 @@ from app.engine import Engine
 from app.jobs import JobRef
 from app.repository import SYSTEM, Origin, decided_on, trim
 from app.store.eventstore import AppendResult, Batch, ConcurrencyError, Fenced
+from workers import due as deferred_rules
 from workers import persist, retention
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN
@@ -93,7 +94,12 @@ def reactions(env: ev.Envelope) -> list[c.Command]:
         e, (ev.ActionExecutionSucceeded, ev.ActionExecutionFailed, ev.ActionExecutionAbandoned)
     ):
         return [c.Advance(executionId=e.executionId, actionExecutionId=e.actionExecutionId)]
+    if isinstance(e, (ev.RuleExecutionSucceeded, ev.RuleExecutionFailed)):
+        return [c.SettleCondition(executionId=e.executionId, ruleExecutionId=e.ruleExecutionId)]
     return []
+
+
+ACTION_ENDS = (ev.ActionExecutionSucceeded, ev.ActionExecutionFailed, ev.ActionExecutionAbandoned)
 
 
 @dataclass
@@ -130,6 +136,10 @@ class PartitionOwner:
         self.next_expiry = 0.0  # the next idempotency-record expiry pass (housekeep)
         self.recovering = True  # the first batch after a start is handled by ``_recover``
         self.conflicts = 0  # batches refused (another writer got there first)
+        # leases seen expired -> when first seen (monotonic), and when the reaper last read
+        # the lease set: a lease is reaped only if still expired a grace period later
+        self.suspects: dict[str, float] = {}
+        self.reap_read_at: float | None = None
 
     @property
     def name(self) -> str:
@@ -187,6 +197,7 @@ class PartitionOwner:
             now = anyio.current_time()
             if now >= next_reap:
                 await self.reap()
+                await deferred_rules.wake(self)
                 next_reap = now + self.config.reap_every_s
             if now >= next_snap:
                 await self.flush_snapshots()
@@ -301,6 +312,8 @@ class PartitionOwner:
                 x = s.executions.get(eid)
                 if x is None or x.status != "InProgress":
                     continue
+                settle = await deferred_rules.reconcile(self.engine, p, name, x)
+                items += [(cmd, SYSTEM) for cmd in settle]
                 for st in x.stages.values():
                     if st.pendingRetry is not None:
                         items.append(
@@ -385,12 +398,39 @@ class PartitionOwner:
             cmds = reactions(env)
             if isinstance(env.event, ev.ActionExecutionScheduled):
                 cmds += await self._scheduled(env, env.event)
+            elif isinstance(env.event, ACTION_ENDS):
+                await self._ended(env, env.event)
+            elif isinstance(env.event, ev.RuleExecutionDeferred):
+                await deferred_rules.defer(self.engine, self.partition, env)
             if cmds:
                 p = pending.setdefault(env.pipeline, _Pending(env.pipeline))
                 p.items += [(cmd, self.origin(env)) for cmd in cmds]
         last = last or entries[-1].id
         await self.commit(list(pending.values()), last)
         self.position = last
+
+    async def _ended(
+        self,
+        env: ev.Envelope,
+        e: ev.ActionExecutionSucceeded | ev.ActionExecutionFailed | ev.ActionExecutionAbandoned,
+    ) -> None:
+        """A custom action ended (a job result, a stop, a lost worker, ...): its job leaves
+        the open list and its record expires, whether or not anyone ever polled for it."""
+        repo = self.engine.repo
+        s = repo.cached(env.pipeline)
+        x = s.executions.get(e.executionId) if s is not None else None
+        if x is None:
+            s = await repo.load(env.pipeline, [e.executionId])
+            x = s.executions.get(e.executionId)
+        a = x.actions.get(e.actionExecutionId) if x is not None else None
+        if s is None or x is None or a is None or a.kind != "custom" or a.jobId is None:
+            return
+        adecl = s.action_declaration(x, a.stageName, a.actionName)
+        if adecl is not None:
+            ref = JobRef(
+                a.jobId, adecl.actionTypeId.key, env.pipeline, x.executionId, a.actionExecutionId
+            )
+            await self.engine.jobs.close(ref, finished=True)
 
     async def _scheduled(self, env: ev.Envelope, e: ev.ActionExecutionScheduled) -> list[c.Command]:
         if e.kind in ("commands", "approval"):
@@ -509,13 +549,36 @@ class PartitionOwner:
 
     # --- leases and snapshots ----------------------------------------------------------------
 
+    @property
+    def reap_grace_s(self) -> float:
+        """How long an expired lease must stay expired, observed with Redis answering,
+        before its action is declared lost: two of its runner's renewal periods. A runner
+        that could not reach Redis for longer than its lease (Redis paused, failing over or
+        restarting) renews within one period of Redis answering again and keeps its run."""
+        return 2 * self.config.lease_ttl_s / 3
+
     async def reap(self) -> int:
-        """Fail the actions of this partition whose runner's lease expired."""
+        """Fail the actions of this partition whose runner's lease expired (and stayed so)."""
         expired = await self.leases.expired(self.partition)
-        if not expired:
+        now = anyio.current_time()
+        if self.reap_read_at is None or now - self.reap_read_at > max(
+            3 * self.config.reap_every_s, self.reap_grace_s / 2
+        ):
+            # out of touch since the last look (Redis away, owner stalled): whatever was
+            # seen before says nothing about runners that could not renew meanwhile
+            self.suspects.clear()
+        self.reap_read_at = now
+        seen = {lease.member for lease in expired}
+        self.suspects = {m: t for m, t in self.suspects.items() if m in seen}
+        due = []
+        for lease in expired:
+            first = self.suspects.setdefault(lease.member, now)
+            if now - first >= self.reap_grace_s:
+                due.append(lease)
+        if not due:
             return 0
         pending: dict[str, _Pending] = {}
-        for lease in expired:
+        for lease in due:
             p = pending.setdefault(lease.pipeline, _Pending(lease.pipeline))
             p.items.append(
                 (
@@ -529,8 +592,11 @@ class PartitionOwner:
                 )
             )
         recorded = await self.commit(list(pending.values()), None)
-        for lease in expired:
-            await self.leases.release(lease)
+        for lease in due:
+            self.suspects.pop(lease.member, None)
+            # a lease renewed meanwhile stays: its runner finds its run recorded as lost
+            # (if the loss went through) or carries on (if the action had ended)
+            await self.leases.release_expired(lease)
         if recorded:
             log.warning(
                 "partition %d: %d action(s) recorded as %s (their workers stopped renewing)",

@@ -18,15 +18,18 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
+import msgspec
 
+from app.artifacts.store import ArtifactStore, store_for
 from app.domain import commands as c
 from app.domain import events as ev
+from app.domain.artifacts import ArtifactLocation
 from app.domain.errors import DomainError
 from app.domain.model import ActionDeclaration
 from app.domain.state import ActionExec, ExecutionState, PipelineState, StageRun
 from app.engine import Engine
 from app.repository import Leasing, Origin, Outcome, new_uuid
-from workers import persist
+from workers import persist, rules
 from workers.config import WorkerConfig
 from workers.consumer import REDIS_DOWN, Entry
 from workers.leases import Lease, Leases
@@ -48,6 +51,9 @@ class ActionJob:
     attempt: int | None = None  # 1 for the first run of this action in its execution
     engine: Engine | None = None  # where the action's log goes (none: no log)
     config: WorkerConfig | None = None
+    # name -> location, in declaration order (resolved when the action was scheduled)
+    inputArtifacts: Mapping[str, ArtifactLocation] | None = None
+    store: ArtifactStore | None = None  # where its output artifacts go
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ class ActionResult:
     summary: str | None = None
     errorCode: str | None = None
     message: str | None = None
+    outputVariables: dict[str, str] | None = None
+    outputArtifacts: dict[str, ArtifactLocation] | None = None
 
 
 ActionRunner = Callable[[ActionJob], Awaitable[ActionResult]]
@@ -79,11 +87,37 @@ async def run_commands_action(job: ActionJob) -> ActionResult:
         still_wanted=action_watch(job.engine, job.pipeline, job.executionId, job.actionExecutionId)
         if job.engine is not None
         else None,
+        input_artifacts=job.inputArtifacts,
+        store=job.store,
     )
-    return ActionResult(out.succeeded, out.summary, out.error_code, out.message)
+    return ActionResult(
+        out.succeeded,
+        out.summary,
+        out.error_code,
+        out.message,
+        outputVariables=out.output_variables,
+        outputArtifacts=out.output_artifacts,
+    )
 
 
 DEFAULT_RUNNERS: Mapping[str, ActionRunner] = {"commands": run_commands_action}
+
+
+def resolved_declaration(a: ActionDeclaration, e: ev.ActionExecutionScheduled) -> ActionDeclaration:
+    """The action's declaration with the values resolved when it was scheduled (the event
+    holds each part only when a variable reference changed it)."""
+    changes: dict[str, object] = {}
+    if e.resolvedConfiguration is not None:
+        changes["configuration"] = dict(e.resolvedConfiguration)
+    if e.resolvedCommands is not None:
+        changes["commands"] = list(e.resolvedCommands)
+    if e.resolvedEnvironment is not None and a.environmentVariables:
+        env = e.resolvedEnvironment
+        changes["environmentVariables"] = [
+            msgspec.structs.replace(v, value=env[v.name]) if v.name in env else v
+            for v in a.environmentVariables
+        ]
+    return msgspec.structs.replace(a, **changes) if changes else a
 
 
 class Runner:
@@ -121,6 +155,9 @@ class Runner:
         pipeline = entry.text("p")
         env = ev.decode_payload(pipeline, int(entry.text("v")), entry.fields["e"])
         e = env.event
+        if isinstance(e, ev.RuleExecutionScheduled):  # a stage condition's Commands rule
+            await rules.run_rule(self, entry, env)
+            return
         if not isinstance(e, ev.ActionExecutionScheduled) or e.actionExecutionId in self.running:
             return
         lease = Lease(pipeline, e.executionId, e.actionExecutionId, self.name)
@@ -296,6 +333,8 @@ class Runner:
                     message=result.message,
                     worker=self.name,
                     consequences=False,
+                    outputVariables=result.outputVariables if result.succeeded else None,
+                    outputArtifacts=result.outputArtifacts if result.succeeded else None,
                 ),
                 state=s,
                 leases=([], [lease.member]),  # released with the result, atomically
@@ -320,7 +359,7 @@ class Runner:
             e.stageName,
             e.executionId,
             e.actionExecutionId,
-            adecl,
+            resolved_declaration(adecl, e),
             self.config.output_tail_bytes,
             attempt=e.attempt
             or sum(
@@ -329,6 +368,8 @@ class Runner:
             ),
             engine=self.engine,
             config=self.config,
+            inputArtifacts=e.inputArtifacts,
+            store=store_for(s.declaration_for(x), self.config.actions.artifacts),
         )
 
     async def _lose(self, env: ev.Envelope, lease: Lease, why: str) -> None:

@@ -295,6 +295,7 @@ class Worker:
         finally:
             self._slots.release()
 
+
 def _entry_id(raw: Any) -> tuple[int, int]:
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     ms, _, n = text.partition("-")

@@ -22,11 +22,24 @@ from app.api.operations import Operations, check_tags
 from app.api.wire import DEFAULT_ACCOUNT, Handler, RequestContext
 from app.domain.errors import DomainError
 from app.domain.model import aws_strict_problems, declaration_problems
+from app.domain.triggers import trigger_problems
 from app.engine import Engine
 from app.queries import DEFAULT_REGION
 from app.repository import Origin
 
 JSON = dict[str, Any]
+
+
+def _start_variables(given: list[s.PipelineVariable] | None) -> dict[str, str] | None:
+    """StartPipelineExecution's ``variables`` as a map; a name given twice is refused."""
+    if not given:
+        return None
+    out: dict[str, str] = {}
+    for v in given:
+        if v.name in out:
+            raise AwsError("ValidationException", f"Pipeline variable '{v.name}' is given twice")
+        out[v.name] = v.value
+    return out
 
 
 def _origin(ctx: RequestContext) -> Origin:
@@ -92,11 +105,14 @@ def build_handlers(
     region: str = DEFAULT_REGION,
     account: str = DEFAULT_ACCOUNT,
     aws_strict: bool = False,
+    webhook_base_url: str | None = None,
 ) -> dict[str, Handler]:
     """Every CodePipeline operation's handler. ``aws_strict`` adds AWS's source-stage rules
     (:func:`app.domain.model.aws_strict_problems`) to CreatePipeline/UpdatePipeline."""
     h: dict[str, Callable[[Any, RequestContext], Awaitable[JSON]]] = {}
-    ops = Operations(engine, region=region, account=account, origin=_origin)
+    ops = Operations(
+        engine, region=region, account=account, origin=_origin, webhook_base_url=webhook_base_url
+    )
 
     async def check_declaration(decl: Any) -> None:
         problems = declaration_problems(decl)  # limits first, in every mode (as the engine)
@@ -106,6 +122,9 @@ def build_handlers(
             problems = aws_strict_problems(decl)
             if problems:
                 raise AwsError("InvalidStructureException", problems[0])
+        problems = trigger_problems(decl)  # V2 triggers (app/domain/triggers.py)
+        if problems:
+            raise AwsError("InvalidStructureException", problems[0])
         await ops.check_action_types(decl)
 
     # --- the heart -----------------------------------------------------------------------
@@ -184,6 +203,7 @@ def build_handlers(
             _origin(ctx),
             client_request_token=inp.clientRequestToken,
             trigger_detail=ctx.actor,
+            variables=_start_variables(inp.variables),
         )
         return {"pipelineExecutionId": eid}
 

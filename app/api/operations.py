@@ -24,6 +24,7 @@ from app.domain.errors import DomainError
 from app.domain.model import NAME_PATTERN, ActionTypeId, PipelineDeclaration
 from app.engine import Engine
 from app.repository import Origin
+from app.webhooks.ops import WebhookOps
 
 JSON = dict[str, Any]
 Op = Callable[[Any, RequestContext], Awaitable[JSON]]
@@ -98,12 +99,14 @@ class Operations:
         region: str,
         account: str,
         origin: Callable[[RequestContext], Origin],
+        webhook_base_url: str | None = None,
     ) -> None:
         self.engine = engine
         self.region = region
         self.account = account
         self.origin = origin
         self.catalog = cat.CatalogStore(engine.redis, engine.keys.namespace)
+        self.webhooks = WebhookOps(self, webhook_base_url)
 
     # --- resources ------------------------------------------------------------------------
 
@@ -133,7 +136,10 @@ class Operations:
                 raise missing
             return arn
         if rest.startswith("webhook:"):
-            raise missing  # stageline has no webhooks (PutWebhook refuses them)
+            found = await self.webhooks.tag_resource_of(rest.removeprefix("webhook:"))
+            if found is None:
+                raise missing
+            return found
         if _PIPELINE_NAME_RE.match(rest) is None or len(rest) > 100:
             raise AwsError("InvalidArnException", f"The ARN '{arn}' is not valid")
         try:
@@ -471,11 +477,14 @@ class Operations:
         return {}
 
     async def override_stage_condition(self, inp: Any, ctx: RequestContext) -> JSON:
-        await self._stage(inp.pipelineName, inp.stageName)
-        raise AwsError(
-            "ConditionNotOverridableException",
-            "stageline does not evaluate stage conditions, so there is none to override",
+        await self.engine.override_stage_condition(
+            inp.pipelineName,
+            inp.stageName,
+            inp.pipelineExecutionId,
+            inp.conditionType,
+            self.origin(ctx),
         )
+        return {}
 
     async def rollback_stage(self, inp: Any, ctx: RequestContext) -> JSON:
         eid = await self.engine.rollback_stage(
@@ -484,36 +493,25 @@ class Operations:
         return {"pipelineExecutionId": eid}
 
     async def list_rule_executions(self, inp: Any, ctx: RequestContext) -> JSON:
-        await self.engine.head(inp.pipelineName)
-        return {"ruleExecutionDetails": []}  # stageline evaluates no rules
+        f = inp.filter
+        eid = f.pipelineExecutionId if f is not None else None
+        latest = f.latestInPipelineExecution if f is not None else None
+        if latest is not None:
+            if eid is not None and eid != latest.pipelineExecutionId:
+                raise AwsError(
+                    "ValidationException",
+                    "filter.pipelineExecutionId and filter.latestInPipelineExecution."
+                    "pipelineExecutionId name different executions",
+                )
+            eid = latest.pipelineExecutionId
+        return await self.engine.list_rule_executions(
+            inp.pipelineName, execution_id=eid, max_results=inp.maxResults, next_token=inp.nextToken
+        )
 
     async def list_rule_types(self, inp: Any, ctx: RequestContext) -> JSON:
-        return {"ruleTypes": []}  # stageline evaluates no rules
+        from app import condition_queries as cq
 
-    async def list_webhooks(self, inp: Any, ctx: RequestContext) -> JSON:
-        return {"webhooks": []}
-
-    async def put_webhook(self, inp: Any, ctx: RequestContext) -> JSON:
-        await self.engine.head(inp.webhook.targetPipeline)
-        raise AwsError(
-            "ValidationException",
-            "stageline does not receive webhooks: start executions with StartPipelineExecution",
-        )
-
-    async def delete_webhook(self, inp: Any, ctx: RequestContext) -> JSON:
-        return {}  # AWS answers a missing webhook with success; stageline has none
-
-    async def register_webhook_with_third_party(self, inp: Any, ctx: RequestContext) -> JSON:
-        raise AwsError(
-            "WebhookNotFoundException",
-            f"Webhook '{inp.webhookName}' does not exist (stageline has no webhooks)",
-        )
-
-    async def deregister_webhook_with_third_party(self, inp: Any, ctx: RequestContext) -> JSON:
-        raise AwsError(
-            "WebhookNotFoundException",
-            f"Webhook '{inp.webhookName}' does not exist (stageline has no webhooks)",
-        )
+        return cq.list_rule_types(inp.ruleOwnerFilter, inp.regionFilter)
 
     def handlers(self) -> dict[str, Op]:
         return {
@@ -538,9 +536,9 @@ class Operations:
             "RollbackStage": self.rollback_stage,
             "ListRuleExecutions": self.list_rule_executions,
             "ListRuleTypes": self.list_rule_types,
-            "ListWebhooks": self.list_webhooks,
-            "PutWebhook": self.put_webhook,
-            "DeleteWebhook": self.delete_webhook,
-            "RegisterWebhookWithThirdParty": self.register_webhook_with_third_party,
-            "DeregisterWebhookWithThirdParty": self.deregister_webhook_with_third_party,
+            "ListWebhooks": self.webhooks.list_webhooks,
+            "PutWebhook": self.webhooks.put_webhook,
+            "DeleteWebhook": self.webhooks.delete_webhook,
+            "RegisterWebhookWithThirdParty": self.webhooks.register_webhook_with_third_party,
+            "DeregisterWebhookWithThirdParty": self.webhooks.deregister_webhook_with_third_party,
         }

@@ -6,7 +6,7 @@ import contextlib
 import ipaddress
 import logging
 import signal
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,9 @@ class ServeConfig:
     limits: ConnectionLimits = field(default_factory=ConnectionLimits)
     access_log: str | None = "text"  # one line per request: "text", "json" or None (off)
     audit_key: bytes | None = field(default=None, repr=False)  # tags new events (docs/audit.md)
+    clock: Callable[[], float] | None = field(default=None, repr=False)  # tests: the engine's time
+    webhook_base_url: str | None = None  # PutWebhook's url base; None: http://<Host header>
+    trigger_secret: bytes | None = field(default=None, repr=False)  # POST /triggers/ HMAC key
 
 
 def is_loopback(host: str) -> bool:
@@ -84,7 +87,11 @@ def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
     }
     api = build_app(
         build_handlers(
-            engine, region=cfg.region, account=cfg.account_id, aws_strict=cfg.aws_strict
+            engine,
+            region=cfg.region,
+            account=cfg.account_id,
+            aws_strict=cfg.aws_strict,
+            webhook_base_url=cfg.webhook_base_url,
         ),
         credentials=dict(cfg.credentials) or None,
         principals=principals,
@@ -97,6 +104,7 @@ def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
         extra_targets=build_logs_handlers(redis, engine.keys),
     )
     from app.console.mount import mount  # /console, /metrics, /status, access log
+    from app.webhooks.receive import WebhookReceiver  # /webhooks/, /triggers/
 
     return mount(
         api,
@@ -106,6 +114,13 @@ def make_app(engine: Engine, cfg: ServeConfig) -> ASGIApp:
         region=cfg.region,
         max_clock_skew=cfg.max_clock_skew_s,
         access_log_format=cfg.access_log,
+        webhooks=WebhookReceiver(
+            engine,
+            region=cfg.region,
+            account=cfg.account_id,
+            trigger_secret=cfg.trigger_secret,
+            max_body_bytes=cfg.max_body_bytes,
+        ),
     )
 
 
@@ -134,6 +149,8 @@ async def serve(
         concurrency_limit=cfg.max_concurrent_executions,
         audit_key=cfg.audit_key,
     )
+    if cfg.clock is not None:  # event times, DeploymentWindow rules (docs/pipelines.md)
+        engine.repo.clock = cfg.clock
     engine.store.min_replica_acks = await default_replica_acks(redis, cfg.min_replica_acks)
     await engine.start()
     app = make_app(engine, cfg)

@@ -111,6 +111,7 @@ class RequestContext:
     # Auth off only: the access key id an Authorization header *claims*. UNVERIFIED: anyone
     # can write anything there; never use it as an identity.
     claimed_key: str | None = None
+    host: str | None = None  # the request's Host header (webhook URLs are built on it)
 
     @property
     def authenticated(self) -> bool:
@@ -632,6 +633,7 @@ class _App:
             received_at,
             invocation_id,
             claimed_key=caller.claimed_key,
+            host=_header(headers, "host"),
         )
         try:
             result = await self.handlers[op](request, ctx)

@@ -215,6 +215,49 @@ class _Annotator:
                 return self._action(
                     env, e.executionId, e.actionExecutionId, "Abandoned", e.reason or None
                 )
+            case ev.ConditionStarted():
+                return LogRow(
+                    env,
+                    t,
+                    e.executionId,
+                    stage=e.stageName,
+                    status="InProgress",
+                    mode=e.conditionType,
+                    detail=f"condition {e.conditionExecutionId} (result {e.result})",
+                )
+            case ev.ConditionEnded():
+                return LogRow(
+                    env, t, e.executionId, stage=e.stageName, status=e.status, detail=e.summary
+                )
+            case ev.StageConditionOverridden():
+                return LogRow(
+                    env,
+                    t,
+                    e.executionId,
+                    stage=e.stageName,
+                    status="Overridden",
+                    mode=e.conditionType,
+                )
+            case ev.RuleExecutionScheduled():
+                return LogRow(
+                    env,
+                    t,
+                    e.executionId,
+                    stage=e.stageName,
+                    action=e.ruleName,
+                    status="InProgress",
+                    detail=f"rule {e.provider} {e.ruleExecutionId}",
+                )
+            case ev.RuleExecutionStarted():
+                return LogRow(env, t, e.executionId, status="Running", detail=e.worker)
+            case ev.RuleExecutionDeferred():
+                return LogRow(env, t, e.executionId, status="Waiting", detail=e.summary)
+            case ev.RuleExecutionSucceeded():
+                return LogRow(env, t, e.executionId, status="Succeeded", detail=e.summary)
+            case ev.RuleExecutionFailed():
+                return LogRow(
+                    env, t, e.executionId, status="Failed", detail=f"{e.errorCode}: {e.message}"
+                )
         return LogRow(env, t)  # pragma: no cover - every event type is matched above
 
     def _action(

@@ -98,6 +98,8 @@ def _operation_label(scope: Scope) -> str:
         return "/console/api"
     if path.startswith("/console"):
         return "/console"
+    if path.startswith(("/webhooks/", "/triggers/")):
+        return path[: path.index("/", 1)]
     return "other"
 
 
@@ -201,8 +203,10 @@ class Console:
         max_clock_skew: float = DEFAULT_MAX_SKEW_SECONDS,
         access_log_format: str | None = "text",
         metrics: Metrics | None = None,
+        webhooks: ASGIApp | None = None,
     ) -> None:
         self.api = api
+        self.webhooks = webhooks  # POST /webhooks/..., /triggers/... (app/webhooks/receive.py)
         self.engine = engine
         self.credentials = dict(credentials) if credentials else None
         self.principals = dict(principals or {})  # access key id -> principal ARN
@@ -251,6 +255,8 @@ class Console:
         client = scope.get("client")
         peer = f"{client[0]}:{client[1]}" if client else "-"
         path = scope.get("path", "")
+        if path.startswith("/webhooks/"):
+            path = "/webhooks/…"  # a webhook's URL id is its only secret when UNAUTHENTICATED
         if self.access_log_format == "json":
             access_log.info(
                 json.dumps(
@@ -317,6 +323,9 @@ class Console:
             return
         if path.startswith("/console/api/"):
             await self._api(scope, receive, send, path.removeprefix("/console/api/"), method)
+            return
+        if self.webhooks is not None and path.startswith(("/webhooks/", "/triggers/")):
+            await self.webhooks(scope, receive, send)
             return
         await self.api(scope, receive, send)
 
@@ -572,6 +581,7 @@ def mount(
     region: str = DEFAULT_REGION,
     max_clock_skew: float = DEFAULT_MAX_SKEW_SECONDS,
     access_log_format: str | None = "text",
+    webhooks: ASGIApp | None = None,
 ) -> Console:
     return Console(
         api,
@@ -581,6 +591,7 @@ def mount(
         region=region,
         max_clock_skew=max_clock_skew,
         access_log_format=access_log_format,
+        webhooks=webhooks,
     )
 
 

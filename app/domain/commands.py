@@ -6,6 +6,7 @@ from typing import Literal
 
 import msgspec
 
+from app.domain.artifacts import ArtifactLocation
 from app.domain.model import PipelineDeclaration, StageRetryMode
 
 
@@ -80,6 +81,7 @@ class CompleteAction(Command, frozen=True, kw_only=True):
     # False: record the result alone (a runner, at execution level); the partition's owner
     # then decides what follows with ``Advance``.
     consequences: bool = True
+    outputArtifacts: dict[str, ArtifactLocation] | None = None  # name -> where it was stored
 
 
 class LoseAction(Command, frozen=True, kw_only=True):
@@ -112,6 +114,54 @@ class PutApproval(Command, frozen=True, kw_only=True):
     token: str
     status: Literal["Approved", "Rejected"]
     summary: str = ""
+
+
+# --- stage conditions (app/domain/conditions.py) ----------------------------------------------
+
+
+class StartRule(Command, frozen=True, kw_only=True):
+    """A runner takes a ``Commands`` rule (refused when it is no longer running or taken)."""
+
+    executionId: str
+    ruleExecutionId: str
+    worker: str
+
+
+class CompleteRule(Command, frozen=True, kw_only=True):
+    """A rule's result (a runner's ``Commands`` rule, or a lost one)."""
+
+    executionId: str
+    ruleExecutionId: str
+    succeeded: bool
+    summary: str | None = None
+    errorCode: str | None = None
+    message: str | None = None
+    worker: str | None = None
+    # False: record the result alone; the partition's owner settles the condition
+    # (``SettleCondition``)
+    consequences: bool = True
+
+
+class SettleCondition(Command, frozen=True, kw_only=True):
+    """After a rule's result was recorded on its own: end its condition if it can be."""
+
+    executionId: str
+    ruleExecutionId: str
+
+
+class EvaluateRule(Command, frozen=True, kw_only=True):
+    """Evaluate a deferred rule again (its due time came: a deployment window may be open)."""
+
+    executionId: str
+    ruleExecutionId: str
+
+
+class OverrideCondition(Command, frozen=True, kw_only=True):
+    """OverrideStageCondition: the stage's waiting or failed condition lets it go on."""
+
+    executionId: str
+    stageName: str
+    conditionType: Literal["BEFORE_ENTRY", "ON_SUCCESS"]
 
 
 class DisableStageTransition(Command, frozen=True, kw_only=True):

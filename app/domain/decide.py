@@ -18,8 +18,9 @@ from typing import cast
 import msgspec
 
 from app.domain import commands as c
+from app.domain import conditions, rollback, transitions
 from app.domain import events as ev
-from app.domain import rollback, transitions
+from app.domain.artifacts import artifact_problems
 from app.domain.errors import DomainError
 from app.domain.model import (
     ActionDeclaration,
@@ -28,6 +29,12 @@ from app.domain.model import (
     StageRetryMode,
     action_type_problems,
     declaration_problems,
+)
+from app.domain.resolution import (
+    CONFIGURATION_ERROR,
+    prepare_action,
+    start_variables,
+    variable_problems,
 )
 from app.domain.state import (
     ExecutionState,
@@ -86,6 +93,7 @@ class Decision:
         self.ctx = ctx
         self.events: list[ev.Envelope] = []
         self._owned: set[str] = set()
+        self.unrunnable: list[ev.ActionExecutionFailed] = []  # see fail_unrunnable
 
     def own(self, eid: str) -> None:
         if eid not in self._owned:
@@ -142,17 +150,20 @@ class Decision:
         for a in sdecl.actions:
             if a.run_order == run_order:
                 self.schedule_action(eid, stage, a)
+        self.fail_unrunnable()
 
     def schedule_action(self, eid: str, stage: str, a: ActionDeclaration) -> None:
         kind = action_kind(a)
         x = self.x(eid)
         runs = sum(1 for p in x.actions.values() if p.stageName == stage and p.actionName == a.name)
+        prep = prepare_action(self.decl(x), x, self.s.name, a)
+        aid = self.ctx.new_id()
         self.emit(
             ev.ActionExecutionScheduled(
                 executionId=eid,
                 stageName=stage,
                 actionName=a.name,
-                actionExecutionId=self.ctx.new_id(),
+                actionExecutionId=aid,
                 runOrder=a.run_order,
                 pipelineVersion=x.pipelineVersion,
                 attempt=runs + 1,
@@ -160,13 +171,45 @@ class Decision:
                 token=self.ctx.new_id() if kind == "approval" else None,
                 jobId=self.ctx.new_id() if kind == "custom" else None,
                 jobNonce=self.ctx.new_id() if kind == "custom" else None,
+                resolvedConfiguration=prep.configuration,
+                resolvedCommands=prep.commands,
+                resolvedEnvironment=prep.environment,
+                inputArtifacts=prep.inputs,
             )
         )
+        if prep.problem is not None:
+            self.unrunnable.append(
+                ev.ActionExecutionFailed(
+                    executionId=eid,
+                    actionExecutionId=aid,
+                    errorCode=CONFIGURATION_ERROR,
+                    message=prep.problem,
+                    summary=prep.problem[:200],
+                )
+            )
+
+    def fail_unrunnable(self) -> None:
+        """Fail the attempts just scheduled that cannot run (an unresolvable variable
+        reference, a missing input artifact): each result first, then what follows, as
+        ``Advance`` would after results recorded on their own (only a latest attempt fails
+        its stage; an automatic retry may schedule new attempts, checked the same way)."""
+        failed, self.unrunnable = self.unrunnable, []
+        for result in failed:
+            self.emit(result)
+        for result in failed:
+            _advance(
+                self,
+                c.Advance(
+                    executionId=result.executionId, actionExecutionId=result.actionExecutionId
+                ),
+            )
 
     def enter(self, eid: str, stage: str) -> None:
         self.emit(ev.StageEntered(executionId=eid, stageName=stage))
         sdecl = self.decl(self.x(eid)).stage(stage)
         assert sdecl is not None
+        if conditions.start(self, eid, stage, "BEFORE_ENTRY"):
+            return
         self.schedule_group(eid, stage, sdecl.run_orders()[0])
 
     def try_enter(self, eid: str, stage: str) -> None:
@@ -196,6 +239,8 @@ class Decision:
 
     def fail_stage(self, eid: str, stage: str, reason: str) -> None:
         """A first action failure in a running stage: automatic retry, or fail the execution."""
+        if conditions.on_failure(self, eid, stage, reason):
+            return
         x = self.x(eid)
         run = x.stages[stage]
         sdecl = self.decl(x).stage(stage)
@@ -215,10 +260,18 @@ class Decision:
         rollback.after_failure(self, eid, stage)  # onFailure: ROLLBACK
         self.admit(stage)
 
-    def rollback_stage(self, eid_failed: str, stage: str) -> str | None:
-        """Roll ``stage`` back (AutomatedRollback) after ``eid_failed`` failed in it (its
-        StageFailed/ExecutionFailed already emitted): the rollback execution, or None."""
-        return rollback.roll_back(self, eid_failed, stage)
+    def rollback_stage(
+        self,
+        eid_failed: str,
+        stage: str,
+        trigger: rollback.RollbackTrigger = "AutomatedRollback",
+        reason: str = "",
+    ) -> str | None:
+        """A stage result ROLLBACK (a condition's): ``eid_failed`` fails in ``stage`` (unless
+        it failed already), the stage is rolled back (AutomatedRollback) and released: the
+        rollback execution, or None when there is no valid target."""
+        assert trigger == "AutomatedRollback", trigger
+        return rollback.fail_and_roll_back(self, eid_failed, stage, reason)
 
     def start_retry(
         self,
@@ -234,6 +287,8 @@ class Decision:
         )
         sdecl = self.decl(x).stage(stage)
         assert sdecl is not None
+        if conditions.retry_entry(self, eid, stage):
+            return
         if mode == "ALL_ACTIONS":
             self.schedule_group(eid, stage, sdecl.run_orders()[0])
             return
@@ -241,6 +296,9 @@ class Decision:
             adecl = sdecl.action(prev.actionName)
             assert adecl is not None
             self.schedule_action(eid, stage, adecl)
+        self.fail_unrunnable()
+        if not failed:  # failed by its onSuccess condition: evaluated again
+            self.progress(eid)
 
     def progress(self, eid: str) -> None:
         """Move an execution on after one of its actions ended."""
@@ -262,7 +320,11 @@ class Decision:
         assert sdecl is not None
         if run.status == "Failed":
             auto = sdecl.auto_retry_mode()
-            if auto is not None and run.autoRetries == 0:
+            if (
+                auto is not None
+                and run.autoRetries == 0
+                and conditions.failure_result_applies(x, sdecl, stage)
+            ):
                 self.start_retry(eid, stage, auto, "AutomatedStageRetry")
             return
         if run.status != "InProgress":
@@ -274,7 +336,14 @@ class Decision:
         if later:
             self.schedule_group(eid, stage, later[0])
             return
-        self.emit(ev.StageSucceeded(executionId=eid, stageName=stage))
+        if conditions.before_success(self, eid, stage):
+            return
+        self.succeed_stage(eid, stage)
+
+    def succeed_stage(self, eid: str, stage: str, *, skipped: bool = False) -> None:
+        """The stage succeeded (or was skipped): release it, enter the next one or end."""
+        x = self.x(eid)
+        self.emit(ev.StageSucceeded(executionId=eid, stageName=stage, skipped=skipped))
         self.admit(stage)
         decl = self.decl(x)
         idx = decl.stage_index(stage)
@@ -328,8 +397,17 @@ def retry_problem(
         return DomainError(
             "StageNotRetryableException", f"Stage '{stage}' did not run in execution {eid}"
         )
+    evaluating = conditions.evaluating(x, stage)
+    if evaluating is not None:
+        return DomainError(
+            "StageNotRetryableException",
+            f"Stage '{stage}' of execution {eid} is evaluating its "
+            f"{conditions.WHERE[evaluating]} condition",
+        )
     actions = x.latest_actions(stage)
-    if not any(a.status in FAILED_OR_ABANDONED for a in actions):
+    if not any(a.status in FAILED_OR_ABANDONED for a in actions) and not (
+        conditions.failed_by_condition(x, stage)
+    ):
         return DomainError(
             "StageNotRetryableException",
             f"Stage '{stage}' of execution {eid} has no failed or abandoned action",
@@ -418,12 +496,16 @@ def _check_structure(decl: PipelineDeclaration, name: str) -> None:
     problems = declaration_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
+    problems = variable_problems(decl) + artifact_problems(decl)
+    if problems:
+        raise DomainError("InvalidStructureException", "; ".join(problems))
     problems = rollback.declaration_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
     unrunnable = action_type_problems(decl)
     if unrunnable:
         raise DomainError("InvalidActionDeclarationException", "; ".join(unrunnable))
+    conditions.check(decl)
 
 
 def _update(d: Decision, cmd: c.Command) -> None:
@@ -463,6 +545,8 @@ def _start(d: Decision, cmd: c.Command) -> None:
             triggerType=cmd.triggerType,
             triggerDetail=cmd.triggerDetail,
             clientRequestToken=cmd.clientRequestToken,
+            variables=start_variables(decl, d.s.name, cmd.variables),
+            sourceRevisions=cmd.sourceRevisions or None,
         )
     )
     d.try_enter(cmd.executionId, decl.stages[0].name)
@@ -612,6 +696,7 @@ def _complete(d: Decision, cmd: c.Command) -> None:
             summary=cmd.summary,
             externalExecutionId=cmd.externalExecutionId,
             outputVariables=cmd.outputVariables,
+            outputArtifacts=cmd.outputArtifacts,
         )
     else:
         result = ev.ActionExecutionFailed(
@@ -709,6 +794,8 @@ def _approval(d: Decision, cmd: c.Command) -> None:
 
 def _lose(d: Decision, cmd: c.Command) -> None:
     assert isinstance(cmd, c.LoseAction)
+    if conditions.lose_rule(d, cmd):
+        return
     x = d.s.lookup(cmd.executionId)
     a = x.actions.get(cmd.actionExecutionId) if x is not None else None
     if x is None or a is None or a.status != "InProgress":
@@ -772,3 +859,4 @@ _HANDLERS: dict[type[c.Command], Callable[[Decision, c.Command], None]] = {
     c.EnableStageTransition: transitions.enable,
     c.RollbackStage: rollback.rollback_stage,
 }
+_HANDLERS.update(conditions.HANDLERS)

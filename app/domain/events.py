@@ -18,6 +18,7 @@ from typing import Literal
 
 import msgspec
 
+from app.domain.artifacts import ArtifactLocation
 from app.domain.model import PipelineDeclaration, RetryTrigger, StageRetryMode
 
 Kind = Literal["commands", "approval", "custom", "other"]
@@ -134,6 +135,7 @@ class StageEntered(Event, tag=True, frozen=True):
 class StageSucceeded(Event, tag=True, frozen=True):
     executionId: str
     stageName: str
+    skipped: bool = False  # a beforeEntry condition with result SKIP: the stage is Skipped
 
 
 class StageFailed(Event, tag=True, frozen=True):
@@ -186,6 +188,12 @@ class ActionExecutionScheduled(Event, tag=True, frozen=True):
     jobNonce: str | None = None
     pipelineVersion: int | None = None  # the declaration it runs with (runners need no read)
     attempt: int | None = None  # 1 for the action's first run in this execution, then 2 ...
+    # what the attempt runs with, variable references resolved (app/domain/resolution.py):
+    # each None when the declaration's values hold no reference (they run unchanged)
+    resolvedConfiguration: dict[str, str] | None = None
+    resolvedCommands: list[str] | None = None
+    resolvedEnvironment: dict[str, str] | None = None  # plaintext environmentVariables
+    inputArtifacts: dict[str, ArtifactLocation] | None = None  # name -> where it is
 
 
 class ActionExecutionStarted(Event, tag=True, frozen=True):
@@ -216,6 +224,7 @@ class ActionExecutionSucceeded(Event, tag=True, frozen=True):
     summary: str | None = None
     externalExecutionId: str | None = None
     outputVariables: dict[str, str] | None = None
+    outputArtifacts: dict[str, ArtifactLocation] | None = None  # name -> where it was stored
 
 
 class ActionExecutionFailed(Event, tag=True, frozen=True):
@@ -231,6 +240,87 @@ class ActionExecutionAbandoned(Event, tag=True, frozen=True):
     executionId: str
     actionExecutionId: str
     reason: str = ""
+
+
+# --- stage conditions (app/domain/conditions.py) ----------------------------------------------
+
+ConditionType = Literal["BEFORE_ENTRY", "ON_SUCCESS", "ON_FAILURE"]
+ConditionEndStatus = Literal["Succeeded", "Failed", "Errored", "Abandoned"]
+
+
+class ConditionStarted(Event, tag=True, frozen=True):
+    """A stage's condition (beforeEntry, onSuccess or onFailure) is being evaluated."""
+
+    executionId: str
+    stageName: str
+    conditionType: ConditionType
+    conditionExecutionId: str
+    result: str | None = None  # what engages when the condition is not met (met: onFailure)
+
+
+class RuleExecutionScheduled(Event, tag=True, frozen=True):
+    """One rule of a condition runs: evaluated by the engine at once (``kind`` engine) or
+    by a runner (``kind`` commands, the ``Commands`` rule)."""
+
+    executionId: str
+    stageName: str
+    conditionExecutionId: str
+    ruleName: str
+    ruleExecutionId: str
+    provider: str
+    kind: Literal["engine", "commands"] = "engine"
+    pipelineVersion: int | None = None
+    resolvedConfiguration: dict[str, str] | None = None
+
+
+class RuleExecutionStarted(Event, tag=True, frozen=True):
+    """A runner took a ``Commands`` rule and holds its lease."""
+
+    executionId: str
+    ruleExecutionId: str
+    worker: str
+
+
+class RuleExecutionDeferred(Event, tag=True, frozen=True):
+    """The rule cannot pass yet (a closed deployment window): evaluated again at ``until``."""
+
+    executionId: str
+    ruleExecutionId: str
+    until: float
+    summary: str = ""
+
+
+class RuleExecutionSucceeded(Event, tag=True, frozen=True):
+    executionId: str
+    ruleExecutionId: str
+    summary: str | None = None
+
+
+class RuleExecutionFailed(Event, tag=True, frozen=True):
+    executionId: str
+    ruleExecutionId: str
+    errorCode: str = "RuleFailed"
+    message: str = ""
+
+
+class ConditionEnded(Event, tag=True, frozen=True):
+    """The condition's result: Succeeded (every rule passed) or Failed (one did not)."""
+
+    executionId: str
+    stageName: str
+    conditionExecutionId: str
+    status: ConditionEndStatus
+    summary: str = ""
+
+
+class StageConditionOverridden(Event, tag=True, frozen=True):
+    """OverrideStageCondition: the waiting or failed condition no longer holds the stage
+    back (a head event: a failed one had released the stage and ended the execution)."""
+
+    executionId: str
+    stageName: str
+    conditionType: ConditionType
+    conditionExecutionId: str
 
 
 AnyEvent = (
@@ -257,6 +347,14 @@ AnyEvent = (
     | ActionExecutionSucceeded
     | ActionExecutionFailed
     | ActionExecutionAbandoned
+    | ConditionStarted
+    | RuleExecutionScheduled
+    | RuleExecutionStarted
+    | RuleExecutionDeferred
+    | RuleExecutionSucceeded
+    | RuleExecutionFailed
+    | ConditionEnded
+    | StageConditionOverridden
     | StageTransitionDisabled
     | StageTransitionEnabled
     | RollbackStarted
@@ -283,6 +381,7 @@ HEAD_EVENTS: frozenset[type[Event]] = frozenset(
         ExecutionSucceeded,
         ExecutionFailed,
         ExecutionStopped,
+        StageConditionOverridden,
         RollbackStarted,
     }
 )

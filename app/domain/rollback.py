@@ -198,6 +198,19 @@ def roll_back(d: Decision, failed: str, stage: str) -> str | None:
     return eid
 
 
+def fail_and_roll_back(d: Decision, eid: str, stage: str, reason: str) -> str | None:
+    """A condition's ROLLBACK result: the execution fails in ``stage`` (StageFailed,
+    ExecutionFailed; not again when it is failed already), the stage is rolled back, and
+    released to the next waiting execution (after the rollback entered it)."""
+    if d.x(eid).status == "InProgress":
+        why = reason or f"Stage '{stage}' failed and is rolled back"
+        d.emit(ev.StageFailed(executionId=eid, stageName=stage, reason=why))
+        d.emit(ev.ExecutionFailed(executionId=eid, stageName=stage, reason=why))
+    rid = roll_back(d, eid, stage)
+    d.admit(stage)
+    return rid
+
+
 def after_failure(d: Decision, failed: str, stage: str) -> None:
     """``onFailure: {result: ROLLBACK}`` of the stage the execution just failed in."""
     x = d.x(failed)

@@ -27,6 +27,7 @@ from collections.abc import Iterable
 import msgspec
 
 from app.domain import events as ev
+from app.domain.artifacts import ArtifactLocation
 from app.domain.errors import DomainError
 from app.domain.model import (
     ActionDeclaration,
@@ -65,6 +66,10 @@ class ActionExec(msgspec.Struct, omit_defaults=True, gc=False):
     outputVariables: dict[str, str] | None = None
     updatedBy: str | None = None
     seq: int = 0  # the last event about this attempt (a runner appends against it)
+    # what the attempt ran with (variables resolved at scheduling) and what it produced
+    resolvedConfiguration: dict[str, str] | None = None
+    inputArtifacts: dict[str, ArtifactLocation] | None = None
+    outputArtifacts: dict[str, ArtifactLocation] | None = None
 
 
 class StageRun(msgspec.Struct, omit_defaults=True, gc=False):
@@ -79,6 +84,45 @@ class StageRun(msgspec.Struct, omit_defaults=True, gc=False):
     latestTrigger: RetryTrigger | None = None
     pendingRetry: StageRetryMode | None = None
     pendingTrigger: RetryTrigger | None = None
+    # condition type -> its latest run in this stage (``ExecutionState.conditions``)
+    conditions: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class RuleRun(msgspec.Struct, omit_defaults=True, gc=False):
+    """One run of one rule of a stage condition (a rule execution)."""
+
+    ruleExecutionId: str
+    ruleName: str
+    provider: str
+    stageName: str
+    conditionExecutionId: str
+    pipelineVersion: int
+    startTime: float
+    lastUpdateTime: float
+    kind: str = "engine"
+    status: str = "InProgress"  # RuleExecutionStatus: InProgress Succeeded Failed Abandoned
+    summary: str | None = None
+    errorCode: str | None = None
+    errorMessage: str | None = None
+    resolvedConfiguration: dict[str, str] | None = None
+    worker: str | None = None
+    until: float | None = None  # deferred: evaluated again then
+    updatedBy: str | None = None
+
+
+class ConditionRun(msgspec.Struct, omit_defaults=True, gc=False):
+    """One evaluation of one stage condition: its rules and its result."""
+
+    conditionExecutionId: str
+    conditionType: str
+    stageName: str
+    startTime: float
+    lastUpdateTime: float
+    result: str | None = None
+    status: str = "InProgress"  # ConditionExecutionStatus
+    summary: str | None = None
+    rules: list[str] = msgspec.field(default_factory=list)  # rule execution ids, in order
+    overriddenBy: str | None = None
 
 
 class ExecutionState(msgspec.Struct, omit_defaults=True, gc=False):
@@ -99,6 +143,8 @@ class ExecutionState(msgspec.Struct, omit_defaults=True, gc=False):
     actions: dict[str, ActionExec] = msgspec.field(default_factory=dict)  # every attempt
     variables: dict[str, str] | None = None  # pipeline-level variables, resolved at start
     sourceRevisions: list[dict[str, str]] | None = None  # overrides asked for at start
+    conditions: dict[str, ConditionRun] = msgspec.field(default_factory=dict)  # every run
+    rules: dict[str, RuleRun] = msgspec.field(default_factory=dict)  # every rule execution
     executionType: str = "STANDARD"  # ROLLBACK: re-runs rollbackStage as rollbackTarget did
     rollbackTarget: str | None = None
     rollbackStage: str | None = None
@@ -351,7 +397,7 @@ def _head(s: PipelineState, kind: str, eid: str, stage: str, auto_retry: bool) -
         case "StageFailed":
             if not auto_retry:
                 _release(s, stage, eid)
-        case "StageRetryStarted":
+        case "StageRetryStarted" | "StageConditionOverridden":
             if eid not in s.active:
                 s.active.append(eid)
             s.stageLatest[stage] = eid
@@ -413,6 +459,8 @@ def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> 
                 token=e.token,
                 jobId=e.jobId,
                 jobNonce=e.jobNonce,
+                resolvedConfiguration=e.resolvedConfiguration,
+                inputArtifacts=e.inputArtifacts,
             )
             run = x.stages[e.stageName]
             run.latest[e.actionName] = e.actionExecutionId
@@ -437,6 +485,7 @@ def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> 
             a.summary = e.summary if e.summary is not None else a.summary
             a.externalExecutionId = e.externalExecutionId
             a.outputVariables = e.outputVariables
+            a.outputArtifacts = e.outputArtifacts
             a.updatedBy = a.updatedBy or env.actor
         case ev.ActionExecutionFailed():
             a = x.actions[e.actionExecutionId]
@@ -478,12 +527,13 @@ def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> 
             run = x.stages.get(x.currentStage or "")
             if run is not None and run.status in ("InProgress", "Stopping"):
                 run.status = "Stopped"
+            end_conditions(x, env.time)
         case ev.StageEntered():
             x.waitingFor = None
             x.currentStage = e.stageName
             x.stages[e.stageName] = StageRun(name=e.stageName)
         case ev.StageSucceeded():
-            x.stages[e.stageName].status = "Succeeded"
+            x.stages[e.stageName].status = "Skipped" if e.skipped else "Succeeded"
         case ev.StageFailed():
             x.stages[e.stageName].status = "Failed"
         case ev.StageRetryRequested():
@@ -514,6 +564,109 @@ def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> 
             x.executionType = "ROLLBACK"
             x.rollbackTarget = e.targetExecutionId
             x.rollbackStage = e.stageName
+        case (
+            ev.ConditionStarted()
+            | ev.RuleExecutionScheduled()
+            | ev.RuleExecutionStarted()
+            | ev.RuleExecutionDeferred()
+            | ev.RuleExecutionSucceeded()
+            | ev.RuleExecutionFailed()
+            | ev.ConditionEnded()
+            | ev.StageConditionOverridden()
+        ):
+            _evolve_condition(x, e, env)
+        case _:
+            pass
+
+
+def end_conditions(x: ExecutionState, t: float, status: str = "Abandoned") -> None:
+    """Conditions still being evaluated end (the execution stopped); their rules too."""
+    for cond in x.conditions.values():
+        if cond.status == "InProgress":
+            cond.status = status
+            cond.lastUpdateTime = t
+            _abandon_rules(x, cond, t)
+
+
+def _abandon_rules(x: ExecutionState, cond: ConditionRun, t: float) -> None:
+    for rid in cond.rules:
+        r = x.rules.get(rid)
+        if r is not None and r.status == "InProgress":
+            r.status = "Abandoned"
+            r.until = None
+            r.lastUpdateTime = t
+
+
+def _evolve_condition(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> None:
+    t = env.time
+    match e:
+        case ev.ConditionStarted():
+            x.conditions[e.conditionExecutionId] = ConditionRun(
+                conditionExecutionId=e.conditionExecutionId,
+                conditionType=e.conditionType,
+                stageName=e.stageName,
+                startTime=t,
+                lastUpdateTime=t,
+                result=e.result,
+            )
+            x.stages[e.stageName].conditions[e.conditionType] = e.conditionExecutionId
+        case ev.RuleExecutionScheduled():
+            x.rules[e.ruleExecutionId] = RuleRun(
+                ruleExecutionId=e.ruleExecutionId,
+                ruleName=e.ruleName,
+                provider=e.provider,
+                stageName=e.stageName,
+                conditionExecutionId=e.conditionExecutionId,
+                pipelineVersion=e.pipelineVersion or x.pipelineVersion,
+                startTime=t,
+                lastUpdateTime=t,
+                kind=e.kind,
+                resolvedConfiguration=e.resolvedConfiguration,
+            )
+            x.conditions[e.conditionExecutionId].rules.append(e.ruleExecutionId)
+        case ev.RuleExecutionStarted():
+            r = x.rules[e.ruleExecutionId]
+            r.worker = e.worker
+            r.lastUpdateTime = t
+        case ev.RuleExecutionDeferred():
+            r = x.rules[e.ruleExecutionId]
+            r.until = e.until
+            r.summary = e.summary or None
+            r.lastUpdateTime = t
+        case ev.RuleExecutionSucceeded():
+            r = x.rules[e.ruleExecutionId]
+            r.status = "Succeeded"
+            r.until = None
+            r.summary = e.summary
+            r.lastUpdateTime = t
+            r.updatedBy = env.actor
+        case ev.RuleExecutionFailed():
+            r = x.rules[e.ruleExecutionId]
+            r.status = "Failed"
+            r.until = None
+            r.errorCode = e.errorCode
+            r.errorMessage = e.message
+            r.lastUpdateTime = t
+            r.updatedBy = env.actor
+        case ev.ConditionEnded():
+            cond = x.conditions[e.conditionExecutionId]
+            cond.status = e.status
+            cond.summary = e.summary or None
+            cond.lastUpdateTime = t
+            _abandon_rules(x, cond, t)
+        case ev.StageConditionOverridden():
+            cond = x.conditions[e.conditionExecutionId]
+            cond.status = "Overridden"
+            cond.overriddenBy = env.actor
+            cond.summary = f"Overridden by {env.actor}"
+            cond.lastUpdateTime = t
+            _abandon_rules(x, cond, t)
+            run = x.stages[e.stageName]
+            run.status = "InProgress"
+            x.status = "InProgress"
+            x.statusSummary = None
+            x.stopAbandon = None
+            x.currentStage = e.stageName
         case _:
             pass
 

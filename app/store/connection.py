@@ -27,6 +27,11 @@ DEFAULT_PARTITIONS = 128  # a new store's partition count (spreads over up to 12
 EMBEDDED_PARTITIONS = 16  # the embedded in-memory Redis: one process, nothing kept
 POOL_SIZE = 256  # connections per process at most (blocking reads hold one each)
 POOL_WAIT_S = 30.0  # a command waits this long for a free connection
+# A reply slower than this is a Redis that is away (paused, partitioned): the call fails with
+# a timeout (503 "event store unreachable" in the API; workers back off and retry) instead of
+# hanging. Above every blocking read's BLOCK (workers 1 s, the console feed 5 s). A
+# ``socket_timeout`` in the URL wins.
+SOCKET_TIMEOUT_S = 10.0
 
 
 _embedded_server: Any = None
@@ -47,7 +52,9 @@ async def connect(url: str | None) -> Redis:
     if url:
         # A pool that makes a burst wait for a connection instead of failing it (a worker
         # starting its owner loops for 128 partitions at once: "Too many connections").
-        pool = BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S)
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=POOL_SIZE, timeout=POOL_WAIT_S, socket_timeout=SOCKET_TIMEOUT_S
+        )
         client = Redis(connection_pool=pool)
         try:
             info: Any = await client.info("cluster")
@@ -58,7 +65,7 @@ async def connect(url: str | None) -> Redis:
         if int(info.get("cluster_enabled", 0) or 0) != 1:
             return client
         await client.aclose()
-        cluster: Any = RedisCluster.from_url(url)
+        cluster: Any = RedisCluster.from_url(url, socket_timeout=SOCKET_TIMEOUT_S)
         await cluster.initialize()
         result: Redis = cluster
         return result

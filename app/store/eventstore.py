@@ -322,7 +322,10 @@ HeadItem = ev.Envelope | tuple[int, ev.HeadRef]
 
 
 def runs_on_engine(e: ev.Event) -> bool:
-    """Events that go to the partition's run queue: actions the engine runs itself."""
+    """Events that go to the partition's run queue: actions the engine runs itself, and
+    ``Commands`` rules of stage conditions."""
+    if isinstance(e, ev.RuleExecutionScheduled):
+        return e.kind == "commands"
     return isinstance(e, ev.ActionExecutionScheduled) and e.kind == "commands"
 
 

@@ -128,6 +128,11 @@ class Keys:
     def leases(self, partition: int) -> str:
         return f"{self.namespace}:{self.tag(partition)}:leases"
 
+    def due(self, partition: int) -> str:
+        """Zset: deferred rules (``pipeline\x1fexecution\x1frule``) by when to evaluate
+        them again (epoch ms); the partition's owner writes it from RuleExecutionDeferred."""
+        return f"{self.namespace}:{self.tag(partition)}:due"
+
     def tries(self, partition: int) -> str:
         """Hash: events entry id -> owner (re)starts that began handling it (poison count)."""
         return f"{self.namespace}:{self.tag(partition)}:tries"

@@ -93,6 +93,12 @@ def _cmds(h: Harness, ids: dict[str, str]) -> list[c.Command]:
         c.UpdatePipeline(declaration=make_decl(DECL, name="wrong")),
         c.CreatePipeline(declaration=make_decl(DECL)),
         c.DeletePipeline(),
+        # stage conditions (their own scenarios: tests/domain/test_conditions.py)
+        c.StartRule(executionId=r, ruleExecutionId=UNKNOWN, worker="w"),
+        c.CompleteRule(executionId=r, ruleExecutionId=UNKNOWN, succeeded=True),
+        c.SettleCondition(executionId=r, ruleExecutionId=UNKNOWN),
+        c.EvaluateRule(executionId=r, ruleExecutionId=UNKNOWN),
+        c.OverrideCondition(executionId=r, stageName="Build", conditionType="BEFORE_ENTRY"),
         c.PutApproval(
             stageName="Gate",
             actionName="ok",

@@ -52,7 +52,7 @@ async def test_append_waits_for_the_replica(tmp_path: Path) -> None:
 
         store = EventStore(client, Keys(partitions=4))
         store.min_replica_acks = 1
-        store.replica_ack_timeout_ms = 300
+        store.replica_ack_timeout_ms = 5000  # a loaded CI box: a live replica acks in time
         await store.ensure_config()
         await client.script_flush()  # the first append loads the script itself
         res = await store.append(batch("p", created("p")))
@@ -65,6 +65,7 @@ async def test_append_waits_for_the_replica(tmp_path: Path) -> None:
 
         assert replica.proc is not None
         os.kill(replica.proc.pid, signal.SIGSTOP)  # a replica that no longer acknowledges
+        store.replica_ack_timeout_ms = 300
         try:
             with pytest.raises(NotReplicated, match="0 of 1 required replica") as raised:
                 await store.append(batch("q", created("q")))

@@ -145,3 +145,40 @@ async def test_manual_approval_waits_for_put_approval(redis: Redis, tmp_path: Pa
     assert latest(x, "Gate", "ok").status == "Failed"
     assert latest(x, "Gate", "ok").errorCode == "Rejected"
     assert count(c, "dep") == 1
+
+
+@pytest.mark.parametrize("acknowledged", [False, True])
+async def test_a_job_whose_action_ended_without_a_result_expires(
+    redis: Redis, acknowledged: bool
+) -> None:
+    """Issue 10: a custom action ended by a stop (abandon) — never polled, or acknowledged
+    and never answered — leaves no job record behind forever: the partition's owner takes
+    the job off the open list and gives its record the finished jobs' expiry."""
+    engine = make_engine(redis)
+    await engine.start()
+    await engine.create_pipeline(pipeline("gone", {"Build": [custom("ext")]}))
+    async with running(redis):
+        eid = await engine.start_execution("gone")
+        a = await wait_action(
+            engine, "gone", eid, "ext", lambda a: a.status == "InProgress", "scheduled"
+        )
+        job_id = a.jobId
+        assert job_id is not None
+        key = engine.keys.job(job_id)
+        async def published() -> bool:
+            return int(await redis.exists(key)) == 1
+
+        await wait_for(published, "the job to be published")
+        if acknowledged:
+            job = (await engine.poll_for_jobs(CUSTOM, 1))[0]
+            assert job.action.jobNonce is not None
+            await engine.acknowledge_job(job_id, job.action.jobNonce)
+        assert await redis.ttl(key) == -1  # open or acknowledged: kept
+        await engine.stop_execution("gone", eid, abandon=True)
+        await wait_status(engine, "gone", eid, "Stopped")
+
+        async def expiring() -> bool:
+            return int(await redis.ttl(key)) > 0
+
+        await wait_for(expiring, "the job record to get its expiry")
+    assert await redis.zrange(engine.keys.jobs(CUSTOM.key), 0, -1) == []

@@ -46,11 +46,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -92,6 +93,11 @@ _SUMMARY_COMMAND_CHARS = 60
 _NOTE_COMMAND_CHARS = 200
 _STATUS_FILE = ".status"
 _SCRIPT_FILE = ".session.sh"
+_OUTPUTS_FILE = ".outputs"
+# what an exportable output variable name looks like (a shell variable name)
+SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# AWS's quota on an action's output variables: at most this many characters in all
+OUTPUT_VARIABLES_MAX_CHARS = 122_880
 
 
 class OutputSink(Protocol):
@@ -121,6 +127,9 @@ class CommandsResult:
     """Commands started, including the one that failed or timed out."""
     failed_index: int | None = None
     """1-based position of ``failed_command`` in the list."""
+    output_variables: dict[str, str] | None = None
+    """On success, the values of the ``output_variables`` asked for that were set in the
+    session at its end (unset ones are left out)."""
 
     def summary(self) -> str:
         """Short human-readable line for the action execution's summary."""
@@ -151,11 +160,19 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "'\\''") + "'"
 
 
-def session_script(commands: Sequence[str], status_file: str, nonce: str = "") -> str:
+def session_script(
+    commands: Sequence[str],
+    status_file: str,
+    nonce: str = "",
+    outputs_file: str | None = None,
+    output_variables: Sequence[str] = (),
+) -> str:
     """The POSIX shell script that runs ``commands`` in one session (see module docs).
 
     With a ``nonce``, a marker line (``\\036stageline-<nonce> <i>``) is printed to the output
     before command *i*, so the runner can place "Running command i" exactly in the log.
+    With ``outputs_file``, once every command succeeded the script writes there each of the
+    ``output_variables`` that is set (``name NUL value NUL``; shell variable names only).
     """
     status = _quote(status_file)
     lines = [
@@ -174,6 +191,13 @@ def session_script(commands: Sequence[str], status_file: str, nonce: str = "") -
             f"printf 'E {i} %s\\n' \"$__stageline_rc\" >>{status}",
             '[ "$__stageline_rc" -eq 0 ] || exit "$__stageline_rc"',
         ]
+    if outputs_file is not None:
+        out = _quote(outputs_file)
+        for name in output_variables:
+            if SHELL_NAME.match(name):  # anything else could not be a shell variable
+                lines.append(
+                    f'[ -z "${{{name}+x}}" ] || printf \'%s\\000%s\\000\' {name} "${name}" >>{out}'
+                )
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
 
@@ -226,6 +250,9 @@ async def run_commands(
     shell: str | None = None,
     run_base: str | None = None,
     container: Container | None = None,
+    output_variables: Sequence[str] = (),
+    prepare: Callable[[str], Awaitable[None]] | None = None,
+    collect: Callable[[str, CommandsResult], Awaitable[None]] | None = None,
 ) -> CommandsResult:
     """Run ``commands`` in one shell session, stopping at the first failure.
 
@@ -236,6 +263,11 @@ async def run_commands(
     runs the session in a fresh container instead (:mod:`workers.runners.container`).
     Cancelling the calling task kills the session's process group (and container) and
     re-raises the cancellation.
+
+    ``output_variables``: names whose values at the end of a successful session are returned
+    (``CommandsResult.output_variables``). ``prepare(workspace)`` runs before the session
+    (e.g. unpack input artifacts), ``collect(workspace, result)`` after it, before the
+    private run directory is removed (e.g. pack output artifacts); what they raise is raised.
     """
     if isinstance(commands, str | bytes):
         raise TypeError("commands must be a sequence of command strings, not a single string")
@@ -253,7 +285,9 @@ async def run_commands(
     shell = shell or pick_shell()
     run_dir = make_run_dir(user, run_base)
     try:
-        return await _run_session(
+        if prepare is not None:
+            await prepare(cwd or run_dir.workspace)
+        result = await _run_session(
             commands,
             env=env,
             timeout_s=timeout_s,
@@ -266,7 +300,11 @@ async def run_commands(
             run_dir=run_dir,
             started=started,
             container=container,
+            output_variables=output_variables,
         )
+        if collect is not None:
+            await collect(cwd or run_dir.workspace, result)
+        return result
     finally:
         remove_run_dir(run_dir)
 
@@ -277,18 +315,44 @@ def _check_dir(path: str) -> None:
 
 
 def _write_script(
-    run_dir: RunDir, commands: Sequence[str], user: ActionUser | None, nonce: str
+    run_dir: RunDir,
+    commands: Sequence[str],
+    user: ActionUser | None,
+    nonce: str,
+    output_variables: Sequence[str] = (),
 ) -> tuple[str, str]:
     status_path = os.path.join(run_dir.root, _STATUS_FILE)
     script_path = os.path.join(run_dir.root, _SCRIPT_FILE)
-    with open(status_path, "wb"):
-        pass
+    outputs_path = os.path.join(run_dir.root, _OUTPUTS_FILE)
+    for path in (status_path, outputs_path):
+        with open(path, "wb"):
+            pass
     with open(script_path, "w") as f:
-        f.write(session_script(commands, status_path, nonce))
+        f.write(session_script(commands, status_path, nonce, outputs_path, output_variables))
     os.chmod(script_path, 0o444)
     if user is not None:
         os.chown(status_path, user.uid, user.gid)
+        os.chown(outputs_path, user.uid, user.gid)
     return status_path, script_path
+
+
+def read_outputs(path: str, names: Sequence[str]) -> dict[str, str]:
+    """The ``name NUL value NUL`` pairs the session wrote (only names asked for; the last
+    value of a name wins; values decoded as UTF-8 with replacement)."""
+    try:  # the action user could have swapped the file for a link: never follow one
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd, "rb") as f:
+            data = f.read(4 * OUTPUT_VARIABLES_MAX_CHARS + 65536)
+    except OSError:
+        return {}
+    fields = data.split(b"\0")
+    wanted = set(names)
+    out: dict[str, str] = {}
+    for i in range(0, len(fields) - 1, 2):
+        name = fields[i].decode("utf-8", errors="replace")
+        if name in wanted:
+            out[name] = fields[i + 1].decode("utf-8", errors="replace")
+    return out
 
 
 async def _run_session(
@@ -305,9 +369,10 @@ async def _run_session(
     run_dir: RunDir,
     started: float,
     container: Container | None = None,
+    output_variables: Sequence[str] = (),
 ) -> CommandsResult:
     nonce = secrets.token_hex(8)
-    status_path, script_path = _write_script(run_dir, commands, user, nonce)
+    status_path, script_path = _write_script(run_dir, commands, user, nonce, output_variables)
     full_env = base_environment(run_dir.home, run_dir.tmp, user, shell)
     if env:
         full_env.update(env)
@@ -368,6 +433,11 @@ async def _run_session(
             output_tail=tail.text(),
             duration_s=time.monotonic() - started,
             commands_run=index,
+            output_variables=read_outputs(
+                os.path.join(run_dir.root, _OUTPUTS_FILE), output_variables
+            )
+            if output_variables
+            else None,
         )
     # A command's own status when the script recorded it, else the shell's (it ended the
     # shell: `exit 3`, `set -e`, a signal).

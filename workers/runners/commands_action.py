@@ -10,19 +10,27 @@ success), an error code and a message naming the failed command.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from app.artifacts.store import ArtifactError, ArtifactSettings, ArtifactStore, store_of
+from app.domain.artifacts import ArtifactLocation, output_artifact_files
 from app.domain.model import ActionDeclaration
 from app.engine import Engine
 from app.logs import DEFAULT_LINE_BYTES, DEFAULT_MAX_LINES, DEFAULT_RETENTION_S, ActionLogWriter
 from app.store.keys import Keys
-from workers.runners.commands import DEFAULT_KILL_GRACE_S, CommandsResult, run_commands
+from workers.runners.commands import (
+    DEFAULT_KILL_GRACE_S,
+    OUTPUT_VARIABLES_MAX_CHARS,
+    CommandsResult,
+    run_commands,
+)
 from workers.runners.container import IMAGE_KEY, Container
 from workers.runners.isolation import DEFAULT_ACTION_USER, resolve_action_user
 
@@ -53,6 +61,8 @@ class ActionSettings:
     network: str = "none"  # the docker runtime's network: none = no route anywhere
     container_cli: str = "docker"  # or podman (docker-compatible CLI)
     watch_every_s: float = 1.0  # how often a running action checks it is still wanted
+    # where artifacts are kept (--artifact-dir / --s3-endpoint, or the environment)
+    artifacts: ArtifactSettings = field(default_factory=ArtifactSettings.from_env)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,12 @@ class Outcome:
     summary: str
     error_code: str | None = None
     message: str | None = None
+    output_variables: dict[str, str] | None = None
+    output_artifacts: dict[str, ArtifactLocation] | None = None
+
+
+ERROR_ARTIFACT = "ArtifactError"
+ERROR_OUTPUT_VARIABLES = "OutputVariablesTooLarge"
 
 
 class UnsupportedVariable(Exception):
@@ -108,9 +124,17 @@ async def run_commands_job(
     redis: Redis | None = None,
     keys: Keys | None = None,
     still_wanted: Callable[[], Awaitable[bool]] | None = None,
+    input_artifacts: Mapping[str, ArtifactLocation] | None = None,
+    store: ArtifactStore | None = None,
 ) -> Outcome:
     """Run the action; with ``still_wanted``, it is checked every ``watch_every_s`` and the
-    session killed as soon as it answers False (the action was abandoned)."""
+    session killed as soon as it answers False (the action was abandoned).
+
+    ``input_artifacts`` (name -> location, in declaration order) are unpacked into the
+    workspace first: the first at its root (like CodeBuild's primary source), each other one
+    in a directory named after it. After a successful session, the declared output
+    variables are exported and each declared output artifact is packed from its ``files``
+    (all of the workspace without) into ``store``; a missing path fails the action."""
     try:
         env = action_environment(
             pipeline=pipeline,
@@ -153,6 +177,44 @@ async def run_commands_job(
         await writer.open()
     result: CommandsResult | None = None
     abandoned = False
+    artifact_error: str | None = None
+    produced: dict[str, ArtifactLocation] = {}
+    outputs = output_artifact_files(declaration)
+    owner = (user.uid, user.gid) if user is not None else None
+
+    def say(text: str) -> None:
+        if writer is not None:
+            writer.note(text)
+
+    async def prepare(workspace: str) -> None:
+        for i, (name, loc) in enumerate((input_artifacts or {}).items()):
+            into = workspace if i == 0 else os.path.join(workspace, name)
+            where = "the workspace" if i == 0 else f"./{name}"
+            try:
+                n = await store_of(loc, settings.artifacts).get(loc, into, owner=owner)
+            except (ArtifactError, OSError) as err:
+                raise ArtifactError(f"input artifact {name!r}: {err}") from err
+            say(f"Input artifact {name}: {n} file(s) from {_where(loc)} into {where}")
+
+    async def collect(workspace: str, r: CommandsResult) -> None:
+        if not r.succeeded or not outputs:
+            return
+        if store is None:
+            raise ArtifactError("no artifact store for this action's output artifacts")
+        for name, files in outputs.items():
+            try:
+                loc = await store.put(
+                    pipeline,
+                    execution_id,
+                    name,
+                    workspace,
+                    files=files or None,
+                    unique=action_execution_id,
+                )
+            except (ArtifactError, OSError) as err:
+                raise ArtifactError(f"output artifact {name!r}: {err}") from err
+            produced[name] = loc
+            say(f"Output artifact {name}: stored as {_where(loc)}")
 
     async def watch(scope: anyio.CancelScope) -> None:
         nonlocal abandoned
@@ -174,22 +236,30 @@ async def run_commands_job(
                 tg.start_soon(writer.run)
             if still_wanted is not None:
                 tg.start_soon(watch, tg.cancel_scope)
-            result = await run_commands(
-                declaration.commands or [],
-                env=env,
-                timeout_s=minutes * 60.0,
-                tail_bytes=tail_bytes,
-                kill_grace_s=settings.kill_grace_s,
-                user=user,
-                output=writer,
-                run_base=settings.workdir,
-                container=container,
-            )
+            try:
+                result = await run_commands(
+                    declaration.commands or [],
+                    env=env,
+                    timeout_s=minutes * 60.0,
+                    tail_bytes=tail_bytes,
+                    kill_grace_s=settings.kill_grace_s,
+                    user=user,
+                    output=writer,
+                    run_base=settings.workdir,
+                    container=container,
+                    output_variables=declaration.outputVariables or (),
+                    prepare=prepare if input_artifacts else None,
+                    collect=collect if outputs else None,
+                )
+            except ArtifactError as err:
+                artifact_error = str(err)
             tg.cancel_scope.cancel()
     finally:
         if writer is not None:
             with anyio.CancelScope(shield=True):
-                if abandoned:
+                if artifact_error is not None:
+                    closing = f"action failed: {artifact_error}"
+                elif abandoned:
                     closing = "action abandoned: its processes were stopped"
                 elif result is None:
                     closing = "action stopped before it finished"
@@ -200,8 +270,31 @@ async def run_commands_job(
                 await writer.close(closing)
     if abandoned:
         return Outcome(False, "abandoned", "Abandoned", "the action was abandoned while it ran")
+    if artifact_error is not None:
+        return Outcome(False, _cut(artifact_error, SUMMARY_CHARS), ERROR_ARTIFACT, artifact_error)
     assert result is not None  # else the cancellation propagated
-    return outcome(result)
+    out = outcome(result)
+    if not out.succeeded:
+        return out
+    variables = result.output_variables or None
+    size = sum(len(k) + len(v) for k, v in (variables or {}).items())
+    if size > OUTPUT_VARIABLES_MAX_CHARS:
+        message = (
+            f"the output variables hold {size} characters; at most "
+            f"{OUTPUT_VARIABLES_MAX_CHARS} are allowed"
+        )
+        return Outcome(False, "output variables too large", ERROR_OUTPUT_VARIABLES, message)
+    return Outcome(
+        True,
+        out.summary,
+        output_variables=variables,
+        output_artifacts=produced or None,
+    )
+
+
+def _where(loc: ArtifactLocation) -> str:
+    scheme = "s3" if loc.store == "S3" else "local"
+    return f"{scheme}://{loc.bucket}/{loc.key}"
 
 
 def action_watch(
