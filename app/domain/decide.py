@@ -156,7 +156,7 @@ class Decision:
         kind = action_kind(a)
         x = self.x(eid)
         runs = sum(1 for p in x.actions.values() if p.stageName == stage and p.actionName == a.name)
-        prep = prepare_action(self.decl(x), x, self.s.name, a)
+        prep = prepare_action(self.decl(x), rollback.inputs_execution(self.s, x), self.s.name, a)
         aid = self.ctx.new_id()
         self.emit(
             ev.ActionExecutionScheduled(

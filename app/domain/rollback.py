@@ -24,6 +24,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
+import msgspec
+
 from app.domain import commands as c
 from app.domain import events as ev
 from app.domain.errors import DomainError
@@ -59,11 +61,28 @@ def _is_source(decl: PipelineDeclaration, stage: str) -> bool:
 
 
 def artifact_execution(x: ExecutionState) -> str:
-    """The execution whose artifacts (and namespace variables) the actions of ``x`` read:
-    the target for a rollback execution, else ``x`` itself. HOOK for the artifact lookup
-    ("latest succeeded producer of artifact X in execution E", app/domain/artifacts.py):
-    look up in ``artifact_execution(x)``, not in ``x.executionId``."""
+    """The execution whose artifacts (and namespace variables) the actions of ``x`` read
+    outside its own stage: the target for a rollback execution, else ``x`` itself (see
+    :func:`inputs_execution`, what ``Decision.schedule_action`` resolves inputs in)."""
     return x.rollbackTarget if x.rollbackTarget is not None else x.executionId
+
+
+def inputs_execution(s: PipelineState, x: ExecutionState) -> ExecutionState:
+    """The execution an action of ``x`` finds its input artifacts and namespace variables in
+    (``prepare_action``): ``x`` itself; for a rollback execution, ``x`` plus the target's
+    stages and attempts outside the rolled-back stage, so the stage gets what it got in the
+    target (its own attempts, newer, win within the stage). May raise NeedExecutions."""
+    if x.rollbackTarget is None:
+        return x
+    target = s.lookup(x.rollbackTarget)
+    if target is None:
+        return x
+    stage = x.rollbackStage
+    stages = {k: v for k, v in target.stages.items() if k != stage}
+    actions = {k: v for k, v in target.actions.items() if v.stageName != stage}
+    return msgspec.structs.replace(
+        x, stages={**stages, **x.stages}, actions={**actions, **x.actions}
+    )
 
 
 def is_rollback(x: ExecutionState) -> bool:

@@ -10,6 +10,7 @@ from app import queries as q
 from app.domain import commands as c
 from app.domain import events as ev
 from app.domain import rollback as rb
+from app.domain.artifacts import ArtifactLocation
 from app.domain.decide import Decision
 from app.domain.model import (
     ActionDeclaration,
@@ -18,7 +19,7 @@ from app.domain.model import (
     PipelineDeclaration,
     StageDeclaration,
 )
-from tests.domain.helpers import Harness, make_ctx, make_decl, of_type, types
+from tests.domain.helpers import ROLE, Harness, make_ctx, make_decl, of_type, types
 
 THREE = {"Build": ["b"], "Deploy": [("d1", 1), ("d2", 1)], "Test": ["t"]}
 SOURCE_TYPE = ActionTypeId(category="Source", owner="Custom", provider="Src", version="1")
@@ -430,3 +431,74 @@ def test_last_succeeded_follows_the_latest_success(mode: str) -> None:
     e2 = to_deploy(h)
     assert h.state.lastSucceeded["Build"] == e2
     assert h.state.lastSucceeded["Deploy"] == e1
+
+
+# --- what the rolled-back stage runs with ----------------------------------------------------
+
+
+def test_the_rolled_back_stage_gets_the_targets_artifacts_and_namespace_variables() -> None:
+    cmd = {"category": "Compute", "owner": "AWS", "provider": "Commands", "version": "1"}
+    decl = msgspec.convert(
+        {
+            "name": "p",
+            "roleArn": ROLE,
+            "stages": [
+                {
+                    "name": "Build",
+                    "actions": [
+                        {
+                            "name": "b",
+                            "actionTypeId": cmd,
+                            "commands": ["make"],
+                            "namespace": "B",
+                            "outputVariables": ["version"],
+                            "outputArtifacts": [{"name": "app"}],
+                        }
+                    ],
+                },
+                {
+                    "name": "Deploy",
+                    "actions": [
+                        {
+                            "name": "d",
+                            "actionTypeId": cmd,
+                            "commands": ["deploy #{B.version}"],
+                            "inputArtifacts": [{"name": "app"}],
+                        }
+                    ],
+                },
+            ],
+        },
+        PipelineDeclaration,
+    )
+    h = Harness()
+    h.create(decl)
+
+    def run(version: str) -> str:
+        eid = h.start()
+        h.complete(
+            eid,
+            "b",
+            outputVariables={"version": version},
+            outputArtifacts={"app": ArtifactLocation(bucket="b", key=f"k{version}", store="S3")},
+        )
+        h.succeed(eid, "d")
+        assert h.x(eid).status == "Succeeded"
+        return eid
+
+    first = run("1")
+    run("2")
+    rid = rollback(h, "Deploy", first)
+    scheduled = [
+        e.event
+        for e in h.log
+        if isinstance(e.event, ev.ActionExecutionScheduled) and e.event.executionId == rid
+    ]
+    assert len(scheduled) == 1
+    assert scheduled[0].resolvedCommands == ["deploy 1"]
+    assert scheduled[0].inputArtifacts == {
+        "app": ArtifactLocation(bucket="b", key="k1", store="S3")
+    }
+    assert h.action(rid, "d").status == "InProgress"  # it runs: nothing is missing
+    assert list(h.x(rid).stages) == ["Deploy"]  # the target's stages are only looked at
+    assert rb.inputs_execution(h.state, h.x(first)) is h.x(first)
