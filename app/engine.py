@@ -277,6 +277,52 @@ class Engine:
         )
         return execution_id
 
+    async def disable_stage_transition(
+        self,
+        name: str,
+        stage: str,
+        transition_type: Literal["Inbound", "Outbound"],
+        reason: str,
+        origin: Origin = SYSTEM,
+    ) -> None:
+        """DisableStageTransition: executions reaching it wait (app/domain/transitions.py)."""
+        await self.repo.execute(
+            name,
+            c.DisableStageTransition(
+                stageName=stage, transitionType=transition_type, reason=reason
+            ),
+            origin,
+        )
+
+    async def enable_stage_transition(
+        self,
+        name: str,
+        stage: str,
+        transition_type: Literal["Inbound", "Outbound"],
+        origin: Origin = SYSTEM,
+    ) -> None:
+        """EnableStageTransition: the waiting execution(s) go on in the same decision."""
+        await self.repo.execute(
+            name, c.EnableStageTransition(stageName=stage, transitionType=transition_type), origin
+        )
+
+    async def rollback_stage(
+        self, name: str, stage: str, target_execution_id: str, origin: Origin = SYSTEM
+    ) -> str:
+        """RollbackStage: the new ROLLBACK execution's id (app/domain/rollback.py)."""
+        eid = self.repo.new_id()
+        out = await self.repo.execute(
+            name,
+            c.RollbackStage(
+                rollbackExecutionId=eid, stageName=stage, targetExecutionId=target_execution_id
+            ),
+            origin,
+        )
+        for env in out.events:  # a repeated command returns the first run's execution
+            if isinstance(env.event, ev.RollbackStarted):
+                return env.event.executionId
+        return eid
+
     async def execution(self, name: str, execution_id: str) -> tuple[PipelineState, ExecutionState]:
         s = await self.repo.load(name, [execution_id])
         s.require_declaration()

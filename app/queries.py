@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from app.domain import transitions
 from app.domain.artifacts import ArtifactLocation
 from app.domain.errors import DomainError
 from app.domain.model import (
@@ -252,7 +253,7 @@ def _stage_state(
         doc["inboundExecution"] = inbound[0]  # the next one to enter
         doc["inboundExecutions"] = inbound
     if not first:  # AWS has no transition into the first stage
-        doc["inboundTransitionState"] = {"enabled": True}
+        doc["inboundTransitionState"] = transitions.inbound_state(s, stage_name)
 
     run: StageRun | None = None
     x: ExecutionState | None = None
@@ -291,6 +292,8 @@ def _stage_state(
             "pipelineExecutionId": x.executionId,
             "status": _stage_status(run.status),
         }
+        if x.executionType != "STANDARD":
+            doc["latestExecution"]["type"] = x.executionType
         meta = _retry_metadata(run)
         if meta is not None:
             doc["retryStageMetadata"] = meta
@@ -363,6 +366,12 @@ def _source_revisions(s: PipelineState, x: ExecutionState) -> list[JSON]:
     ]
 
 
+def _rollback_metadata(x: ExecutionState) -> JSON | None:
+    if x.rollbackTarget is None:
+        return None
+    return {"rollbackTargetPipelineExecutionId": x.rollbackTarget}
+
+
 def get_pipeline_execution(s: PipelineState, execution_id: str) -> JSON:
     """GetPipelineExecutionOutput."""
     s.require_declaration()
@@ -377,7 +386,8 @@ def get_pipeline_execution(s: PipelineState, execution_id: str) -> JSON:
             artifactRevisions=_artifact_revisions(s, x),
             trigger=_trigger(x),
             executionMode=s.declaration_for(x).mode,
-            executionType="STANDARD",
+            executionType=x.executionType,
+            rollbackMetadata=_rollback_metadata(x),
             variables=_resolved_variables(x),
         )
     }
@@ -409,7 +419,8 @@ def _execution_summary(s: PipelineState, x: ExecutionState) -> JSON:
         trigger=_trigger(x),
         stopTrigger=stop,
         executionMode=s.declaration_for(x).mode,
-        executionType="STANDARD",
+        executionType=x.executionType,
+        rollbackMetadata=_rollback_metadata(x),
     )
 
 

@@ -305,3 +305,50 @@ def test_an_unresolvable_reference_fails_the_action_before_it_runs(cp: Any, tmp_
     assert err["code"] == "ConfigurationError"
     assert "#{Nowhere.X}" in err["message"]
     assert not marker.exists()
+
+
+def test_rollback_deploys_the_targets_artifact_and_variables(cp: Any, tmp_path: Path) -> None:
+    """RollbackStage(Deploy, first): the rollback execution runs Deploy alone, with the
+    artifact and the namespace variable the first execution's Build produced."""
+    name = "data-rollback"
+    build = {
+        "name": "build",
+        "actionTypeId": COMMANDS,
+        "namespace": "BuildVariables",
+        "outputVariables": ["VERSION"],
+        "outputArtifacts": [{"name": "BuildOutput", "files": ["dist/**"]}],
+        "commands": [
+            "mkdir -p dist",
+            'echo "built-by-$CODEPIPELINE_PIPELINE_EXECUTION_ID" > dist/app.txt',
+            "export VERSION=v-$CODEPIPELINE_PIPELINE_EXECUTION_ID",
+        ],
+    }
+    deploy = {
+        "name": "deploy",
+        "actionTypeId": COMMANDS,
+        "inputArtifacts": [{"name": "BuildOutput"}],
+        "commands": [
+            f'echo "#{{BuildVariables.VERSION}} $(cat dist/app.txt)" >> {q(tmp_path / "deployed")}'
+        ],
+    }
+    cp.create_pipeline(
+        pipeline={
+            "name": name,
+            "roleArn": ROLE,
+            "stages": [stage("Build", build), stage("Deploy", deploy)],
+        }
+    )
+    first = cp.start_pipeline_execution(name=name)["pipelineExecutionId"]
+    wait_status(cp, name, first, "Succeeded", timeout=30)
+    second = cp.start_pipeline_execution(name=name)["pipelineExecutionId"]
+    wait_status(cp, name, second, "Succeeded", timeout=30)
+    rid = cp.rollback_stage(pipelineName=name, stageName="Deploy", targetPipelineExecutionId=first)[
+        "pipelineExecutionId"
+    ]
+    wait_status(cp, name, rid, "Succeeded", timeout=30)
+    assert (tmp_path / "deployed").read_text().splitlines() == [
+        f"v-{first} built-by-{first}",
+        f"v-{second} built-by-{second}",
+        f"v-{first} built-by-{first}",
+    ]
+    assert [d["stageName"] for d in action_executions(cp, name, rid)] == ["Deploy"]

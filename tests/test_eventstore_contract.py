@@ -146,6 +146,7 @@ def one_of_each(x: str) -> list[ev.Event]:
         ev.ExecutionStopped(executionId=x),
         ev.ExecutionSucceeded(executionId=x),
         ev.ExecutionFailed(executionId=x, stageName="S"),
+        ev.RollbackStarted(executionId=x, stageName="S", targetExecutionId="good"),
     ]
 
 

@@ -494,16 +494,16 @@ class Operations:
     # --- features stageline does not have (yet) -------------------------------------------
 
     async def enable_stage_transition(self, inp: Any, ctx: RequestContext) -> JSON:
-        await self._stage(inp.pipelineName, inp.stageName)
-        return {}  # transitions are always enabled in stageline
+        await self.engine.enable_stage_transition(
+            inp.pipelineName, inp.stageName, inp.transitionType, self.origin(ctx)
+        )
+        return {}
 
     async def disable_stage_transition(self, inp: Any, ctx: RequestContext) -> JSON:
-        await self._stage(inp.pipelineName, inp.stageName)
-        raise AwsError(
-            "ValidationException",
-            "stageline does not support disabling stage transitions: every transition stays "
-            "enabled",
+        await self.engine.disable_stage_transition(
+            inp.pipelineName, inp.stageName, inp.transitionType, inp.reason, self.origin(ctx)
         )
+        return {}
 
     async def override_stage_condition(self, inp: Any, ctx: RequestContext) -> JSON:
         await self.engine.override_stage_condition(
@@ -516,11 +516,10 @@ class Operations:
         return {}
 
     async def rollback_stage(self, inp: Any, ctx: RequestContext) -> JSON:
-        await self._stage(inp.pipelineName, inp.stageName)
-        raise AwsError(
-            "UnableToRollbackStageException",
-            "stageline does not support stage rollback yet",
+        eid = await self.engine.rollback_stage(
+            inp.pipelineName, inp.stageName, inp.targetPipelineExecutionId, self.origin(ctx)
         )
+        return {"pipelineExecutionId": eid}
 
     async def list_rule_executions(self, inp: Any, ctx: RequestContext) -> JSON:
         f = inp.filter

@@ -94,6 +94,19 @@ class _Annotator:
                 return LogRow(env, t, detail=f"pipeline version {e.declaration.version or 1}")
             case ev.PipelineDeleted():
                 return LogRow(env, t, status="Deleted")
+            case ev.StageTransitionDisabled():
+                detail = f"{e.transitionType} transition disabled: {e.reason}"
+                return LogRow(env, t, stage=e.stageName, status="Disabled", detail=detail)
+            case ev.StageTransitionEnabled():
+                detail = f"{e.transitionType} transition enabled"
+                return LogRow(env, t, stage=e.stageName, status="Enabled", detail=detail)
+            case ev.RollbackStarted():
+                detail = f"{e.trigger} to {e.targetExecutionId}"
+                if e.failedExecutionId is not None:
+                    detail += f" after {e.failedExecutionId} failed"
+                return LogRow(
+                    env, t, e.executionId, stage=e.stageName, status="Rollback", detail=detail
+                )
             case ev.ExecutionStarted():
                 trig = e.triggerType + (f" ({e.triggerDetail})" if e.triggerDetail else "")
                 return LogRow(env, t, e.executionId, status="InProgress", detail=trig)

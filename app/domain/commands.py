@@ -164,3 +164,24 @@ class OverrideCondition(Command, frozen=True, kw_only=True):
     executionId: str
     stageName: str
     conditionType: Literal["BEFORE_ENTRY", "ON_SUCCESS"]
+
+
+class DisableStageTransition(Command, frozen=True, kw_only=True):
+    stageName: str
+    transitionType: Literal["Inbound", "Outbound"]
+    reason: str
+
+
+class EnableStageTransition(Command, frozen=True, kw_only=True):
+    stageName: str
+    transitionType: Literal["Inbound", "Outbound"]
+
+
+class RollbackStage(Command, frozen=True, kw_only=True):
+    """RollbackStage: a new execution (``rollbackExecutionId``, type ROLLBACK) re-runs the
+    stage with what ``targetExecutionId`` ran it with. (Not ``executionId``: the repository
+    would look the new id up before deciding and mark it absent.)"""
+
+    rollbackExecutionId: str
+    stageName: str
+    targetExecutionId: str

@@ -523,14 +523,9 @@ def _fail_for_good(d: Decision, eid: str, stage: str, reason: str) -> None:
 
 
 def rollback(d: Decision, eid: str, stage: str, why: str) -> None:
-    """A condition's result is ROLLBACK: the flow work's ``Decision.rollback_stage`` does
-    it; without it (not merged yet) the stage fails, saying so."""
-    # TODO(flow): call d.rollback_stage directly once Decision has it
-    do = getattr(d, "rollback_stage", None)
-    if do is not None:
-        do(eid, stage, trigger="AutomatedRollback")
-        return
-    _fail_for_good(d, eid, stage, f"{why}; result ROLLBACK: stage rollback is not available")
+    """A condition's result is ROLLBACK: the execution fails in the stage and the stage is
+    rolled back to the last execution that succeeded in it (app/domain/rollback.py)."""
+    d.rollback_stage(eid, stage, reason=why)
 
 
 def _after(d: Decision, eid: str, cond: ConditionRun, met: bool, summary: str) -> None:

@@ -18,7 +18,7 @@ from typing import cast
 import msgspec
 
 from app.domain import commands as c
-from app.domain import conditions
+from app.domain import conditions, rollback, transitions
 from app.domain import events as ev
 from app.domain.artifacts import artifact_problems
 from app.domain.errors import DomainError
@@ -159,7 +159,7 @@ class Decision:
         kind = action_kind(a)
         x = self.x(eid)
         runs = sum(1 for p in x.actions.values() if p.stageName == stage and p.actionName == a.name)
-        prep = prepare_action(self.decl(x), x, self.s.name, a)
+        prep = prepare_action(self.decl(x), rollback.inputs_execution(self.s, x), self.s.name, a)
         aid = self.ctx.new_id()
         self.emit(
             ev.ActionExecutionScheduled(
@@ -220,7 +220,10 @@ class Decision:
         s = self.s
         assert s.declaration is not None
         mode = s.declaration.mode
-        if mode == "PARALLEL" or (stage not in s.occupant and not s.waiting.get(stage)):
+        held = transitions.closed(s, stage)  # a disabled transition: wait (supersede, queue)
+        if not held and (
+            mode == "PARALLEL" or (stage not in s.occupant and not s.waiting.get(stage))
+        ):
             self.enter(eid, stage)
             return
         if mode == "SUPERSEDED":
@@ -231,7 +234,7 @@ class Decision:
     def admit(self, stage: str) -> None:
         """The stage was released: let the first waiting execution in."""
         s = self.s
-        if stage in s.occupant:
+        if stage in s.occupant or transitions.closed(s, stage):
             return
         waiters = s.waiting.get(stage)
         if waiters:
@@ -257,7 +260,21 @@ class Decision:
             # ALL_ACTIONS with siblings still running: the retry starts when the last ends.
             return
         self.emit(ev.ExecutionFailed(executionId=eid, stageName=stage, reason=reason))
+        rollback.after_failure(self, eid, stage)  # onFailure: ROLLBACK
         self.admit(stage)
+
+    def rollback_stage(
+        self,
+        eid_failed: str,
+        stage: str,
+        trigger: rollback.RollbackTrigger = "AutomatedRollback",
+        reason: str = "",
+    ) -> str | None:
+        """A stage result ROLLBACK (a condition's): ``eid_failed`` fails in ``stage`` (unless
+        it failed already), the stage is rolled back (AutomatedRollback) and released: the
+        rollback execution, or None when there is no valid target."""
+        assert trigger == "AutomatedRollback", trigger
+        return rollback.fail_and_roll_back(self, eid_failed, stage, reason)
 
     def start_retry(
         self,
@@ -333,7 +350,7 @@ class Decision:
         self.admit(stage)
         decl = self.decl(x)
         idx = decl.stage_index(stage)
-        if idx + 1 < len(decl.stages):
+        if idx + 1 < len(decl.stages) and x.rollbackStage is None:  # a rollback: one stage
             self.try_enter(eid, decl.stages[idx + 1].name)
         else:
             self.emit(ev.ExecutionSucceeded(executionId=eid))
@@ -483,6 +500,9 @@ def _check_structure(decl: PipelineDeclaration, name: str) -> None:
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
     problems = variable_problems(decl) + artifact_problems(decl)
+    if problems:
+        raise DomainError("InvalidStructureException", "; ".join(problems))
+    problems = rollback.declaration_problems(decl)
     if problems:
         raise DomainError("InvalidStructureException", "; ".join(problems))
     unrunnable = action_type_problems(decl) or configuration_problems(decl)
@@ -842,5 +862,8 @@ _HANDLERS: dict[type[c.Command], Callable[[Decision, c.Command], None]] = {
     c.PutApproval: _approval,
     c.LoseAction: _lose,
     c.Advance: _advance,
+    c.DisableStageTransition: transitions.disable,
+    c.EnableStageTransition: transitions.enable,
+    c.RollbackStage: rollback.rollback_stage,
 }
 _HANDLERS.update(conditions.HANDLERS)

@@ -44,6 +44,23 @@ class PipelineDeleted(Event, tag=True, frozen=True):
     pass
 
 
+class StageTransitionDisabled(Event, tag=True, frozen=True):
+    """DisableStageTransition: executions stop before the transition (app/domain/transitions.py).
+    ``transitionType`` Inbound: into ``stageName``; Outbound: out of it into the next stage."""
+
+    stageName: str
+    transitionType: Literal["Inbound", "Outbound"]
+    reason: str = ""
+
+
+class StageTransitionEnabled(Event, tag=True, frozen=True):
+    """EnableStageTransition: the transition is open again (the held executions go on in the
+    same decision)."""
+
+    stageName: str
+    transitionType: Literal["Inbound", "Outbound"]
+
+
 # --- execution -------------------------------------------------------------------------------
 
 
@@ -92,6 +109,19 @@ class ExecutionStopping(Event, tag=True, frozen=True):
 class ExecutionStopped(Event, tag=True, frozen=True):
     executionId: str
     reason: str | None = None
+
+
+class RollbackStarted(Event, tag=True, frozen=True):
+    """The execution (just started, executionType ROLLBACK) re-runs ``stageName`` only, with
+    the variables and source revisions of ``targetExecutionId`` (app/domain/rollback.py).
+    ``trigger`` ManualRollback (RollbackStage) or AutomatedRollback (onFailure: ROLLBACK of
+    ``failedExecutionId``)."""
+
+    executionId: str
+    stageName: str
+    targetExecutionId: str
+    trigger: Literal["ManualRollback", "AutomatedRollback"] = "ManualRollback"
+    failedExecutionId: str | None = None
 
 
 # --- stage -----------------------------------------------------------------------------------
@@ -337,6 +367,9 @@ AnyEvent = (
     | RuleExecutionFailed
     | ConditionEnded
     | StageConditionOverridden
+    | StageTransitionDisabled
+    | StageTransitionEnabled
+    | RollbackStarted
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)
@@ -361,10 +394,17 @@ HEAD_EVENTS: frozenset[type[Event]] = frozenset(
         ExecutionFailed,
         ExecutionStopped,
         StageConditionOverridden,
+        RollbackStarted,
     }
 )
 PIPELINE_EVENTS: frozenset[type[Event]] = frozenset(
-    {PipelineCreated, PipelineUpdated, PipelineDeleted}
+    {
+        PipelineCreated,
+        PipelineUpdated,
+        PipelineDeleted,
+        StageTransitionDisabled,
+        StageTransitionEnabled,
+    }
 )
 
 

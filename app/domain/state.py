@@ -146,12 +146,24 @@ class ExecutionState(msgspec.Struct, omit_defaults=True, gc=False):
     sourceRevisions: list[dict[str, str]] | None = None  # overrides asked for at start
     conditions: dict[str, ConditionRun] = msgspec.field(default_factory=dict)  # every run
     rules: dict[str, RuleRun] = msgspec.field(default_factory=dict)  # every rule execution
+    executionType: str = "STANDARD"  # ROLLBACK: re-runs rollbackStage as rollbackTarget did
+    rollbackTarget: str | None = None
+    rollbackStage: str | None = None
 
     def latest_actions(self, stage: str) -> list[ActionExec]:
         run = self.stages.get(stage)
         if run is None:
             return []
         return [self.actions[a] for a in run.latest.values()]
+
+
+class Transition(msgspec.Struct, omit_defaults=True, frozen=True, gc=False):
+    """The last change of one stage transition (DisableStageTransition / Enable...)."""
+
+    enabled: bool
+    at: float
+    by: str | None = None
+    reason: str | None = None
 
 
 class NeedExecutions(Exception):
@@ -181,6 +193,12 @@ class PipelineState(msgspec.Struct, omit_defaults=True):
     executions: dict[str, ExecutionState] = msgspec.field(default_factory=dict)
     partial: bool = False
     absent: list[str] = msgspec.field(default_factory=list)  # partial: known not to exist
+    # "<stage>/Inbound" | "<stage>/Outbound" -> its last change (app/domain/transitions.py)
+    transitions: dict[str, Transition] = msgspec.field(default_factory=dict)
+    # stage -> the latest STANDARD execution that succeeded in it (a rollback's target)
+    lastSucceeded: dict[str, str] = msgspec.field(default_factory=dict)
+    # stage -> the latest ROLLBACK execution of it (app/domain/rollback.py)
+    rollbacks: dict[str, str] = msgspec.field(default_factory=dict)
 
     @property
     def exists(self) -> bool:
@@ -267,7 +285,7 @@ def evolve(s: PipelineState, env: ev.Envelope) -> PipelineState:
         return s
     if kind in ev.PIPELINE_EVENTS:
         if v > s.headVersion:
-            _evolve_pipeline(s, e, v, t)
+            _evolve_pipeline(s, e, v, t, env.actor)
         return s
     eid: str = e.executionId  # type: ignore[union-attr]
     if kind is ev.ExecutionStarted:
@@ -310,7 +328,7 @@ def evolve_ref(s: PipelineState, version: int, ref: ev.HeadRef) -> PipelineState
     return s
 
 
-def _evolve_pipeline(s: PipelineState, e: ev.Event, v: int, t: float) -> None:
+def _evolve_pipeline(s: PipelineState, e: ev.Event, v: int, t: float, actor: str) -> None:
     match e:
         case ev.PipelineCreated():
             fresh = PipelineState(name=s.name, version=s.version, headVersion=v, incarnation=v)
@@ -332,6 +350,12 @@ def _evolve_pipeline(s: PipelineState, e: ev.Event, v: int, t: float) -> None:
                 setattr(s, f.name, getattr(PipelineState(name=s.name), f.name))
             s.version, s.partial = keep
             s.headVersion = v
+        case ev.StageTransitionDisabled() | ev.StageTransitionEnabled():
+            s.headVersion = v
+            on = isinstance(e, ev.StageTransitionEnabled)
+            why = None if isinstance(e, ev.StageTransitionEnabled) else e.reason or None
+            change = Transition(enabled=on, at=t, by=actor or None, reason=why)
+            s.transitions = {**s.transitions, f"{e.stageName}/{e.transitionType}": change}
         case _:
             pass
 
@@ -369,6 +393,8 @@ def _head(s: PipelineState, kind: str, eid: str, stage: str, auto_retry: bool) -
                 s.occupant[stage] = eid
         case "StageSucceeded":
             _release(s, stage, eid)
+            if s.rollbacks.get(stage) != eid:
+                s.lastSucceeded = {**s.lastSucceeded, stage: eid}
         case "StageFailed":
             if not auto_retry:
                 _release(s, stage, eid)
@@ -385,6 +411,8 @@ def _head(s: PipelineState, kind: str, eid: str, stage: str, auto_retry: bool) -
             _unwait(s, eid)
             for st in [k for k, v in s.occupant.items() if v == eid]:
                 del s.occupant[st]
+        case "RollbackStarted":
+            s.rollbacks = {**s.rollbacks, stage: eid}
         case _:
             pass
 
@@ -534,6 +562,10 @@ def _evolve_execution_body(x: ExecutionState, e: ev.Event, env: ev.Envelope) -> 
             x.statusSummary = None
             x.stopAbandon = None
             x.currentStage = e.stageName
+        case ev.RollbackStarted():
+            x.executionType = "ROLLBACK"
+            x.rollbackTarget = e.targetExecutionId
+            x.rollbackStage = e.stageName
         case (
             ev.ConditionStarted()
             | ev.RuleExecutionScheduled()

@@ -585,30 +585,31 @@ def test_on_success_failed_all_actions_retry_reruns_actions_then_condition() -> 
     assert len([k for k in h.x(eid).conditions.values()]) == 2
 
 
-def test_on_success_rollback_without_rollback_support_fails_saying_so() -> None:
+def test_on_success_rollback_without_a_good_execution_just_fails() -> None:
     h = harness(decl(success=conds("ROLLBACK", vcheck("v", "a", "b"))))
     eid = to_deploy(h)
     h.succeed(eid, "d1", "d2")
     x = h.x(eid)
-    assert x.status == "Failed" and "ROLLBACK" in (x.statusSummary or "")
+    assert x.status == "Failed"
+    assert (x.statusSummary or "").startswith("The onSuccess condition was not met")
+    assert h.state.rollbacks == {} and "Deploy" not in h.state.occupant
 
 
-def test_rollback_result_calls_the_decisions_rollback_stage_when_there_is_one() -> None:
-    from app.domain.decide import Decision
-
-    calls: list[tuple[str, str, str]] = []
-
-    def rollback_stage(self: Decision, eid: str, stage_name: str, *, trigger: str) -> None:
-        calls.append((eid, stage_name, trigger))
-
-    h = harness(decl(success=conds("ROLLBACK", vcheck("v", "a", "b"))))
+def test_on_success_rollback_rolls_back_to_the_last_good_execution() -> None:
+    # met for the first execution only: its id is the value checked
+    first = "0000000e-0000-4000-8000-000000000001"
+    check = vcheck("v", "#{codepipeline.PipelineExecutionId}", first)
+    h = harness(decl(success=conds("ROLLBACK", check)))
     eid = to_deploy(h)
-    Decision.rollback_stage = rollback_stage  # type: ignore[attr-defined]
-    try:
-        h.succeed(eid, "d1", "d2")
-    finally:
-        del Decision.rollback_stage  # type: ignore[attr-defined]
-    assert calls == [(eid, "Deploy", "AutomatedRollback")]
+    assert eid == first
+    h.succeed(eid, "d1", "d2", "post")
+    assert h.x(eid).status == "Succeeded"
+    bad = to_deploy(h)
+    envs = h.succeed(bad, "d1", "d2")
+    assert h.x(bad).status == "Failed"
+    rolled = of_type(envs, ev.RollbackStarted)
+    assert [(r.targetExecutionId, r.failedExecutionId) for r in rolled] == [(first, bad)]
+    assert h.state.occupant == {"Deploy": rolled[0].executionId}
 
 
 def test_on_success_failed_then_on_failure_retry_evaluates_again() -> None:
@@ -719,8 +720,24 @@ def test_on_failure_rollback_met() -> None:
     eid = to_deploy(h)
     h.fail(eid, "d1")
     x = h.x(eid)
-    assert x.status == "Failed" and "ROLLBACK" in (x.statusSummary or "")
-    assert "Deploy" not in h.state.occupant
+    assert x.status == "Failed"
+    assert x.statusSummary == "Stage 'Deploy' failed and its onFailure condition was met"
+    assert "Deploy" not in h.state.occupant  # no good execution yet: nothing to roll back to
+
+
+def test_on_failure_rollback_met_rolls_back_to_the_last_good_execution() -> None:
+    h = harness(decl(failure=_on_failure("ROLLBACK", vcheck("v", "x", "x"))))
+    good = to_deploy(h)
+    h.succeed(good, "d1", "d2", "post")
+    bad = to_deploy(h)
+    envs = h.fail(bad, "d1")
+    assert h.x(bad).status == "Failed"
+    rolled = of_type(envs, ev.RollbackStarted)
+    assert [(r.targetExecutionId, r.trigger) for r in rolled] == [(good, "AutomatedRollback")]
+    rid = rolled[0].executionId
+    assert h.state.occupant == {"Deploy": rid}
+    h.succeed(rid, "d1", "d2")
+    assert h.x(rid).status == "Succeeded" and list(h.x(rid).stages) == ["Deploy"]
 
 
 def test_on_failure_condition_during_stop_is_abandoned() -> None:

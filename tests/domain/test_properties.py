@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from app.domain import commands as c
 from app.domain import events as ev
+from app.domain import transitions
 from app.domain.errors import DomainError
+from app.domain.model import FailureConditions
 from app.domain.state import ACTIVE_STATUSES, PipelineState, copy_state, fold
 from tests.domain.helpers import Harness, check_error, make_decl
 
@@ -56,6 +58,12 @@ OPS = [
     "job_result",
     "update",
     "delete",
+    "disable",
+    "disable",
+    "enable",
+    "enable",
+    "rollback",
+    "rollback",
 ]
 
 
@@ -94,6 +102,17 @@ def declarations(draw: st.DrawFn) -> tuple[object, int]:
             auto[f"S{i}"] = retry
     mode = draw(st.sampled_from([None, "SUPERSEDED", "QUEUED", "PARALLEL"]))
     decl = make_decl(stages, mode=mode, auto_retry=auto)
+    if mode != "PARALLEL":  # onFailure ROLLBACK (not in PARALLEL mode: refused there)
+        rolled = {f"S{i}" for i in range(n_stages) if f"S{i}" not in auto and draw(st.booleans())}
+        decl = msgspec.structs.replace(
+            decl,
+            stages=[
+                msgspec.structs.replace(s, onFailure=FailureConditions(result="ROLLBACK"))
+                if s.name in rolled
+                else s
+                for s in decl.stages
+            ],
+        )
     return decl, draw(st.integers(1, 4))
 
 
@@ -214,6 +233,32 @@ def _command(h: Harness, op: str, data: st.DataObject) -> c.Command | None:
         if draw(st.integers(0, 7)):
             return None
         return c.DeletePipeline()
+    if op in ("disable", "enable"):
+        names = _stage_names(h)
+        name = "Nope" if not draw(st.integers(0, 9)) else draw(st.sampled_from(names))
+        kind = draw(st.sampled_from(["Inbound", "Inbound", "Outbound"]))
+        if name == names[0] and len(names) > 1 and draw(st.integers(0, 3)):
+            kind = "Outbound"  # the first stage has no inbound transition
+        if op == "disable":
+            reason = draw(st.sampled_from(["hold", "freeze", ""]))
+            return c.DisableStageTransition(stageName=name, transitionType=kind, reason=reason)  # type: ignore[arg-type]
+        return c.EnableStageTransition(stageName=name, transitionType=kind)  # type: ignore[arg-type]
+    if op == "rollback":
+        name = draw(st.sampled_from(_stage_names(h)))
+        good = sorted(
+            eid
+            for eid, x in h.state.executions.items()
+            if (r := x.stages.get(name)) is not None and r.status == "Succeeded"
+        )
+        if good and draw(st.integers(0, 3)) > 0:
+            target = draw(st.sampled_from(good))
+        elif eids:
+            target = draw(st.sampled_from(eids))
+        else:
+            return None
+        return c.RollbackStage(
+            rollbackExecutionId=h.exec_ids(), stageName=name, targetExecutionId=target
+        )
     raise AssertionError(op)
 
 
@@ -392,8 +437,14 @@ def test_engine_invariants(run: Run) -> None:
             assert s.occupant.get(stage) == eids[0], (stage, eids, s.occupant)
         for stage, eid in s.occupant.items():
             assert inside.get(stage) == [eid], (stage, eid)
-    else:
-        assert s.occupant == {} and s.waiting == {}
+    else:  # PARALLEL: executions wait only at a disabled transition
+        assert s.occupant == {}
+        for stage in s.waiting:
+            assert transitions.closed(s, stage), (stage, s.waiting)
+    if not parallel and len(s.declarations) == 1:
+        # nobody waits for a free stage behind an open transition
+        for stage in s.waiting:
+            assert stage in s.occupant or transitions.closed(s, stage), (stage, s.waiting)
 
     for eid, x in s.executions.items():
         for run_ in x.stages.values():
@@ -408,7 +459,10 @@ def test_engine_invariants(run: Run) -> None:
             assert x.currentStage is not None
             latest = x.latest_actions(x.currentStage)
             assert any(a.status == "InProgress" for a in latest), (eid, x.currentStage)
-        if x.status == "Succeeded":
+        if x.status == "Succeeded" and x.rollbackStage is not None:  # a rollback: one stage
+            assert list(x.stages) == [x.rollbackStage]
+            assert x.executionType == "ROLLBACK" and x.rollbackTarget is not None
+        elif x.status == "Succeeded":
             decl = s.declaration_for(x)
             assert [r for r in x.stages] == [st_.name for st_ in decl.stages]
             assert all(r.status == "Succeeded" for r in x.stages.values())

@@ -111,6 +111,10 @@ def _cmds(h: Harness, ids: dict[str, str]) -> list[c.Command]:
             token=h.action(g, "ok").token or "",
             status="Rejected",
         ),
+        c.DisableStageTransition(stageName="Gate", transitionType="Inbound", reason="hold"),
+        c.DisableStageTransition(stageName="Build", transitionType="Outbound", reason="hold"),
+        c.EnableStageTransition(stageName="Gate", transitionType="Inbound"),
+        c.RollbackStage(rollbackExecutionId=UNKNOWN, stageName="Build", targetExecutionId=g),
     ]
 
 
