@@ -370,8 +370,14 @@ class PipelineRepository:
             self.healed += 1
             self.forget(s.name)
             return
-        for eid, x in list(s.executions.items()):
-            if await self.store.execution_version(s.name, eid) < x.version:
+        # bounded first (what trim keeps after every append: the executions in play and the
+        # last few), then one pipelined read: a cache that folded a long stretch of history
+        # without committing (an owner catching up) cost one round trip per execution here
+        trim(s)
+        eids = list(s.executions)
+        for eid, at in zip(eids, await self.store.execution_versions(s.name, eids), strict=True):
+            x = s.executions.get(eid)
+            if x is not None and at < x.version:
                 self.healed += 1
                 del s.executions[eid]
 

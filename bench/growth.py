@@ -149,8 +149,8 @@ async def _settle(ctx: Ctx, engine: Engine) -> dict[str, Any]:
     # was written), so they are dropped here rather than replayed by one worker at once.
     keys = engine.keys
     for p in range(keys.partitions):
-        await ctx.redis.xtrim(keys.events(p), maxlen=0)
-        await ctx.redis.xtrim(keys.run(p), maxlen=0)
+        await ctx.redis.xtrim(keys.events(p), maxlen=0, approximate=False)
+        await ctx.redis.xtrim(keys.run(p), maxlen=0, approximate=False)
     gate = f"bench:gate:{uuid.uuid4().hex}"
     worker = _worker(ctx, gate)
     await worker.start(word="GATE")
@@ -160,7 +160,8 @@ async def _settle(ctx: Ctx, engine: Engine) -> dict[str, Any]:
         probes = [
             (n, await engine.start_execution(n, trigger_detail="probe")) for n in (BIG, FRESH)
         ]
-        _, done = await _wait(engine, probes, budget)
+        async with spy(ctx, worker.pid, "growth-settle-worker"):
+            _, done = await _wait(engine, probes, budget)
     finally:
         await worker.stop(wait_s=120)
     took = time.perf_counter() - t0
