@@ -1,7 +1,10 @@
-"""``python -m bench [--quick|--full] [--out FILE] [--only a,b] [--history N] [--profile]``
+"""``python -m bench [--quick|--full] [--out FILE] [--only a,b] [--history N] [--profile]
+[--redis-url URL | --cluster [MASTERS]]``
 
-Starts a private ``redis-server`` on a free port, runs every benchmark against it (each with
-its baseline, in the same run, on the same server), writes one JSON file and prints a table.
+Starts a private ``redis-server`` on a free port (or, with ``--cluster``, a private Redis
+Cluster; with ``--redis-url``, uses that server or cluster node), runs every benchmark
+against it (each with its baseline, in the same run, on the same server), writes one JSON
+file and prints a table.
 See ``docs/benchmarks.md`` for the method.
 """
 
@@ -22,7 +25,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.common import FULL, QUICK, ROOT, Record, machine
+from bench.common import FULL, QUICK, ROOT, Record, machine, url_is_cluster
 from bench.context import Ctx
 
 BENCHMARKS = [
@@ -32,6 +35,7 @@ BENCHMARKS = [
     "growth",
     "retry_api",
     "redispatch",
+    "idle",
     "replay",
     "memory",
     "state_growth",
@@ -89,17 +93,8 @@ def table(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
-async def _is_cluster(url: str) -> bool:
-    from app.store.connection import connect, is_cluster
-
-    client = await connect(url)
-    try:
-        return is_cluster(client)
-    finally:
-        await client.aclose()
-
-
 async def main_async(a: argparse.Namespace) -> tuple[dict[str, Any], list[Record]]:
+    from tests.redis_cluster import RedisClusterServer
     from tests.redis_server import RedisServer
 
     settings = FULL if a.full else QUICK
@@ -110,17 +105,28 @@ async def main_async(a: argparse.Namespace) -> tuple[dict[str, Any], list[Record
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="stageline-bench-") as tmp:
         server: RedisServer | None = None
-        if a.redis_url:
-            cluster = await _is_cluster(a.redis_url)
+        cluster_server: RedisClusterServer | None = None
+        target: dict[str, Any] = {"kind": "private redis-server"}
+        url = a.redis_url
+        if a.cluster:
+            cluster_server = RedisClusterServer(Path(tmp) / "cluster", masters=a.cluster)
+            cluster_server.start()
+            url = cluster_server.url
+            target = {"kind": "private Redis Cluster", "masters": a.cluster}
+        if url:
+            cluster = await url_is_cluster(url)
             ctx = Ctx(
                 settings=settings,
                 redis_port=0,
                 workdir=Path(tmp),
                 profile=a.profile,
-                external_url=a.redis_url,
+                external_url=url,
                 cluster=cluster,
             )
-            ctx.log(f"external {'cluster' if cluster else 'server'} {a.redis_url} (flushed)")
+            if not a.cluster:
+                target = {"kind": "external " + ("cluster" if cluster else "server")}
+            target["url"] = url
+            ctx.log(f"{target['kind']} {url} (flushed)")
         else:
             server = RedisServer(Path(tmp) / "redis")
             server.start()
@@ -145,12 +151,15 @@ async def main_async(a: argparse.Namespace) -> tuple[dict[str, Any], list[Record
             await ctx.close()
             if server is not None:
                 server.stop()
+            if cluster_server is not None:
+                cluster_server.stop()
     total = time.monotonic() - started
     doc = {
         "mode": settings.mode,
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git": _git_rev(),
         "machine": machine(),
+        "redis_target": target,
         "seconds": round(total, 1),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -181,6 +190,16 @@ def main() -> None:
         "redis-server; EVERYTHING in it is flushed before each benchmark",
     )
     p.add_argument(
+        "--cluster",
+        type=int,
+        nargs="?",
+        const=3,
+        default=None,
+        metavar="MASTERS",
+        help="start a private Redis Cluster (default 3 masters, tests/redis_cluster.py, ports "
+        "below 55000) and run against it",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="sample the processes under test with py-spy (bench/results/profiles/)",
@@ -192,6 +211,10 @@ def main() -> None:
     unknown = sorted(set(only) - set(BENCHMARKS))
     if a.history is not None and a.history < 1:
         p.error(f"--history must be at least 1 (got {a.history})")
+    if a.cluster is not None and a.redis_url:
+        p.error("--cluster starts its own cluster: not with --redis-url")
+    if a.cluster is not None and a.cluster < 3:
+        p.error(f"a Redis Cluster needs at least 3 masters (got {a.cluster})")
     if unknown:
         p.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     doc, records = asyncio.run(main_async(a))
