@@ -144,6 +144,7 @@ class PipelineRepository:
         self.conflict_retries = conflict_retries
         self._cache: dict[str, PipelineState] | None = {} if cache else None
         self._turns: dict[str, _Turn] = {}
+        self._loading: dict[str, _Turn] = {}  # uncached pipelines being loaded (see load)
         self.healed = 0  # caches found ahead of the store and dropped
 
     # --- cache -------------------------------------------------------------------------------
@@ -192,14 +193,37 @@ class PipelineRepository:
         The returned object is shared with the cache: treat it as read-only.
         """
         s = self.cached(pipeline)
-        if s is None:
-            s = await self.store.load_snapshot(pipeline) or new_state(pipeline)
-            s.partial = True
-            if self._cache is not None:
-                self._cache[pipeline] = s
+        if s is None and self._cache is not None:
+            # Tasks of this process that need the same uncached pipeline at once (a worker's
+            # runners after it starts) wait for one of them to load it, instead of each
+            # folding the head from the snapshot, or from the start when there is none yet.
+            turn = self._loading.get(pipeline)
+            if turn is None:
+                turn = self._loading[pipeline] = _Turn()
+            turn.users += 1
+            try:
+                async with turn.lock:
+                    s = self.cached(pipeline)
+                    if s is None:
+                        s = await self._uncached(pipeline)
+                        await self._catch_up_head(s)
+            finally:
+                turn.users -= 1
+                if not turn.users:
+                    del self._loading[pipeline]
+        elif s is None:
+            s = await self._uncached(pipeline)
         await self._catch_up_head(s)
         wanted = list(executions)
         await self.load_executions(s, wanted, refresh=True)
+        return s
+
+    async def _uncached(self, pipeline: str) -> PipelineState:
+        """The pipeline's head from its snapshot (or nothing), cached, not caught up yet."""
+        s = await self.store.load_snapshot(pipeline) or new_state(pipeline)
+        s.partial = True
+        if self._cache is not None:
+            self._cache[pipeline] = s
         return s
 
     async def _catch_up_head(self, s: PipelineState) -> None:
@@ -370,8 +394,14 @@ class PipelineRepository:
             self.healed += 1
             self.forget(s.name)
             return
-        for eid, x in list(s.executions.items()):
-            if await self.store.execution_version(s.name, eid) < x.version:
+        # bounded first (what trim keeps after every append: the executions in play and the
+        # last few), then one pipelined read: a cache that folded a long stretch of history
+        # without committing (an owner catching up) cost one round trip per execution here
+        trim(s)
+        eids = list(s.executions)
+        for eid, at in zip(eids, await self.store.execution_versions(s.name, eids), strict=True):
+            x = s.executions.get(eid)
+            if x is not None and at < x.version:
                 self.healed += 1
                 del s.executions[eid]
 

@@ -1,7 +1,11 @@
-"""``python -m bench [--quick|--full] [--out FILE] [--only a,b] [--history N] [--profile]``
+"""``python -m bench [--quick|--full] [--out FILE] [--only a,b] [--history N] [--profile]
+[--redis-url URL | --cluster [MASTERS] [--both]]``
 
-Starts a private ``redis-server`` on a free port, runs every benchmark against it (each with
-its baseline, in the same run, on the same server), writes one JSON file and prints a table.
+Starts a private ``redis-server`` on a free port (or, with ``--cluster``, a private Redis
+Cluster, with ``--both`` a server and a cluster side by side; with ``--redis-url``, uses that
+server or cluster node), runs every benchmark
+against it (each with its baseline, in the same run, on the same server), writes one JSON
+file and prints a table.
 See ``docs/benchmarks.md`` for the method.
 """
 
@@ -22,7 +26,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench.common import FULL, QUICK, ROOT, Record, machine
+from bench.common import FULL, QUICK, ROOT, Record, machine, url_is_cluster
 from bench.context import Ctx
 
 BENCHMARKS = [
@@ -32,6 +36,7 @@ BENCHMARKS = [
     "growth",
     "retry_api",
     "redispatch",
+    "idle",
     "replay",
     "memory",
     "state_growth",
@@ -89,17 +94,8 @@ def table(records: list[Record]) -> str:
     return "\n".join(lines)
 
 
-async def _is_cluster(url: str) -> bool:
-    from app.store.connection import connect, is_cluster
-
-    client = await connect(url)
-    try:
-        return is_cluster(client)
-    finally:
-        await client.aclose()
-
-
 async def main_async(a: argparse.Namespace) -> tuple[dict[str, Any], list[Record]]:
+    from tests.redis_cluster import RedisClusterServer
     from tests.redis_server import RedisServer
 
     settings = FULL if a.full else QUICK
@@ -110,47 +106,66 @@ async def main_async(a: argparse.Namespace) -> tuple[dict[str, Any], list[Record
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="stageline-bench-") as tmp:
         server: RedisServer | None = None
-        if a.redis_url:
-            cluster = await _is_cluster(a.redis_url)
-            ctx = Ctx(
-                settings=settings,
-                redis_port=0,
-                workdir=Path(tmp),
-                profile=a.profile,
-                external_url=a.redis_url,
-                cluster=cluster,
-            )
-            ctx.log(f"external {'cluster' if cluster else 'server'} {a.redis_url} (flushed)")
-        else:
-            server = RedisServer(Path(tmp) / "redis")
-            server.start()
-            ctx = Ctx(
-                settings=settings, redis_port=server.port, workdir=Path(tmp), profile=a.profile
-            )
-        records: list[Record] = []
+        cluster_server: RedisClusterServer | None = None
+        targets: list[dict[str, Any]] = []
+        ctxs: list[tuple[str, Ctx]] = []  # (suffix of the records' names, context)
         try:
+            if a.redis_url:
+                cluster = await url_is_cluster(a.redis_url)
+                kind = "external " + ("cluster" if cluster else "server")
+                targets.append({"kind": kind, "url": a.redis_url})
+                ctxs.append(("", Ctx(settings=settings, redis_port=0, workdir=Path(tmp),
+                                     profile=a.profile, external_url=a.redis_url,
+                                     cluster=cluster)))  # fmt: skip
+            if not a.redis_url and (a.cluster is None or a.both):
+                server = RedisServer(Path(tmp) / "redis")
+                server.start()
+                targets.append({"kind": "private redis-server", "url": server.url})
+                ctxs.append(("", Ctx(settings=settings, redis_port=server.port,
+                                     workdir=Path(tmp) / "single", profile=a.profile)))  # fmt: skip
+            if a.cluster is not None:
+                cluster_server = RedisClusterServer(Path(tmp) / "cluster", masters=a.cluster)
+                cluster_server.start()
+                url = cluster_server.url
+                targets.append({"kind": "private Redis Cluster", "masters": a.cluster, "url": url})
+                ctxs.append(("@cluster" if a.both else "",
+                             Ctx(settings=settings, redis_port=0, workdir=Path(tmp) / "cluster",
+                                 profile=a.profile, external_url=url, cluster=True)))  # fmt: skip
+            for target in targets:
+                ctxs[0][1].log(f"{target['kind']} {target['url']} (flushed before each benchmark)")
+            records: list[Record] = []
             for name in [b for b in BENCHMARKS if b in only]:
                 mod = importlib.import_module(f"bench.{name}")
-                ctx.log(f"{name}: start")
-                t = time.monotonic()
-                try:
-                    rec: Record = await mod.run(ctx)
-                except Exception as err:
-                    traceback.print_exc()
-                    rec = Record(name=name, what="", unit="", error=f"{type(err).__name__}: {err}")
-                rec.seconds = time.monotonic() - t
-                ctx.log(f"{name}: done in {rec.seconds:.1f}s")
-                records.append(rec)
+                for suffix, ctx in ctxs:  # --both: the same benchmark on each, one after the other
+                    ctx.workdir.mkdir(parents=True, exist_ok=True)
+                    ctx.log(f"{name}{suffix}: start")
+                    t = time.monotonic()
+                    try:
+                        rec: Record = await mod.run(ctx)
+                    except Exception as err:
+                        traceback.print_exc()
+                        rec = Record(
+                            name=name, what="", unit="", error=f"{type(err).__name__}: {err}"
+                        )
+                    rec.name += suffix
+                    rec.seconds = time.monotonic() - t
+                    rec.figures["redis_cluster"] = ctx.cluster
+                    ctx.log(f"{name}{suffix}: done in {rec.seconds:.1f}s")
+                    records.append(rec)
         finally:
-            await ctx.close()
+            for _, ctx in ctxs:
+                await ctx.close()
             if server is not None:
                 server.stop()
+            if cluster_server is not None:
+                cluster_server.stop()
     total = time.monotonic() - started
     doc = {
         "mode": settings.mode,
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git": _git_rev(),
         "machine": machine(),
+        "redis_targets": targets,
         "seconds": round(total, 1),
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
@@ -181,6 +196,22 @@ def main() -> None:
         "redis-server; EVERYTHING in it is flushed before each benchmark",
     )
     p.add_argument(
+        "--cluster",
+        type=int,
+        nargs="?",
+        const=3,
+        default=None,
+        metavar="MASTERS",
+        help="start a private Redis Cluster (default 3 masters, tests/redis_cluster.py, ports "
+        "below 55000) and run against it",
+    )
+    p.add_argument(
+        "--both",
+        action="store_true",
+        help="with --cluster: every benchmark on a private redis-server, then on the cluster "
+        "(same run, same settings; the cluster's records are named <benchmark>@cluster)",
+    )
+    p.add_argument(
         "--profile",
         action="store_true",
         help="sample the processes under test with py-spy (bench/results/profiles/)",
@@ -192,6 +223,14 @@ def main() -> None:
     unknown = sorted(set(only) - set(BENCHMARKS))
     if a.history is not None and a.history < 1:
         p.error(f"--history must be at least 1 (got {a.history})")
+    if a.cluster is not None and a.redis_url:
+        p.error("--cluster starts its own cluster: not with --redis-url")
+    if a.both and a.redis_url:
+        p.error("--both starts its own server and cluster: not with --redis-url")
+    if a.both and a.cluster is None:
+        a.cluster = 3
+    if a.cluster is not None and a.cluster < 3:
+        p.error(f"a Redis Cluster needs at least 3 masters (got {a.cluster})")
     if unknown:
         p.error(f"unknown benchmark(s): {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     doc, records = asyncio.run(main_async(a))

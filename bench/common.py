@@ -360,13 +360,7 @@ def server_args(redis_url: str, port: int, *, workers: bool = False) -> list[str
 # --- counting Redis commands ---------------------------------------------------------------
 
 
-def counting_redis(url: str) -> tuple[Redis, Counter[str]]:
-    """A client that counts the commands it sends (pipelined ones included), by name.
-
-    Unlike ``INFO commandstats`` this sees only what the client sent: the commands a Lua
-    script runs inside Redis are not in it."""
-    counts: Counter[str] = Counter()
-
+def _counting_connection(counts: Counter[str]) -> type[Connection]:
     class CountingConnection(Connection):
         def pack_command(self, *args: Any) -> list[bytes]:
             name = args[0]
@@ -374,7 +368,77 @@ def counting_redis(url: str) -> tuple[Redis, Counter[str]]:
             counts[text.split(" ", 1)[0].lower()] += 1
             return super().pack_command(*args)
 
-    return Redis.from_url(url, connection_class=CountingConnection), counts
+    return CountingConnection
+
+
+def counting_redis(url: str) -> tuple[Redis, Counter[str]]:
+    """A client that counts the commands it sends (pipelined ones included), by name.
+
+    Unlike ``INFO commandstats`` this sees only what the client sent: the commands a Lua
+    script runs inside Redis are not in it. One server only: see :func:`counting_client`."""
+    counts: Counter[str] = Counter()
+    return Redis.from_url(url, connection_class=_counting_connection(counts)), counts
+
+
+async def url_is_cluster(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster node (as stageline detects it: ``INFO cluster``)."""
+    client = Redis.from_url(url)
+    try:
+        info: Any = await client.info("cluster")
+        return int(info.get("cluster_enabled", 0) or 0) == 1
+    finally:
+        await client.aclose()
+
+
+async def counting_client(url: str, cluster: bool | None = None) -> tuple[Redis, Counter[str]]:
+    """:func:`counting_redis`, or on a Redis Cluster node (``cluster``, detected when None)
+    redis-py's cluster client (:class:`redis.asyncio.cluster.RedisCluster`, as
+    ``app.store.connection.connect`` makes it) whose connections to every node count the
+    same way: each command is counted once per time it is sent, so a command sent again
+    after a MOVED/ASK redirection counts twice (as it costs two round trips). The cluster
+    client is typed as ``Redis`` (it answers the same commands), as stageline does."""
+    if cluster is None:
+        cluster = await url_is_cluster(url)
+    if not cluster:
+        return counting_redis(url)
+    from redis.asyncio.cluster import RedisCluster
+
+    from app.store.connection import SOCKET_TIMEOUT_S
+
+    counts: Counter[str] = Counter()
+    client: Any = RedisCluster.from_url(url, socket_timeout=SOCKET_TIMEOUT_S)
+    # RedisCluster takes no connection_class; every node it discovers is built from these
+    # kwargs (the startup nodes already exist: theirs are set too)
+    cls = _counting_connection(counts)
+    client.connection_kwargs["connection_class"] = cls
+    client.nodes_manager.connection_kwargs["connection_class"] = cls
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = cls
+    await client.initialize()
+    for node in client.get_nodes():
+        if node.connection_class is not cls:
+            raise RuntimeError(f"cluster node {node.name} does not count its commands")
+    result: Redis = client
+    return result, counts
+
+
+async def plain_client(url: str, cluster: bool | None = None) -> Redis:
+    """A client for ``url``: ``Redis.from_url``, or the cluster client on a cluster node."""
+    if cluster is None:
+        cluster = await url_is_cluster(url)
+    if not cluster:
+        return Redis.from_url(url)
+    from app.store.connection import connect
+
+    return await connect(url)
+
+
+def redis_host_port(url: str) -> tuple[str, int]:
+    """Host and port of a ``redis://`` URL."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or 6379
 
 
 # --- HTTP --------------------------------------------------------------------------------------

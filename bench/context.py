@@ -35,7 +35,8 @@ class Ctx:
             if self.cluster:
                 from redis.asyncio.cluster import RedisCluster
 
-                client: Any = RedisCluster.from_url(self.redis_url)
+                # replies wait up to 30 s (BLPOP with a timeout, INFO on every master)
+                client: Any = RedisCluster.from_url(self.redis_url, socket_timeout=30)
                 self._redis = client
             else:
                 self._redis = Redis.from_url(self.redis_url)

@@ -9,7 +9,9 @@ retry through ``Engine.retry_stage`` (applied with ``ApplyStageRetry`` when no w
 it), a few executions at a time. Its dispatch entries are then dropped (workers running all
 along would have consumed them as it was made; every reaction was decided while it was
 written) and one worker process runs until a probe execution on each pipeline has Succeeded
-(at most ``growth_settle_s``; it writes its snapshots when it stops). Then, for the fresh
+(at most ``growth_settle_s``), then one snapshot period more (an owner writes the snapshots
+of the pipelines it saw every ``snapshot_every_s``, not when it stops; workers running all
+along would have written them). Then, for the fresh
 pipeline and then the big one:
 
 1. StartPipelineExecution latency: ``M`` executions started one at a time through
@@ -19,7 +21,7 @@ pipeline and then the big one:
    load of the pipeline included: that is part of what history costs), or, when that takes
    longer than the budget (``growth_budget_s``), to the budget's end, counting what was done
    by then (``time_boxed``);
-3. snapshot bytes once that worker has stopped (it writes its snapshots then): every key
+3. snapshot bytes once that worker has stopped (the last one it wrote): every key
    matching ``*snap*`` whose name holds the pipeline's name, by ``MEMORY USAGE`` and by
    the bytes of its value (``STRLEN``, or ``HSTRLEN`` over a hash's fields);
 4. cold load, alternating between the two pipelines: a fresh process
@@ -42,9 +44,10 @@ from typing import Any
 from app.domain import commands as c
 from app.engine import Engine
 from bench import workload
-from bench.common import PY, Proc, Record, counting_redis, percentiles, run_cmd
+from bench.common import PY, Proc, Record, counting_client, percentiles, run_cmd
 from bench.context import Ctx, proc_cpu
 from bench.profiling import spy
+from workers.config import WorkerConfig
 
 BIG = "growth-big"
 FRESH = "growth-fresh"
@@ -142,15 +145,16 @@ async def _settle(ctx: Ctx, engine: Engine) -> dict[str, Any]:
     The history was written without workers, so its events and queued runs still wait for
     their reactions in whatever queues the core keeps. One worker runs until a probe
     execution started on each pipeline now has Succeeded (it comes after the history), or
-    until ``growth_settle_s`` has passed, then stops (writing its snapshots)."""
+    until ``growth_settle_s`` has passed, and one snapshot period more (its owners write the
+    snapshots every ``snapshot_every_s``, not when they stop), then stops."""
     budget = ctx.settings.growth_settle_s
     # Workers running all along would have taken in (and trimmed) the history's dispatch
     # entries as it was made; the history is complete (every reaction was decided while it
     # was written), so they are dropped here rather than replayed by one worker at once.
     keys = engine.keys
     for p in range(keys.partitions):
-        await ctx.redis.xtrim(keys.events(p), maxlen=0)
-        await ctx.redis.xtrim(keys.run(p), maxlen=0)
+        await ctx.redis.xtrim(keys.events(p), maxlen=0, approximate=False)
+        await ctx.redis.xtrim(keys.run(p), maxlen=0, approximate=False)
     gate = f"bench:gate:{uuid.uuid4().hex}"
     worker = _worker(ctx, gate)
     await worker.start(word="GATE")
@@ -160,13 +164,17 @@ async def _settle(ctx: Ctx, engine: Engine) -> dict[str, Any]:
         probes = [
             (n, await engine.start_execution(n, trigger_detail="probe")) for n in (BIG, FRESH)
         ]
-        _, done = await _wait(engine, probes, budget)
+        async with spy(ctx, worker.pid, "growth-settle-worker"):
+            _, done = await _wait(engine, probes, budget)
+        probes_s = time.perf_counter() - t0
+        if done == len(probes):  # the snapshots a worker running all along would have written
+            await asyncio.sleep(WorkerConfig().snapshot_every_s + 0.5)
     finally:
         await worker.stop(wait_s=120)
     took = time.perf_counter() - t0
     if done < len(probes):
         ctx.log(f"growth: the history was not settled within {budget:.0f}s")
-    return {"s": took, "settled": done == len(probes), "budget_s": budget}
+    return {"s": took, "probes_s": probes_s, "settled": done == len(probes), "budget_s": budget}
 
 
 async def _phase(ctx: Ctx, engine: Engine, name: str) -> dict[str, Any]:
@@ -203,7 +211,7 @@ async def _phase(ctx: Ctx, engine: Engine, name: str) -> dict[str, Any]:
         "new_actions_s": took,
         "new_actions_per_s": done / took,
         "worker_cpu_ms_per_action": cpu / done * 1000 if done else None,
-        "worker_stop_s": stop_s,  # includes writing its snapshots
+        "worker_stop_s": stop_s,
     }
 
 
@@ -258,7 +266,7 @@ async def run(ctx: Ctx) -> Record:
         target="every ratio <= 1.2",
     )
     await ctx.fresh()
-    redis, _ = counting_redis(ctx.redis_url)
+    redis, _ = await counting_client(ctx.redis_url, ctx.cluster)
     try:
         engine = Engine(redis, concurrency_limit=max(1000, 2 * st.growth_new))
         await engine.start()
@@ -266,7 +274,10 @@ async def run(ctx: Ctx) -> Record:
             await engine.create_pipeline(workload.declaration(name, 1))
         gen_s = await generate(ctx, engine, BIG, st.history, st.history_lanes)
         settle = await _settle(ctx, engine)
-        ctx.log(f"growth: a worker reacted to the history for {settle['s']:.1f}s")
+        ctx.log(
+            f"growth: a worker reacted to the history for {settle['s']:.1f}s "
+            f"(probes done after {settle['probes_s']:.1f}s)"
+        )
         big_state = await engine.pipeline(BIG)
         history_events = getattr(big_state, "version", None)
         past = len(getattr(big_state, "executions", None) or {}) or None

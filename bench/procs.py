@@ -51,16 +51,15 @@ async def _serve(a: argparse.Namespace) -> None:
 
 
 async def _worker(a: argparse.Namespace) -> None:
-    from redis.asyncio import Redis
-
     from app.engine import Engine
-    from bench.common import counting_redis
+    from bench.common import counting_client, plain_client
     from workers.config import WorkerConfig
     from workers.runner import ActionJob, ActionResult
     from workers.service import Worker
 
-    redis, counts = counting_redis(a.redis_url)  # the worker's commands, as it sends them
-    hook_redis = Redis.from_url(a.redis_url)
+    # the worker's commands, as it sends them (on a cluster node: the cluster client)
+    redis, counts = await counting_client(a.redis_url)
+    hook_redis = await plain_client(a.redis_url)
     since: dict[str, int] = {}
 
     async def noop(job: ActionJob) -> ActionResult:
@@ -107,7 +106,9 @@ async def _worker(a: argparse.Namespace) -> None:
                 await redis.ping()
                 sys.stdout.write("GATE\n")
                 sys.stdout.flush()
-                await redis.blpop([a.gate], timeout=0)
+                # BLPOP in 1-s rounds: a cluster client times a reply out (socket_timeout)
+                while await redis.blpop([a.gate], timeout=1) is None:
+                    pass
             if gate.cancel_called:
                 return
         since.update(counts)
@@ -120,12 +121,11 @@ async def _worker(a: argparse.Namespace) -> None:
 async def _cold(a: argparse.Namespace) -> None:
     import resource
 
-    from redis.asyncio import Redis
-
     from app import queries as q
     from app.engine import Engine
+    from bench.common import plain_client
 
-    redis = Redis.from_url(a.redis_url)
+    redis = await plain_client(a.redis_url)
     await redis.ping()
     engine = Engine(redis)
     t0 = time.perf_counter()

@@ -45,8 +45,8 @@ async def run(ctx: Ctx) -> Record:
     await sim.flush()
     # the preparation's dispatch entries are not work for the worker: an idle system
     for p in range(store.keys.partitions):
-        await ctx.redis.xtrim(store.keys.events(p), maxlen=0)
-        await ctx.redis.xtrim(store.keys.run(p), maxlen=0)
+        await ctx.redis.xtrim(store.keys.events(p), maxlen=0, approximate=False)
+        await ctx.redis.xtrim(store.keys.run(p), maxlen=0, approximate=False)
     await ctx.redis.delete("bench:starts")
 
     port = free_port()

@@ -69,13 +69,29 @@ async def bare_loop(ctx: Ctx, keys: list[str]) -> int:
 
 
 async def bare_loop_raw(ctx: Ctx, keys: list[str]) -> int:
-    """The same, without redis-py's per-entry dict conversion of the reply."""
-    raw = Redis(connection_pool=ctx.redis.connection_pool)
-    raw.response_callbacks.pop("XRANGE", None)
+    """The same, without redis-py's per-entry dict conversion of the reply (on a cluster:
+    a plain client per master, each stream read from the master holding its slot)."""
+    clients: dict[str, Redis] = {}
+
+    def raw_for(key: str) -> Redis:
+        node: Any = None
+        if ctx.cluster:
+            r: Any = ctx.redis
+            node = r.get_node_from_key(key)
+        client = clients.get(node.name if node is not None else "")
+        if client is None:
+            if node is not None:
+                client = clients[node.name] = Redis(host=node.host, port=node.port)
+            else:
+                client = clients[""] = Redis(connection_pool=ctx.redis.connection_pool)
+            client.response_callbacks.pop("XRANGE", None)
+        return client
+
     decoder = msgspec.json.Decoder(ev.StoredPayload)
     n = 0
     for key in keys:
         start = "-"
+        raw = raw_for(key)
         while True:
             rows: Any = await raw.xrange(key, min=start, max="+", count=BATCH)
             for _rid, flat in rows:
@@ -85,6 +101,9 @@ async def bare_loop_raw(ctx: Ctx, keys: list[str]) -> int:
             if len(rows) < BATCH:
                 break
             start = "(" + rows[-1][0].decode()
+    if ctx.cluster:
+        for client in clients.values():
+            await client.aclose()
     return n
 
 

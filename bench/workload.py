@@ -43,7 +43,7 @@ from app.domain.model import (
     StageDeclaration,
 )
 from app.engine import Engine
-from bench.common import PY, Proc, counting_redis
+from bench.common import PY, Proc, counting_client
 from bench.context import Ctx, proc_cpu
 from bench.profiling import spy
 
@@ -77,13 +77,25 @@ def declaration(name: str, actions: int, mode: ExecutionMode = "PARALLEL") -> Pi
 
 
 async def commandstats(redis: Redis) -> dict[str, int]:
-    """Calls per command since the last CONFIG RESETSTAT (``INFO commandstats``)."""
-    info: Any = await redis.info("commandstats")
+    """Calls per command since the last CONFIG RESETSTAT (``INFO commandstats``); on a Redis
+    Cluster the sum over every master."""
+    from app.store.connection import is_cluster
+
     out: dict[str, int] = {}
-    for key, value in info.items():
-        name = str(key).removeprefix("cmdstat_").lower()
-        if isinstance(value, dict):
-            out[name] = int(value.get("calls", 0))
+    if is_cluster(redis):
+        from redis.asyncio.cluster import RedisCluster
+
+        per_node: Any = await redis.info("commandstats", target_nodes=RedisCluster.PRIMARIES)
+        if any(str(k).startswith("cmdstat_") for k in per_node):  # one master: one reply
+            per_node = {"one": per_node}
+        infos = list(per_node.values())
+    else:
+        infos = [await redis.info("commandstats")]
+    for info in infos:
+        for key, value in info.items():
+            name = str(key).removeprefix("cmdstat_").lower()
+            if isinstance(value, dict):
+                out[name] = out.get(name, 0) + int(value.get("calls", 0))
     return out
 
 
@@ -169,7 +181,7 @@ async def run(ctx: Ctx, *, workers: int, tag: str) -> dict[str, Any]:
     """The workload with ``workers`` worker processes; its figures."""
     st = ctx.settings
     await ctx.fresh()
-    redis, own = counting_redis(ctx.redis_url)
+    redis, own = await counting_client(ctx.redis_url, ctx.cluster)
     try:
         engine = Engine(redis, concurrency_limit=max(1000, st.actions_n))
         await engine.start()

@@ -12,23 +12,40 @@ import io
 import shutil
 from typing import Any
 
-from bench.common import Record, run_cmd
+from bench.common import Record, redis_host_port, run_cmd
 from bench.context import Ctx
 
 TYPICAL_PAYLOAD = "x" * 380  # the size of a typical stored event (see the memory benchmark)
 
 
+KEY = "bench:ceiling"
+
+
+async def _target(ctx: Ctx) -> tuple[str, int]:
+    """Where redis-benchmark sends its XADDs: the private server, the ``--redis-url``
+    server, or on a cluster the master holding the key's slot (one stream lives on one
+    node: its ceiling is one master's)."""
+    if ctx.cluster:
+        r: Any = ctx.redis
+        node = r.get_node_from_key(KEY)
+        return str(node.host), int(node.port)
+    if ctx.external_url:
+        return redis_host_port(ctx.external_url)
+    return "127.0.0.1", ctx.redis_port
+
+
 async def _bench(ctx: Ctx, n: int, payload: str, pipeline: int) -> dict[str, Any]:
+    host, port = await _target(ctx)
     args = [
-        "redis-benchmark", "-p", str(ctx.redis_port), "-n", str(n), "-c", "50",
-        "-P", str(pipeline), "--csv", "XADD", "bench:ceiling", "*", "e", payload,
-    ]
+        "redis-benchmark", "-h", host, "-p", str(port), "-n", str(n), "-c", "50",
+        "-P", str(pipeline), "--csv", "XADD", KEY, "*", "e", payload,
+    ]  # fmt: skip
     out = await run_cmd(args, limit_s=300)
     rows = list(csv.DictReader(io.StringIO(out)))
     if not rows:
         raise RuntimeError(f"redis-benchmark printed nothing: {out!r}")
     row = rows[-1]
-    await ctx.redis.delete("bench:ceiling")
+    await ctx.redis.delete(KEY)
     return {
         "payload_bytes": len(payload),
         "pipeline": pipeline,
@@ -36,6 +53,7 @@ async def _bench(ctx: Ctx, n: int, payload: str, pipeline: int) -> dict[str, Any
         "rps": float(row["rps"]),
         "p50_ms": float(row["p50_latency_ms"]),
         "p99_ms": float(row["p99_latency_ms"]),
+        "node": f"{host}:{port}",
     }
 
 
