@@ -29,6 +29,11 @@ from tests.test_api_e2e import PARTITIONS, _worker_config, commands, pipeline, s
 
 pytestmark = pytest.mark.timeout(300)
 
+# an execution's ends; Superseded: it waited for a stage (SUPERSEDED mode, the default) and a
+# newer one overtook it, which the load makes likely whenever a stage is slowed down (here
+# by the failover); it has finished like the others (nothing of it is left running)
+ENDED = ("Succeeded", "Failed", "Stopped", "Superseded")
+
 
 @pytest.fixture(scope="module")
 def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
@@ -140,11 +145,11 @@ def test_kill9_master_under_load_loses_no_acknowledged_write(
 
         for name, eid in accepted:
             wait_for(
-                lambda n=name, e=eid: status(n, e) in ("Succeeded", "Failed", "Stopped"),
+                lambda n=name, e=eid: status(n, e) in ENDED,
                 timeout=90,
                 what=f"{name} {eid} to end",
             )
         finals = {status(n, e) for n, e in accepted}
-        assert finals <= {"Succeeded", "Failed"}, finals
+        assert finals <= {"Succeeded", "Failed", "Superseded"}, finals
         assert len(accepted) >= 40
         print(f"accepted {len(accepted)}, not acknowledged {len(errors)}, finals {finals}")

@@ -136,10 +136,9 @@ class PartitionOwner:
         self.next_expiry = 0.0  # the next idempotency-record expiry pass (housekeep)
         self.recovering = True  # the first batch after a start is handled by ``_recover``
         self.conflicts = 0  # batches refused (another writer got there first)
-        # leases seen expired -> when first seen (monotonic), and when the reaper last read
-        # the lease set: a lease is reaped only if still expired a grace period later
+        # leases seen expired -> when first seen (monotonic): a lease is reaped only if it
+        # is still expired a grace period later
         self.suspects: dict[str, float] = {}
-        self.reap_read_at: float | None = None
 
     @property
     def name(self) -> str:
@@ -560,14 +559,9 @@ class PartitionOwner:
     async def reap(self) -> int:
         """Fail the actions of this partition whose runner's lease expired (and stayed so)."""
         expired = await self.leases.expired(self.partition)
+        # (a look that fails, e.g. Redis away, records nothing: the grace of a lease seen
+        # expired after an outage starts once Redis answers again)
         now = anyio.current_time()
-        if self.reap_read_at is None or now - self.reap_read_at > max(
-            3 * self.config.reap_every_s, self.reap_grace_s / 2
-        ):
-            # out of touch since the last look (Redis away, owner stalled): whatever was
-            # seen before says nothing about runners that could not renew meanwhile
-            self.suspects.clear()
-        self.reap_read_at = now
         seen = {lease.member for lease in expired}
         self.suspects = {m: t for m, t in self.suspects.items() if m in seen}
         due = []
