@@ -525,3 +525,76 @@ def test_a_signed_push_webhook_fetches_the_pushed_commit(
     assert [r["revisionId"] for r in done["artifactRevisions"]] == [repo.first]
     assert done["trigger"]["triggerType"] == "Webhook"
     assert out.read_text() == "one\n"
+
+
+def test_source_build_deploy_with_a_failed_build_retried(
+    live: Stageline, world: dict[str, Any]
+) -> None:
+    """Issue 13's acceptance pipeline: Source (a local git repository) → Build (Commands
+    making an artifact from the checkout and exporting output variables; it fails once and
+    is retried with FAILED_ACTIONS) → Deploy (Commands consuming the build's artifact and
+    the build's and the source's variables). Deploy sees the retried build's artifact and
+    variables, and the revision the source fetched; the source ran once."""
+    repo: Repo = world["repo"]
+    base: Path = world["base"]
+    flag, seen = base / "acceptance-fail-once", base / "acceptance-deployed"
+    flag.write_text("x")
+    build_action = {
+        "name": "Make",
+        "actionTypeId": COMMANDS,
+        "inputArtifacts": [{"name": "SourceOut"}],
+        "namespace": "BuildVars",
+        "outputVariables": ["VERSION", "SOURCE_TEXT"],
+        "outputArtifacts": [{"name": "BuildOut", "files": ["dist/**"]}],
+        "commands": [
+            "mkdir -p dist",
+            'echo "built from $(cat app.txt) try $CODEPIPELINE_ACTION_ATTEMPT" > dist/app.txt',
+            "export VERSION=1.0.$CODEPIPELINE_ACTION_ATTEMPT",
+            'export SOURCE_TEXT="$(cat app.txt)"',
+            f"if [ -e {flag} ]; then rm {flag}; echo failing once; exit 1; fi",
+        ],
+    }
+    deploy_action = {
+        "name": "Ship",
+        "actionTypeId": COMMANDS,
+        "inputArtifacts": [{"name": "BuildOut"}],
+        "environmentVariables": [{"name": "COMMIT", "value": "#{SourceVariables.CommitId}"}],
+        "commands": [
+            "test ! -e app.txt",  # only the build's artifact, not the checkout
+            f'echo "#{{BuildVars.VERSION}}|#{{BuildVars.SOURCE_TEXT}}|$COMMIT|$(cat dist/app.txt)"'
+            f" >> {seen}",
+        ],
+    }
+    cp = client(live.url)
+    cp.create_pipeline(
+        pipeline={
+            "name": "acceptance",
+            "roleArn": ROLE,
+            "stages": [
+                {"name": "Source", "actions": [git_action()]},
+                {"name": "Build", "actions": [build_action]},
+                {"name": "Deploy", "actions": [deploy_action]},
+            ],
+        }
+    )
+    eid = cp.start_pipeline_execution(name="acceptance")["pipelineExecutionId"]
+    wait_done(cp, "acceptance", eid, "Failed")
+    assert not seen.exists()  # Deploy did not run
+    cp.retry_stage_execution(
+        pipelineName="acceptance",
+        stageName="Build",
+        pipelineExecutionId=eid,
+        retryMode="FAILED_ACTIONS",
+    )
+    doc = wait_done(cp, "acceptance", eid)
+    assert seen.read_text() == f"1.0.2|two|{repo.second}|built from two try 2\n"
+    assert [r["revisionId"] for r in doc["artifactRevisions"]] == [repo.second]
+    assert len(source_attempts(cp, "acceptance", eid)) == 1
+    details = cp.list_action_executions(
+        pipelineName="acceptance", filter={"pipelineExecutionId": eid}
+    )["actionExecutionDetails"]
+    builds = sorted((d for d in details if d["actionName"] == "Make"), key=lambda d: d["startTime"])
+    assert [b["status"] for b in builds] == ["Failed", "Succeeded"]
+    assert builds[1]["output"]["outputVariables"] == {"VERSION": "1.0.2", "SOURCE_TEXT": "two"}
+    ship = next(d for d in details if d["actionName"] == "Ship")
+    assert [a["name"] for a in ship["input"]["inputArtifacts"]] == ["BuildOut"]
