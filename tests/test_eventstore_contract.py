@@ -782,6 +782,27 @@ async def test_snapshots_hold_the_head_and_newer_wins(store: EventStore) -> None
     assert await store.load_snapshot(p) is None
 
 
+async def test_a_snapshot_of_another_format_is_ignored_and_replaced(store: EventStore) -> None:
+    """A head snapshot written by a release that folded the head differently (before
+    HEAD_FORMAT, or another one) is never used: the head is folded from its stream, and the
+    next snapshot replaces it even though its version is not newer."""
+    from app.domain.state import HEAD_FORMAT, encode_head
+
+    p = "p"
+    await ok(store, batch(p, created(p)))
+    state = fold(p, await store.read(p))
+    key = KEYS.snapshot(p)
+    await store.redis.hset(key, mapping={"v": 99, "s": encode_head(state)})  # no format
+    assert await store.load_snapshot(p) is None
+    await store.redis.hset(key, "f", HEAD_FORMAT + 1)
+    assert await store.load_snapshot(p) is None
+    assert await store.save_snapshot(state)  # version 1 < 99, but of this format
+    raw: Any = await store.redis.hgetall(key)
+    assert (text(raw[b"v"]), text(raw[b"f"])) == ("1", str(HEAD_FORMAT))
+    snap = await store.load_snapshot(p)
+    assert snap is not None and snap.headVersion == state.headVersion
+
+
 async def test_payload_is_readable_json(store: EventStore) -> None:
     p = "p"
     await ok(store, batch(p, started("x", token="t"), taken("x", "a1")))

@@ -67,6 +67,7 @@ from app.audit.common import (
 from app.audit.progress import Progress
 from app.domain import events as ev
 from app.domain.state import (
+    HEAD_FORMAT,
     PipelineState,
     decode_head,
     evolve,
@@ -282,8 +283,8 @@ async def _load_snapshot(
     store: EventStore, pipeline: str
 ) -> tuple[int | None, PipelineState | None, Problem | None]:
     raw: Any = await store.redis.hgetall(store.keys.snapshot(pipeline))
-    if not raw:
-        return None, None, None
+    if not raw or text(raw.get(b"f", b"")) != str(HEAD_FORMAT):
+        return None, None, None  # none, or of another format: never used (load_snapshot)
     try:
         version = int(text(raw[b"v"]))
         state = decode_head(raw[b"s"])

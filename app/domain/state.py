@@ -700,6 +700,12 @@ def head_of(s: PipelineState) -> PipelineState:
     )
 
 
+# The head snapshot's format: raise it whenever the head state gains a field folded from
+# events or changes what one means (a snapshot of another format is ignored, so no head is
+# ever a stale fold plus new events). 2: transitions, rollback targets, conditions (issue 13).
+HEAD_FORMAT = 2
+
+
 def encode_head(s: PipelineState) -> bytes:
     return _state_encoder.encode(head_of(s))
 

@@ -47,7 +47,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from app.domain import events as ev
-from app.domain.state import PipelineState, decode_head, encode_head
+from app.domain.state import HEAD_FORMAT, PipelineState, decode_head, encode_head
 from app.store.connection import eval_acknowledged
 from app.store.keys import Keys
 
@@ -214,9 +214,11 @@ return out
 """
 
 SNAPSHOT_LUA = r"""
+-- a newer snapshot stays, unless it is of another format (then it is replaced)
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
+if redis.call('HGET', KEYS[1], 'f') ~= ARGV[3] then cur = 0 end
 if tonumber(ARGV[1]) > cur then
-  redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2])
+  redis.call('HSET', KEYS[1], 'v', ARGV[1], 's', ARGV[2], 'f', ARGV[3])
   return 1
 end
 return 0
@@ -783,13 +785,17 @@ class EventStore:
         """Store the head of ``state`` unless a newer one is already there."""
         done = await self._snapshot(
             keys=[self.keys.snapshot(state.name)],
-            args=[state.headVersion, encode_head(state)],
+            args=[state.headVersion, encode_head(state), HEAD_FORMAT],
         )
         return bool(done)
 
     async def load_snapshot(self, pipeline: str) -> PipelineState | None:
-        data: Any = await self.redis.hget(self.keys.snapshot(pipeline), "s")
-        if data is None:
+        """The pipeline's head snapshot; None when there is none or it is of another
+        format (written by a release whose head state folded differently: the head is then
+        folded from its stream, and the next snapshot replaces it)."""
+        got: Any = await self.redis.hmget(self.keys.snapshot(pipeline), ["s", "f"])
+        data, fmt = got
+        if data is None or fmt is None or int(fmt) != HEAD_FORMAT:
             return None
         return decode_head(data)
 
