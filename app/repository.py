@@ -527,7 +527,16 @@ class PipelineRepository:
                         f"Pipeline '{pipeline}' is being changed concurrently; try again",
                         status=409,
                     ) from None
-                s = await self.heal(s, err)
+                if tries >= 2:
+                    # healing with what the refusals handed back did not converge: the cache
+                    # may hold events the store lost at numbers it has since given to other
+                    # events (a restart from an older snapshot), which no refusal can show;
+                    # the store is the truth: read it afresh
+                    self.healed += 1
+                    self.forget(pipeline)
+                    s = await self.load(pipeline)
+                else:
+                    s = await self.heal(s, err)
                 fresh = True
                 continue
             if res.duplicate:

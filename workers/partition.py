@@ -471,6 +471,7 @@ class PartitionOwner:
         repo = self.engine.repo
         store = self.engine.store
         lost = 0
+        refused: set[str] = set()  # pipelines refused in an earlier round of this commit
         for _ in range(ROUNDS):
             batches: list[tuple[_Pending, PipelineState, Batch]] = []
             for p in pending:
@@ -507,7 +508,15 @@ class PartitionOwner:
                 else:
                     assert isinstance(res, ConcurrencyError)
                     self.conflicts += 1
-                    await repo.heal(s, res)
+                    if p.pipeline in refused:
+                        # refused again after healing: the cache may hold events the store
+                        # lost at numbers since given to others (Redis back from an older
+                        # snapshot), which no refusal shows; read the store afresh
+                        repo.healed += 1
+                        repo.forget(p.pipeline)
+                    else:
+                        await repo.heal(s, res)
+                    refused.add(p.pipeline)
                     again.append(p)
             if not again:
                 return lost
