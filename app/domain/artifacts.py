@@ -62,7 +62,7 @@ def output_artifact_files(a: ActionDeclaration) -> dict[str, list[str]]:
     return out
 
 
-def artifact_producers(decl: PipelineDeclaration, x: ExecutionState) -> dict[str, ArtifactLocation]:
+def artifact_producers(x: ExecutionState) -> dict[str, ArtifactLocation]:
     """Every artifact produced in execution ``x``: name -> location of its latest succeeded
     producer (latest by the sequence number of its result)."""
     found: dict[str, tuple[int, ArtifactLocation]] = {}
@@ -77,11 +77,11 @@ def artifact_producers(decl: PipelineDeclaration, x: ExecutionState) -> dict[str
 
 
 def input_artifacts(
-    decl: PipelineDeclaration, x: ExecutionState, a: ActionDeclaration
+    x: ExecutionState, a: ActionDeclaration
 ) -> tuple[dict[str, ArtifactLocation], list[str]]:
     """The locations of ``a``'s declared input artifacts in execution ``x`` (in declaration
     order), and the names no succeeded action of ``x`` produced."""
-    produced = artifact_producers(decl, x)
+    produced = artifact_producers(x)
     found: dict[str, ArtifactLocation] = {}
     missing: list[str] = []
     for name in input_artifact_names(a):

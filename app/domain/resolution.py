@@ -137,7 +137,7 @@ def prepare_action(
         environment = resolved_env if resolved_env != env else None
     except UnresolvedVariable as err:
         problem = f"{err}: no such variable in execution {x.executionId}"
-    found, missing = input_artifacts(decl, x, a)
+    found, missing = input_artifacts(x, a)
     if missing and problem is None:
         problem = (
             f"Input artifact(s) {', '.join(missing)} of action '{a.name}' were not produced by "

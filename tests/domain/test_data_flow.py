@@ -401,8 +401,8 @@ def test_the_latest_succeeded_producer_wins_even_when_an_older_one_succeeded() -
         outputArtifacts={"Built": loc("new")},
     )
     x.actions["newer"] = newer
-    assert artifact_producers(decl, x)["Built"] == loc("new")
-    assert artifact_producers(decl, x)["Docs"] == loc("d-old")
+    assert artifact_producers(x)["Built"] == loc("new")
+    assert artifact_producers(x)["Docs"] == loc("d-old")
     failed = msgspec.structs.replace(
         newer,
         actionExecutionId="f",
@@ -411,7 +411,7 @@ def test_the_latest_succeeded_producer_wins_even_when_an_older_one_succeeded() -
         outputArtifacts={"Built": loc("failed")},
     )
     x.actions["f"] = failed
-    assert artifact_producers(decl, x)["Built"] == loc("new")  # a failed attempt never counts
+    assert artifact_producers(x)["Built"] == loc("new")  # a failed attempt never counts
 
 
 def test_a_missing_input_artifact_fails_the_action() -> None:
@@ -431,7 +431,7 @@ def test_input_artifacts_lookup_direct() -> None:
     h.create(decl)
     eid = start(h)
     d = decl.stages[1].actions[0]
-    found, missing = input_artifacts(decl, h.x(eid), d)
+    found, missing = input_artifacts(h.x(eid), d)
     assert (found, missing) == ({}, ["Built", "Docs"])
     prep = prepare_action(decl, h.x(eid), "p", d)
     assert prep.problem is not None and prep.inputs is None
