@@ -411,6 +411,8 @@ class PipelineRepository:
         if err.behind:
             self.healed += 1
             self.forget(s.name)
+            if err.stream == HEAD:  # the snapshot may be what is ahead: fold the stream
+                await self.store.drop_snapshot(s.name)
             return await self.load(s.name, list(s.executions))
         if err.attempt:
             await self.load_executions(s, [err.stream], refresh=True)

@@ -472,6 +472,7 @@ class PartitionOwner:
         store = self.engine.store
         lost = 0
         refused: set[str] = set()  # pipelines refused in an earlier round of this commit
+        last: ConcurrencyError | None = None
         for _ in range(ROUNDS):
             batches: list[tuple[_Pending, PipelineState, Batch]] = []
             for p in pending:
@@ -507,6 +508,7 @@ class PartitionOwner:
                     )
                 else:
                     assert isinstance(res, ConcurrencyError)
+                    last = res
                     self.conflicts += 1
                     if p.pipeline in refused:
                         # refused again after healing: the cache may hold events the store
@@ -522,9 +524,11 @@ class PartitionOwner:
                 return lost
             pending = again
         log.warning(
-            "partition %d: %d pipelines still conflicting; their entries are read again",
+            "partition %d: %d pipelines still conflicting (last refusal: %s); their entries "
+            "are read again",
             self.partition,
             len(pending),
+            last,
         )
         raise RuntimeError("commit did not settle")
 

@@ -214,6 +214,12 @@ return out
 """
 
 SNAPSHOT_LUA = r"""
+-- KEYS[1] the snapshot, KEYS[2] the pipeline's stream (same slot). A head the stream does
+-- not hold (a cache ahead of a store that lost writes) is never stored.
+local last = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)
+if #last == 0 or tonumber(string.match(last[1][1], '^(%d+)-')) < tonumber(ARGV[1]) then
+  return 0
+end
 -- a newer snapshot stays, unless it is of another format (then it is replaced)
 local cur = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 if redis.call('HGET', KEYS[1], 'f') ~= ARGV[3] then cur = 0 end
@@ -782,9 +788,10 @@ class EventStore:
     # --- snapshots (of the head only: bounded) -----------------------------------------------
 
     async def save_snapshot(self, state: PipelineState) -> bool:
-        """Store the head of ``state`` unless a newer one is already there."""
+        """Store the head of ``state`` unless a newer one is already there, or the
+        pipeline's stream does not reach ``state``'s head (it is ahead of the store)."""
         done = await self._snapshot(
-            keys=[self.keys.snapshot(state.name)],
+            keys=[self.keys.snapshot(state.name), self.keys.log(state.name)],
             args=[state.headVersion, encode_head(state), HEAD_FORMAT],
         )
         return bool(done)
