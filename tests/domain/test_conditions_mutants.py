@@ -898,3 +898,114 @@ def test_result_of_and_condition_of() -> None:
     assert cond.condition_of(decl(before={"nope": 1}).stages[1], "BEFORE_ENTRY") is None
     k = cond.condition_of(decl(success=conds(None, vcheck("v", "a", "a"))).stages[1], "ON_SUCCESS")
     assert k is not None and cond.result_of(s, "ON_SUCCESS", k) == "FAIL"
+
+
+# --- more edges: window search, admitting the next execution, evaluation guards ----------------
+
+
+def test_window_search_edges() -> None:
+    # the next allowed year after this one, never an earlier one; in the window's zone
+    w = cond.Window.parse("* * * * * ? 2025,2027", "Asia/Tokyo")
+    assert w.evaluate(TUESDAY_20H) == (
+        False,
+        datetime(2026, 12, 31, 15, 0, tzinfo=UTC).timestamp(),  # 2027-01-01 00:00 in Tokyo
+    )
+    # years after 2199 are never reached
+    assert cond.Window.parse("* * * * * ? 2200", None).evaluate(TUESDAY_20H) == (False, None)
+    # a day that does not exist: never open
+    assert cond.Window.parse("0 0 0 30 2 ?", None).evaluate(TUESDAY_20H) == (False, None)
+    assert cond.deployment_window({"Cron": "0 0 0 30 2 ?"}, TUESDAY_20H) == (
+        "Failed",
+        "The deployment window '0 0 0 30 2 ?' never opens",
+        None,
+    )
+
+
+def test_a_stage_failed_at_entry_admits_the_next_waiting_execution() -> None:
+    h = harness(decl(before=conds("FAIL", shell("gate")), mode="QUEUED"))
+    first = to_deploy(h)
+    second = to_deploy(h)
+    assert h.state.occupant["Deploy"] == first
+    assert h.state.waiting.get("Deploy") == [second]
+    (r,) = rules_of(h, first, "Deploy", "BEFORE_ENTRY")
+    envs = h.run(
+        c.CompleteRule(
+            executionId=first, ruleExecutionId=r.ruleExecutionId, succeeded=False, message="no"
+        )
+    )
+    reason = "The beforeEntry condition was not met: Rule 'gate' failed: no"
+    (sf,) = [f for f in of_type(envs, ev.StageFailed) if f.executionId == first]
+    assert (sf.stageName, sf.reason) == ("Deploy", reason)
+    (xf,) = of_type(envs, ev.ExecutionFailed)
+    assert (xf.executionId, xf.stageName, xf.reason) == (first, "Deploy", reason)
+    assert h.state.occupant["Deploy"] == second
+    assert not h.state.waiting.get("Deploy")
+
+
+def test_variable_check_sees_the_pipeline_name() -> None:
+    h = harness(decl(before=conds("FAIL", vcheck("v", "#{codepipeline.PipelineName}", "p"))))
+    eid = to_deploy(h)
+    (r,) = rules_of(h, eid, "Deploy", "BEFORE_ENTRY")
+    assert r.status == "Succeeded"
+    assert h.action(eid, "d1").status == "InProgress"
+
+
+def test_evaluating_a_decided_rule_again_changes_nothing() -> None:
+    h = harness(decl(before=conds("FAIL", window("any", "* * * * * ?"), shell("s"))))
+    eid = to_deploy(h)
+    w, s = rules_of(h, eid, "Deploy", "BEFORE_ENTRY")
+    assert (w.status, s.status) == ("Succeeded", "InProgress")
+    assert h.run(c.EvaluateRule(executionId=eid, ruleExecutionId=w.ruleExecutionId)) == []
+    assert len(of_type(h.log, ev.RuleExecutionSucceeded)) == 1
+
+
+def _two_at_once(failure: FailureConditions) -> Any:
+    import msgspec
+
+    d = decl(failure=failure)
+    dep = msgspec.structs.replace(
+        d.stages[1],
+        actions=[
+            d.stages[1].actions[0],
+            msgspec.structs.replace(d.stages[1].actions[1], runOrder=1),
+        ],
+    )
+    return msgspec.structs.replace(d, stages=[d.stages[0], dep, d.stages[2]])
+
+
+def test_a_deferred_rule_of_a_stopping_execution_is_not_evaluated() -> None:
+    saturday = datetime(2026, 12, 5, 12, 0, tzinfo=UTC).timestamp()
+    d = _two_at_once(_on_failure("RETRY", window("hours", "* * 9-17 ? * MON-FRI")))
+    h = harness(d, saturday)
+    eid = to_deploy(h)
+    h.fail(eid, "d1")
+    (r,) = rules_of(h, eid, "Deploy", "ON_FAILURE")
+    assert r.status == "InProgress" and r.until is not None
+    h.stop(eid)
+    assert h.x(eid).status == "Stopping"
+    h.now = datetime(2026, 12, 7, 10, 0, tzinfo=UTC).timestamp()
+    assert h.run(c.EvaluateRule(executionId=eid, ruleExecutionId=r.ruleExecutionId)) == []
+
+
+def test_on_failure_failed_actions_retry_does_not_wait_for_running_siblings() -> None:
+    h = harness(_two_at_once(_on_failure("RETRY", vcheck("v", "x", "x"))))
+    eid = to_deploy(h)
+    envs = h.fail(eid, "d1")
+    (r,) = of_type(envs, ev.StageRetryStarted)
+    assert r.retryMode == "FAILED_ACTIONS"
+    assert len(h.attempts(eid, "d1")) == 2 and len(h.attempts(eid, "d2")) == 1
+
+
+def test_override_refused_for_a_passed_entry_of_a_failed_stage() -> None:
+    h = harness(decl(before=conds("FAIL", vcheck("v", "a", "a"))))
+    eid = to_deploy(h)
+    h.fail(eid, "d1")
+    assert h.x(eid).status == "Failed"
+    err = h.error(
+        c.OverrideCondition(executionId=eid, stageName="Deploy", conditionType="BEFORE_ENTRY")
+    )
+    assert err.message == (
+        f"The beforeEntry condition of stage 'Deploy' in execution {eid} is Succeeded "
+        "(execution Failed): only a condition in progress or one that failed the stage "
+        "can be overridden"
+    )
