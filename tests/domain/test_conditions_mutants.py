@@ -581,7 +581,11 @@ def test_start_rule_refused_while_the_execution_stops() -> None:
     assert err.message == "Rule execution is InProgress (execution Stopping)"
     envs = h.run(c.CompleteRule(executionId=eid, ruleExecutionId=rid, succeeded=True))
     (e,) = of_type(envs, ev.ConditionEnded)
-    assert (e.status, e.summary) == ("Abandoned", "The execution is Stopping")
+    assert (e.status, e.summary, e.stageName) == (
+        "Abandoned",
+        "The execution is Stopping",
+        "Deploy",
+    )
 
 
 def test_lost_rule_message_and_unknown_ids() -> None:
@@ -1009,3 +1013,47 @@ def test_override_refused_for_a_passed_entry_of_a_failed_stage() -> None:
         "(execution Failed): only a condition in progress or one that failed the stage "
         "can be overridden"
     )
+
+
+def test_a_retry_result_of_the_condition_itself_retries_failed_actions() -> None:
+    failure = FailureConditions(conditions=[{"result": "RETRY", "rules": [vcheck("v", "x", "x")]}])
+    h = harness(decl(failure=failure))
+    eid = to_deploy(h)
+    h.succeed(eid, "d1")
+    envs = h.fail(eid, "d2")
+    (r,) = of_type(envs, ev.StageRetryStarted)
+    assert (r.retryMode, r.trigger) == ("FAILED_ACTIONS", "AutomatedStageRetry")
+    assert len(h.attempts(eid, "d1")) == 1 and len(h.attempts(eid, "d2")) == 2
+
+
+def test_override_problem_gives_the_condition_id_only_when_allowed() -> None:
+    h = harness(decl(before=conds("FAIL", vcheck("v", "a", "b")), mode="PARALLEL"), TUESDAY_20H)
+    eid = to_deploy(h)
+    cid = h.x(eid).stages["Deploy"].conditions["BEFORE_ENTRY"]
+    assert cond.override_problem(h.state, eid, "Deploy", "BEFORE_ENTRY") == (None, cid)
+    for e, stage_name, ctype in (
+        ("gone", "Deploy", "BEFORE_ENTRY"),
+        (eid, "Deploy", "ON_SUCCESS"),
+        (eid, "Post", "BEFORE_ENTRY"),
+    ):
+        problem, got = cond.override_problem(h.state, e, stage_name, ctype)
+        assert problem is not None and got == ""
+    h.update()
+    problem, got = cond.override_problem(h.state, eid, "Deploy", "BEFORE_ENTRY")
+    assert problem is not None and "updated" in problem.message and got == ""
+    h2 = Harness()
+    h2.now = TUESDAY_20H
+    h2.create(decl(before=conds("FAIL", vcheck("v", "a", "b")), mode="PARALLEL"), limit=1)
+    e1 = to_deploy(h2)
+    start(h2)
+    problem, got = cond.override_problem(h2.state, e1, "Deploy", "BEFORE_ENTRY")
+    assert problem is not None and problem.type_name.startswith("Concurrent") and got == ""
+    h3 = harness(decl(before=conds("FAIL", vcheck("v", "a", "b"))))
+    e3 = to_deploy(h3)
+    to_deploy(h3)
+    problem, got = cond.override_problem(h3.state, e3, "Deploy", "BEFORE_ENTRY")
+    assert problem is not None and problem.type_name.startswith("NotLatest") and got == ""
+    h4 = harness(decl(before=conds("FAIL", vcheck("v", "a", "a"))))
+    e4 = to_deploy(h4)
+    problem, got = cond.override_problem(h4.state, e4, "Deploy", "BEFORE_ENTRY")
+    assert problem is not None and "is Succeeded" in problem.message and got == ""
