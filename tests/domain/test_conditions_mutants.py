@@ -1057,3 +1057,17 @@ def test_override_problem_gives_the_condition_id_only_when_allowed() -> None:
     e4 = to_deploy(h4)
     problem, got = cond.override_problem(h4.state, e4, "Deploy", "BEFORE_ENTRY")
     assert problem is not None and "is Succeeded" in problem.message and got == ""
+
+
+def test_all_actions_retry_of_a_stage_failed_at_entry_waits_for_the_entry_again() -> None:
+    h = harness(decl(before=conds("FAIL", vcheck("v", "#{variables.Env}", "prod")), variables=VARS))
+    eid = to_deploy(h, {"Env": "dev"})
+    assert h.x(eid).status == "Failed"
+    h.retry_now(eid, "Deploy", "ALL_ACTIONS")  # still dev: not met again
+    x = h.x(eid)
+    assert x.status == "Failed" and x.stages["Deploy"].status == "Failed"
+    assert not [a for a in x.actions.values() if a.stageName == "Deploy"]
+    assert len(of_type(h.log, ev.ConditionStarted)) == 2
+    h.state.executions[eid].variables = {"Env": "prod"}
+    h.retry_now(eid, "Deploy", "ALL_ACTIONS")
+    assert len(h.attempts(eid, "d1")) == 1 and h.action(eid, "d1").status == "InProgress"
