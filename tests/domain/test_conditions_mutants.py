@@ -1071,3 +1071,12 @@ def test_all_actions_retry_of_a_stage_failed_at_entry_waits_for_the_entry_again(
     h.state.executions[eid].variables = {"Env": "prod"}
     h.retry_now(eid, "Deploy", "ALL_ACTIONS")
     assert len(h.attempts(eid, "d1")) == 1 and h.action(eid, "d1").status == "InProgress"
+
+
+def test_the_stage_failed_event_before_on_failure_carries_the_reason() -> None:
+    h = harness(decl(failure=_on_failure("RETRY", shell("check"))))
+    eid = to_deploy(h)
+    envs = h.fail(eid, "d1")
+    (sf,) = of_type(envs, ev.StageFailed)
+    assert (sf.stageName, sf.autoRetry) == ("Deploy", True)
+    assert sf.reason is not None and "boom" in sf.reason
