@@ -668,7 +668,7 @@ def test_on_failure_rollback_is_not_limited_to_one_auto_retry() -> None:
     assert len(of_type(envs, ev.ConditionStarted)) == 1
 
 
-def test_on_success_condition_is_evaluated_again_after_an_override_only_when_retried() -> None:
+def test_override_of_a_pending_on_success_condition_succeeds_the_stage() -> None:
     h = harness(decl(success=conds("FAIL", shell("s"))))
     eid = to_deploy(h)
     h.succeed(eid, "d1", "d2")
@@ -684,7 +684,7 @@ def test_on_success_condition_is_evaluated_again_after_an_override_only_when_ret
     assert len(of_type(h.log, ev.ConditionStarted)) == 1
 
 
-def test_before_entry_retry_with_a_now_absent_condition_enters_directly() -> None:
+def test_a_retried_entry_that_fails_again_fails_the_stage_again() -> None:
     h = harness(decl(before=conds("FAIL", vcheck("v", "a", "b")), mode="PARALLEL"))
     eid = to_deploy(h)
     assert h.x(eid).status == "Failed"
