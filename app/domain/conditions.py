@@ -604,9 +604,9 @@ def retry_entry(d: Decision, eid: str, stage: str) -> bool:
     cid = x.stages[stage].conditions.get("BEFORE_ENTRY")
     if cid is None or x.conditions[cid].status != "Failed":
         return False
-    if start(d, eid, stage, "BEFORE_ENTRY"):
-        return True
-    d.schedule_group(eid, stage, _sdecl(d, d.x(eid), stage).run_orders()[0])
+    # the condition that failed is declared in the execution's version (a retry after an
+    # update is refused, declarations are kept): it starts again
+    start(d, eid, stage, "BEFORE_ENTRY")
     return True
 
 
