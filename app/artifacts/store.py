@@ -21,6 +21,7 @@ import stat
 import tempfile
 import uuid
 import zipfile
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -243,17 +244,19 @@ class ArtifactStore(Protocol):
     ) -> int: ...
 
 
-class ZipStore:
+class ZipStore(ABC):
     """Packing and unpacking around two file transfers a concrete store provides."""
 
     kind: StoreKind = "local"
     bucket: str = DEFAULT_BUCKET
 
+    @abstractmethod
     def upload(self, zip_path: str, bucket: str, key: str) -> None:
-        raise NotImplementedError
+        """Store the zip file at ``zip_path`` as ``bucket``/``key``."""
 
+    @abstractmethod
     def download(self, bucket: str, key: str, zip_path: str) -> None:
-        raise NotImplementedError
+        """Fetch ``bucket``/``key`` into the file ``zip_path``."""
 
     def _put_sync(self, key: str, directory: str, files: Sequence[str] | None) -> ArtifactLocation:
         with tempfile.TemporaryDirectory(prefix="stageline-zip-") as tmp:
