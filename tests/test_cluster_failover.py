@@ -65,6 +65,55 @@ def retrying_client(url: str) -> Any:
     )
 
 
+class StartLoad:
+    """A thread starting executions of ``names`` in turn until :meth:`stop`: the starts
+    acknowledged (``accepted``: pipeline, execution id) and refused after boto3's retries
+    (``refused``: not acknowledged, so nothing is owed for them)."""
+
+    def __init__(self, url: str, names: list[str], pause_s: float) -> None:
+        self.accepted: list[tuple[str, str]] = []
+        self.refused: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(url, names, pause_s), daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, names: list[str], pause_s: float) -> None:
+        c = retrying_client(url)
+        i = 0
+        while not self._stop.is_set():
+            name = names[i % len(names)]
+            i += 1
+            try:
+                eid = c.start_pipeline_execution(name=name)["pipelineExecutionId"]
+                self.accepted.append((name, eid))
+            except ClientError as err:
+                self.refused.append(str(err))
+            time.sleep(pause_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def wait_ended(url: str, executions: list[tuple[str, str]], timeout: float) -> dict[str, str]:
+    """Wait until each execution has ended (``ENDED``); execution id -> final status."""
+    check = retrying_client(url)
+
+    def status(name: str, eid: str) -> str:
+        s: str = check.get_pipeline_execution(pipelineName=name, pipelineExecutionId=eid)[
+            "pipelineExecution"
+        ]["status"]
+        return s
+
+    for name, eid in executions:
+        wait_for(
+            lambda n=name, e=eid: status(n, e) in ENDED,
+            timeout=timeout,
+            what=f"{name} {eid} to end",
+        )
+    return {e: status(n, e) for n, e in executions}
+
+
 def _master_port_of(cluster: RedisClusterServer, key: str) -> int:
     import subprocess
 
@@ -108,48 +157,16 @@ def test_kill9_master_under_load_loses_no_acknowledged_write(
         cp = retrying_client(srv_.url)
         for name in names:
             cp.create_pipeline(pipeline=pipeline(name, stage("Build", commands("b", "true"))))
-        accepted: list[tuple[str, str]] = []
-        errors: list[str] = []
-        stop = threading.Event()
-
-        def load() -> None:
-            c = retrying_client(srv_.url)
-            i = 0
-            while not stop.is_set():
-                name = names[i % len(names)]
-                i += 1
-                try:
-                    eid = c.start_pipeline_execution(name=name)["pipelineExecutionId"]
-                    accepted.append((name, eid))
-                except ClientError as err:  # retries exhausted: not acknowledged, fine
-                    errors.append(str(err))
-                time.sleep(0.02)
-
-        thread = threading.Thread(target=load, daemon=True)
-        thread.start()
+        load = StartLoad(srv_.url, names, pause_s=0.02)
+        accepted, errors = load.accepted, load.refused
         wait_for(lambda: len(accepted) >= 20, timeout=30, what="load running")
         victim = _master_port_of(replicated, Keys(partitions=PARTITIONS).log(names[0]))
         replicated.kill(victim)  # kill -9, mid-load
         before = len(accepted)
         wait_for(lambda: len(accepted) >= before + 20, timeout=60, what="load through failover")
-        stop.set()
-        thread.join(30)
+        load.stop()
         # every acknowledged start is there, and its execution ends
-        check = retrying_client(srv_.url)
-
-        def status(name: str, eid: str) -> str:
-            s: str = check.get_pipeline_execution(pipelineName=name, pipelineExecutionId=eid)[
-                "pipelineExecution"
-            ]["status"]
-            return s
-
-        for name, eid in accepted:
-            wait_for(
-                lambda n=name, e=eid: status(n, e) in ENDED,
-                timeout=90,
-                what=f"{name} {eid} to end",
-            )
-        finals = {status(n, e) for n, e in accepted}
+        finals = set(wait_ended(srv_.url, accepted, timeout=90).values())
         assert finals <= {"Succeeded", "Failed", "Superseded"}, finals
         assert len(accepted) >= 40
         print(f"accepted {len(accepted)}, not acknowledged {len(errors)}, finals {finals}")

@@ -13,14 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from botocore.exceptions import ClientError
 from redis.crc import key_slot
 
 from app.api.server import ServeConfig
@@ -29,7 +26,7 @@ from tests.api_helpers import AKID, SECRET, run_stageline, wait_for
 from tests.conftest import no_redis
 from tests.redis_cluster import RedisClusterServer, cluster_binaries
 from tests.test_api_e2e import PARTITIONS, _worker_config, commands, pipeline, stage
-from tests.test_cluster_failover import retrying_client
+from tests.test_cluster_failover import StartLoad, retrying_client, wait_ended
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -121,26 +118,8 @@ def test_reshard_a_busy_partitions_slot(cluster: RedisClusterServer, tmp_path: P
                     mode="PARALLEL",
                 )
             )
-        moved = 0
-        accepted: list[tuple[str, str]] = []
-        refused: list[str] = []
-        stop = threading.Event()
-
-        def load() -> None:
-            c = retrying_client(srv.url)
-            i = 0
-            while not stop.is_set():
-                name = names[i % len(names)]
-                i += 1
-                try:
-                    eid = c.start_pipeline_execution(name=name)["pipelineExecutionId"]
-                    accepted.append((name, eid))
-                except ClientError as err:  # not acknowledged: fine, but counted
-                    refused.append(str(err))
-                time.sleep(0.03)
-
-        thread = threading.Thread(target=load, daemon=True)
-        thread.start()
+        load = StartLoad(srv.url, names, pause_s=0.03)
+        accepted, refused = load.accepted, load.refused
         try:
             wait_for(lambda: len(accepted) >= 15, timeout=60, what="load running")
             moved = 0
@@ -165,24 +144,9 @@ def test_reshard_a_busy_partitions_slot(cluster: RedisClusterServer, tmp_path: P
             before = len(accepted)
             wait_for(lambda: len(accepted) >= before + 15, timeout=60, what="load after")
         finally:
-            stop.set()
-            thread.join(30)
-
-        check = retrying_client(srv.url)
-
-        def status(name: str, eid: str) -> str:
-            s: str = check.get_pipeline_execution(pipelineName=name, pipelineExecutionId=eid)[
-                "pipelineExecution"
-            ]["status"]
-            return s
-
-        for name, eid in accepted:
-            wait_for(
-                lambda n=name, e=eid: status(n, e) in ("Succeeded", "Failed", "Stopped"),
-                timeout=120,
-                what=f"{name} {eid} to end",
-            )
-        finals = Counter(status(n, e) for n, e in accepted)
+            load.stop()
+        ended = wait_ended(srv.url, accepted, timeout=120)
+        finals = Counter(ended.values())
         assert set(finals) == {"Succeeded"}, finals
         # every action of every accepted execution ran exactly once
         lines = Counter(runs.read_text().split("\n")[:-1])
@@ -190,7 +154,7 @@ def test_reshard_a_busy_partitions_slot(cluster: RedisClusterServer, tmp_path: P
         assert set(lines) == expected
         assert max(lines.values()) == 1, [k for k, v in lines.items() if v > 1]
         for name, eid in accepted:
-            acts = check.list_action_executions(
+            acts = cp.list_action_executions(
                 pipelineName=name, filter={"pipelineExecutionId": eid}
             )["actionExecutionDetails"]
             assert sorted(a["actionName"] for a in acts) == ["b", "d"], acts
